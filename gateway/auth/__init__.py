@@ -1,0 +1,1 @@
+"""Token extraction, key sets, verification, claims, policies and revocation."""

@@ -1,0 +1,1 @@
+"""HTTP adapters: forward-auth, proxy, webhooks, admin, and the one place errors become HTTP."""

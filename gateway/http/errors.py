@@ -1,0 +1,89 @@
+"""Turn a denied Decision (or any Reason) into an HTTP response: the only place that does."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import hdrs, web
+
+from gateway.reasons import Category, Reason
+
+__all__ = ["MESSAGES", "error_response"]
+
+MESSAGES: dict[Reason, str] = {
+    Reason.MISSING_TOKEN: "A session token is required.",
+    Reason.MALFORMED_TOKEN: "The session token is malformed.",
+    Reason.TOKEN_TOO_LARGE: "The session token is too large.",
+    Reason.UNSUPPORTED_ALGORITHM: "The session token's algorithm is not accepted.",
+    Reason.UNSUPPORTED_HEADER: "The session token uses an unsupported header parameter.",
+    Reason.MISSING_KEY_ID: "The session token does not name its signing key.",
+    Reason.UNKNOWN_KEY: "The session token was signed by an unknown key.",
+    Reason.BAD_SIGNATURE: "The session token's signature is invalid.",
+    Reason.EXPIRED: "The session token has expired.",
+    Reason.NOT_YET_VALID: "The session token is not valid yet.",
+    Reason.LIFETIME_TOO_LONG: "The session token's lifetime exceeds the allowed maximum.",
+    Reason.WRONG_ISSUER: "The session token was issued by an untrusted issuer.",
+    Reason.WRONG_AUDIENCE: "The session token is not meant for this audience.",
+    Reason.WRONG_AUTHORIZED_PARTY: "The session token was issued to an unauthorized party.",
+    Reason.INVALID_CLAIMS: "The session token's claims are invalid.",
+    Reason.SESSION_PENDING: "The session has pending tasks and is treated as signed out.",
+    Reason.REVOKED: "The session has been revoked.",
+    Reason.AMBIGUOUS_TOKEN: "The request carries more than one session token.",
+    Reason.AMBIGUOUS_PATH: "The request path is ambiguous.",
+    Reason.MISSING_ROLE: "The organization role does not allow this.",
+    Reason.MISSING_PERMISSION: "A required organization permission is missing.",
+    Reason.MISSING_PLAN: "The current plan does not include this.",
+    Reason.MISSING_FEATURE: "A required feature is not enabled.",
+    Reason.ORGANIZATION_REQUIRED: "An active organization is required.",
+    Reason.ORGANIZATION_MISMATCH: "The path belongs to another organization.",
+    Reason.USER_MISMATCH: "The path belongs to another user.",
+    Reason.ISSUER_NOT_ALLOWED: "Tokens from this issuer may not use this route.",
+    Reason.METHOD_NOT_ALLOWED: "This method is not allowed on this route.",
+    Reason.ACCESS_DENIED: "Access is denied.",
+    Reason.KEYS_UNAVAILABLE: "The signing keys are unavailable; try again shortly.",
+    Reason.REVOCATION_UNAVAILABLE: "The revocation status is unavailable; try again shortly.",
+    Reason.BODY_TOO_LARGE: "The request body is too large.",
+    Reason.UPSTREAM_UNAVAILABLE: "The upstream service is unavailable.",
+    Reason.UPSTREAM_TIMEOUT: "The upstream service did not answer in time.",
+}
+
+
+def _challenge(reason: Reason, realm: str) -> str | None:
+    category = reason.category
+    if category is Category.NO_TOKEN:
+        return f'Bearer realm="{realm}"'
+    if category in (Category.INVALID_TOKEN, Category.BAD_REQUEST, Category.FORBIDDEN):
+        return (f'Bearer realm="{realm}", error="{category.value}", '
+                f'error_description="{reason.label}"')
+    return None
+
+
+def error_response(
+    reason: Reason,
+    request_id: str,
+    realm: str,
+    retry_after: int | None = None,
+) -> web.Response:
+    """The JSON error response for a reason: never the token, never a stack trace."""
+    category = reason.category
+    error = "unauthorized" if category is Category.NO_TOKEN else category.value
+    if category is Category.PROXY:
+        error = reason.label
+    body = {
+        "error": error,
+        "reason": reason.label,
+        "message": MESSAGES.get(reason, "The request was refused."),
+        "request_id": request_id,
+    }
+    headers = {hdrs.CACHE_CONTROL: "no-store", "X-Request-Id": request_id}
+    challenge = _challenge(reason, realm)
+    if challenge:
+        headers[hdrs.WWW_AUTHENTICATE] = challenge
+    if reason.status == 503:
+        headers[hdrs.RETRY_AFTER] = str(max(1, retry_after or 1))
+    return web.Response(
+        status=reason.status,
+        text=json.dumps(body),
+        content_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,126 @@
+"""The one authorization pipeline every door goes through: facts in, Decision out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from multidict import CIMultiDictProxy
+
+from gateway.auth.claims import Identity
+from gateway.auth.extract import AmbiguousToken, EmptyToken, TokenExtractor
+from gateway.auth.jwks import KeysUnavailable
+from gateway.auth.verify import TokenRejected, Verifier
+from gateway.metrics import Metrics
+from gateway.reasons import Reason
+from gateway.routing import AmbiguousPath, Route, Router, normalize_path
+
+__all__ = ["Authorizer", "Decision", "NoRevocation", "RequestFacts", "RevocationCheck"]
+
+
+@dataclass(slots=True)
+class RequestFacts:
+    """What the pipeline needs to know about one request, whichever door it came in by."""
+
+    door: str
+    method: str
+    uri: str
+    host: str | None
+    headers: CIMultiDictProxy[str]
+    cookies: Mapping[str, str]
+    query: Mapping[str, str] | None = None
+    client_ip: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The pipeline's answer: allow with identity headers, or deny with a reason."""
+
+    reason: Reason
+    route: Route
+    identity: Identity | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    path: str = "/"
+    retry_after: int | None = None
+    detail: str = ""
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def allowed(self) -> bool:
+        """True when the request may go through."""
+        return self.reason.allowed
+
+
+class RevocationCheck(Protocol):
+    """Decides whether a verified identity has been revoked since its token was issued."""
+
+    async def check(self, identity: Identity) -> Reason | None:
+        """None when still valid, else REVOKED or REVOCATION_UNAVAILABLE."""
+
+
+class NoRevocation:
+    """The revocation check used when no revocation source is configured."""
+
+    async def check(self, identity: Identity) -> Reason | None:
+        """Nothing is ever revoked."""
+        return None
+
+
+class Authorizer:
+    """Runs route matching, token extraction, verification, revocation and policy."""
+
+    def __init__(
+        self,
+        router: Router,
+        extractor: TokenExtractor,
+        verifier: Verifier,
+        metrics: Metrics,
+        revocation: RevocationCheck | None = None,
+    ) -> None:
+        self.router = router
+        self.extractor = extractor
+        self.verifier = verifier
+        self.metrics = metrics
+        self.revocation: RevocationCheck = revocation or NoRevocation()
+
+    async def authorize(self, facts: RequestFacts) -> Decision:
+        """Decide one request, and count the decision."""
+        decision = await self._decide(facts)
+        self.metrics.decision(facts.door, decision.route.name, decision.reason)
+        return decision
+
+    async def _decide(self, facts: RequestFacts) -> Decision:
+        try:
+            path = normalize_path(facts.uri)
+        except AmbiguousPath:
+            return Decision(Reason.AMBIGUOUS_PATH, self.router.default)
+        match = self.router.match(facts.method, path, facts.host)
+        route = match.route
+        access = route.rule.access
+        if access == "public":
+            return Decision(Reason.PUBLIC, route, path=path, params=match.params)
+        try:
+            token = self.extractor.extract(facts.headers, facts.cookies, facts.query)
+        except AmbiguousToken as exc:
+            return Decision(Reason.AMBIGUOUS_TOKEN, route, path=path, detail=str(exc))
+        except EmptyToken:
+            return Decision(Reason.MALFORMED_TOKEN, route, path=path)
+        if token is None:
+            reason = Reason.ANONYMOUS if access == "optional" else Reason.MISSING_TOKEN
+            return Decision(reason, route, path=path, params=match.params)
+        try:
+            verified = await self.verifier.verify(token)
+        except TokenRejected as exc:
+            return Decision(exc.reason, route, path=path, detail=exc.detail)
+        except KeysUnavailable as exc:
+            return Decision(Reason.KEYS_UNAVAILABLE, route, path=path,
+                            retry_after=exc.retry_after)
+        identity = verified.identity
+        revoked = await self.revocation.check(identity)
+        if revoked is not None:
+            return Decision(revoked, route, identity=identity, path=path, retry_after=1)
+        unmet = route.rule.evaluate(identity, match.params)
+        if unmet is not None:
+            return Decision(unmet, route, identity=identity, path=path)
+        return Decision(Reason.OK, route, identity, verified.headers, path, params=match.params)

@@ -1,0 +1,77 @@
+"""The closed vocabulary of decision reasons, and how each maps to HTTP."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["Category", "Reason"]
+
+
+class Category(enum.Enum):
+    """How a reason is answered over HTTP."""
+
+    ALLOW = "allow"
+    NO_TOKEN = "no_token"  # 401, plain Bearer challenge
+    INVALID_TOKEN = "invalid_token"  # 401, error="invalid_token"
+    BAD_REQUEST = "invalid_request"  # 400, error="invalid_request"
+    FORBIDDEN = "insufficient_scope"  # 403, error="insufficient_scope"
+    UNAVAILABLE = "temporarily_unavailable"  # 503 with Retry-After
+    PROXY = "proxy"  # upstream and body errors: status given per reason
+
+
+class Reason(enum.Enum):
+    """Why a request was allowed or denied; the only values of the `reason` label."""
+
+    OK = ("ok", Category.ALLOW, 200)
+    ANONYMOUS = ("anonymous", Category.ALLOW, 200)
+    PUBLIC = ("public", Category.ALLOW, 200)
+
+    MISSING_TOKEN = ("missing_token", Category.NO_TOKEN, 401)
+
+    MALFORMED_TOKEN = ("malformed_token", Category.INVALID_TOKEN, 401)
+    TOKEN_TOO_LARGE = ("token_too_large", Category.INVALID_TOKEN, 401)
+    UNSUPPORTED_ALGORITHM = ("unsupported_algorithm", Category.INVALID_TOKEN, 401)
+    UNSUPPORTED_HEADER = ("unsupported_header", Category.INVALID_TOKEN, 401)
+    MISSING_KEY_ID = ("missing_key_id", Category.INVALID_TOKEN, 401)
+    UNKNOWN_KEY = ("unknown_key", Category.INVALID_TOKEN, 401)
+    BAD_SIGNATURE = ("bad_signature", Category.INVALID_TOKEN, 401)
+    EXPIRED = ("expired", Category.INVALID_TOKEN, 401)
+    NOT_YET_VALID = ("not_yet_valid", Category.INVALID_TOKEN, 401)
+    LIFETIME_TOO_LONG = ("lifetime_too_long", Category.INVALID_TOKEN, 401)
+    WRONG_ISSUER = ("wrong_issuer", Category.INVALID_TOKEN, 401)
+    WRONG_AUDIENCE = ("wrong_audience", Category.INVALID_TOKEN, 401)
+    WRONG_AUTHORIZED_PARTY = ("wrong_authorized_party", Category.INVALID_TOKEN, 401)
+    INVALID_CLAIMS = ("invalid_claims", Category.INVALID_TOKEN, 401)
+    SESSION_PENDING = ("session_pending", Category.INVALID_TOKEN, 401)
+    REVOKED = ("revoked", Category.INVALID_TOKEN, 401)
+
+    AMBIGUOUS_TOKEN = ("ambiguous_token", Category.BAD_REQUEST, 400)
+    AMBIGUOUS_PATH = ("ambiguous_path", Category.BAD_REQUEST, 400)
+
+    MISSING_ROLE = ("missing_role", Category.FORBIDDEN, 403)
+    MISSING_PERMISSION = ("missing_permission", Category.FORBIDDEN, 403)
+    MISSING_PLAN = ("missing_plan", Category.FORBIDDEN, 403)
+    MISSING_FEATURE = ("missing_feature", Category.FORBIDDEN, 403)
+    ORGANIZATION_REQUIRED = ("organization_required", Category.FORBIDDEN, 403)
+    ORGANIZATION_MISMATCH = ("organization_mismatch", Category.FORBIDDEN, 403)
+    USER_MISMATCH = ("user_mismatch", Category.FORBIDDEN, 403)
+    ISSUER_NOT_ALLOWED = ("issuer_not_allowed", Category.FORBIDDEN, 403)
+    METHOD_NOT_ALLOWED = ("method_not_allowed", Category.FORBIDDEN, 403)
+    ACCESS_DENIED = ("access_denied", Category.FORBIDDEN, 403)
+
+    KEYS_UNAVAILABLE = ("keys_unavailable", Category.UNAVAILABLE, 503)
+    REVOCATION_UNAVAILABLE = ("revocation_unavailable", Category.UNAVAILABLE, 503)
+
+    BODY_TOO_LARGE = ("body_too_large", Category.PROXY, 413)
+    UPSTREAM_UNAVAILABLE = ("upstream_unavailable", Category.PROXY, 502)
+    UPSTREAM_TIMEOUT = ("upstream_timeout", Category.PROXY, 504)
+
+    def __init__(self, label: str, category: Category, status: int) -> None:
+        self.label = label
+        self.category = category
+        self.status = status
+
+    @property
+    def allowed(self) -> bool:
+        """True for the reasons that let a request through."""
+        return self.category is Category.ALLOW
