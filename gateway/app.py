@@ -11,13 +11,18 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.auth.extract import TokenExtractor
+from gateway.auth.introspection import SessionIntrospector
 from gateway.auth.jwks import IssuerKeys
+from gateway.auth.revocation import RevocationChecker
+from gateway.auth.revocation_store import build_store
 from gateway.auth.verify import Verifier
 from gateway.config import Settings
 from gateway.http.admin import AdminHandlers
+from gateway.http.admin_api import AdminApi
 from gateway.http.errors import error_response
 from gateway.http.forward_auth import ForwardAuthHandler
 from gateway.http.headers import request_id
+from gateway.http.webhooks import WEBHOOK_PATH, ClerkWebhooks
 from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer
 from gateway.reasons import Reason
@@ -46,13 +51,29 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self.keys: dict[str, IssuerKeys] = {}
         self.verifier = Verifier(settings, self.keys, self.metrics, clock)
+        revocation = settings.revocation
+        introspector = None
+        if revocation.introspection and settings.clerk_secret_key is not None:
+            introspector = SessionIntrospector(
+                revocation, settings.clerk_api_url, settings.clerk_secret_key,
+                lambda: self.session, self.metrics, clock)
+        redis_url = settings.redis_url.value if settings.redis_url else None
+        self.revocation = RevocationChecker(
+            revocation, build_store(redis_url, revocation, clock), self.metrics, clock,
+            introspector)
         self.authorizer = Authorizer(
             Router(settings.routes),
             TokenExtractor(settings.token_sources),
             self.verifier,
             self.metrics,
+            revocation=self.revocation,
         )
+        self.webhooks = ClerkWebhooks(
+            settings.webhook_secret, self.revocation, revocation, self.metrics, clock)
+        self.admin_api = AdminApi(settings.admin_token, self.revocation)
         self.admin = AdminHandlers(self.keys, lambda: self.scrape_registry())
+        if redis_url:
+            self.admin.add_check("redis", lambda: self.revocation.ready)
 
     async def start(self) -> None:
         """Open the HTTP client, fetch every issuer's keys once, start the refreshers."""
@@ -67,11 +88,13 @@ class Gateway:
         await asyncio.gather(*(keys.refresh() for keys in self.keys.values()))
         for keys in self.keys.values():
             keys.start()
+        await self.revocation.start()
 
     async def close(self) -> None:
-        """Stop refreshers and close the HTTP client."""
+        """Stop refreshers, the revocation store and the HTTP client."""
         for keys in self.keys.values():
             await keys.stop()
+        await self.revocation.close()
         if self.session is not None:
             await self.session.close()
 
@@ -96,6 +119,7 @@ def build_public_app(gateway: Gateway) -> web.Application:
         await gateway.close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.router.add_route("*", WEBHOOK_PATH, gateway.webhooks.handle)
     app.router.add_route("*", RESERVED_PREFIX + "{tail:.*}", _reserved_not_found)
 
     forward_auth = ForwardAuthHandler(gateway.authorizer, gateway.settings.realm)
@@ -104,8 +128,10 @@ def build_public_app(gateway: Gateway) -> web.Application:
 
 
 def build_admin_app(gateway: Gateway) -> web.Application:
-    """The admin listener: /healthz, /readyz, /metrics."""
+    """The admin listener: /healthz, /readyz, /metrics, the admin API and the webhook."""
     app = web.Application()
     app[GATEWAY] = gateway
     gateway.admin.register(app)
+    gateway.admin_api.register(app)
+    app.router.add_route("*", WEBHOOK_PATH, gateway.webhooks.handle)
     return app

@@ -27,6 +27,7 @@ __all__ = [
     "IssuerSettings",
     "KeySettings",
     "Listen",
+    "RevocationSettings",
     "Secret",
     "Settings",
     "TokenSource",
@@ -149,6 +150,29 @@ class KeySettings:
     retry_max_seconds: float = 60.0
 
 
+FAILURE_MODES = ("fail_closed", "fail_open")
+
+
+@dataclass(frozen=True)
+class RevocationSettings:
+    """Revocation store, local cache, webhooks and session introspection."""
+
+    entry_ttl_seconds: float = 3600.0
+    local_ttl_seconds: float = 1.0
+    store_timeout_seconds: float = 0.5
+    store_retry_seconds: float = 1.0
+    store_grace_seconds: float = 5.0
+    on_store_error: str = "fail_closed"
+    key_prefix: str = "clerk-gateway"
+    webhook_max_body_bytes: int = 1024**2
+    introspection: bool = False
+    introspection_ttl_seconds: float = 60.0
+    introspection_grace_seconds: float = 60.0
+    introspection_failure_mode: str = "fail_closed"
+    introspection_timeout_seconds: float = 2.0
+    introspection_cache_size: int = 100_000
+
+
 @dataclass(frozen=True)
 class TokenSource:
     """Where a token may be read from: a header (with scheme), a cookie or a query parameter."""
@@ -190,6 +214,7 @@ class Settings:
     webhook_secret: Secret | None = None
     clerk_secret_key: Secret | None = None
     clerk_api_url: str = DEFAULT_API_URL
+    revocation: RevocationSettings = field(default_factory=RevocationSettings)
     source_path: str | None = None
 
     @property
@@ -398,6 +423,64 @@ def _parse_keys(reader: Reader) -> KeySettings:
     return keys
 
 
+def _parse_revocation(
+    reader: Reader, env: Mapping[str, str], issuers: list[IssuerSettings], leeway: float,
+    api_url: str,
+) -> RevocationSettings:
+    d = RevocationSettings()
+    # Entries must outlive every token that could still be presented: at least an hour, and
+    # longer when an issuer declares a longer maximum token lifetime.
+    longest = max((i.max_token_lifetime or 0.0 for i in issuers), default=0.0) + leeway
+    default_ttl = max(d.entry_ttl_seconds, longest)
+    entry_ttl = reader.number("entry_ttl_seconds", default_ttl, minimum=60, maximum=90 * 86400)
+    if entry_ttl < longest:
+        reader.problem(f"must be at least the longest token lifetime plus leeway ({longest:g})",
+                       "entry_ttl_seconds")
+    prefix = reader.text("key_prefix", d.key_prefix) or d.key_prefix
+    if not all(c.isalnum() or c in "-_.:" for c in prefix):
+        reader.problem("may hold letters, digits and - _ . : only", "key_prefix")
+    settings = RevocationSettings(
+        entry_ttl_seconds=entry_ttl,
+        local_ttl_seconds=reader.number(
+            "local_ttl_seconds", d.local_ttl_seconds, minimum=0.05, maximum=60),
+        store_timeout_seconds=reader.number(
+            "store_timeout_seconds", d.store_timeout_seconds, minimum=0.01, maximum=30),
+        store_retry_seconds=reader.number(
+            "store_retry_seconds", d.store_retry_seconds, minimum=0.05, maximum=60),
+        store_grace_seconds=reader.number(
+            "store_grace_seconds", d.store_grace_seconds, minimum=0, maximum=3600),
+        on_store_error=reader.choice("on_store_error", d.on_store_error, FAILURE_MODES),
+        key_prefix=prefix,
+        webhook_max_body_bytes=reader.integer(
+            "webhook_max_body_bytes", d.webhook_max_body_bytes, minimum=1024,
+            maximum=16 * 1024**2),
+        introspection=reader.flag("introspection", d.introspection),
+        introspection_ttl_seconds=reader.number(
+            "introspection_ttl_seconds", d.introspection_ttl_seconds, minimum=0.1, maximum=3600),
+        introspection_grace_seconds=reader.number(
+            "introspection_grace_seconds", d.introspection_grace_seconds, minimum=0,
+            maximum=86400),
+        introspection_failure_mode=reader.choice(
+            "introspection_failure_mode", d.introspection_failure_mode, FAILURE_MODES),
+        introspection_timeout_seconds=reader.number(
+            "introspection_timeout_seconds", d.introspection_timeout_seconds, minimum=0.1,
+            maximum=60),
+        introspection_cache_size=reader.integer(
+            "introspection_cache_size", d.introspection_cache_size, minimum=1,
+            maximum=10_000_000),
+    )
+    if settings.introspection:
+        if not env.get("CLERK_SECRET_KEY"):
+            reader.problem("needs CLERK_SECRET_KEY", "introspection")
+        if check_key_url(api_url):
+            reader.problem(check_key_url(api_url) or "", "introspection")
+    redis_url = env.get("GATEWAY_REDIS_URL")
+    if redis_url and not redis_url.startswith(("redis://", "rediss://")):
+        reader.problems.append("GATEWAY_REDIS_URL: must be a redis:// or rediss:// URL")
+    reader.check_unknown()
+    return settings
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     config_path: str | None = None,
@@ -479,6 +562,7 @@ def load_settings(
     token_sources = _parse_token_sources(root)
     identity_headers = _parse_identity_headers(root)
     routes = parse_routes(root, problems)
+    revocation = _parse_revocation(root.child("revocation"), env, issuers, leeway, api_url)
 
     def secret(name: str) -> Secret | None:
         value = env.get(name)
@@ -509,5 +593,6 @@ def load_settings(
         webhook_secret=secret("CLERK_WEBHOOK_SIGNING_SECRET"),
         clerk_secret_key=secret("CLERK_SECRET_KEY"),
         clerk_api_url=api_url,
+        revocation=revocation,
         source_path=path,
     )

@@ -1,0 +1,160 @@
+"""Session introspection: ask Clerk's Backend API whether a session is still active.
+
+A session id not seen for ``introspection_ttl_seconds`` is looked up with
+``GET {api}/v1/sessions/{id}``; only status ``active`` passes (404 counts as revoked).
+Concurrent requests for one session share one call; a 429 stops all calls until its
+``Retry-After``; when the API cannot answer, the last known answer is used for
+``introspection_grace_seconds`` past its TTL, then ``introspection_failure_mode`` applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp import hdrs
+
+from gateway.config import RevocationSettings, Secret
+from gateway.metrics import Metrics
+from gateway.reasons import Reason
+
+__all__ = ["SessionIntrospector"]
+
+log = logging.getLogger("gateway.introspection")
+
+_DEFAULT_RETRY_AFTER = 10.0
+_MAX_RETRY_AFTER = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: str
+    fetched_at: float
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+def retry_after_seconds(value: str | None, now: float) -> float:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), bounded."""
+    if not value:
+        return _DEFAULT_RETRY_AFTER
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), _MAX_RETRY_AFTER)
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return _DEFAULT_RETRY_AFTER
+    return min(max(0.0, when - now), _MAX_RETRY_AFTER)
+
+
+class SessionIntrospector:
+    """Cached, single-flight, rate-limit-aware session status look-ups."""
+
+    def __init__(
+        self,
+        settings: RevocationSettings,
+        api_url: str,
+        secret: Secret,
+        session: Callable[[], aiohttp.ClientSession | None],
+        metrics: Metrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self._ttl = settings.introspection_ttl_seconds
+        self._grace = settings.introspection_grace_seconds
+        self._fail_open = settings.introspection_failure_mode == "fail_open"
+        self._timeout = aiohttp.ClientTimeout(total=settings.introspection_timeout_seconds)
+        self._max_entries = settings.introspection_cache_size
+        self._url = api_url.rstrip("/") + "/v1/sessions/"
+        self._auth = f"Bearer {secret.value}"
+        self._session = session
+        self._clock = clock
+        self._answers: dict[str, _Answer] = {}
+        self._inflight: dict[str, asyncio.Task[bool]] = {}
+        self.blocked_until = 0.0
+        self._calls = {r: metrics.introspection_calls.labels(r) for r in (
+            "active", "inactive", "not_found", "rate_limited", "error")}
+        self._fail_open_counter = metrics.fail_open.labels("introspection")
+
+    async def check(self, session_id: str) -> tuple[bool, Reason | None]:
+        """(answered from cache, None | REVOKED | REVOCATION_UNAVAILABLE)."""
+        now = self._clock()
+        answer = self._answers.get(session_id)
+        if answer is not None and now - answer.fetched_at < self._ttl:
+            return True, None if answer.active else Reason.REVOKED
+        if now >= self.blocked_until:
+            task = self._inflight.get(session_id)
+            if task is None:
+                task = asyncio.create_task(self._fetch(session_id))
+                self._inflight[session_id] = task
+            if await asyncio.shield(task):
+                answer = self._answers[session_id]
+                return False, None if answer.active else Reason.REVOKED
+        return self._fallback(self._answers.get(session_id), self._clock())
+
+    def _fallback(self, answer: _Answer | None, now: float) -> tuple[bool, Reason | None]:
+        if answer is not None and now - answer.fetched_at <= self._ttl + self._grace:
+            return True, None if answer.active else Reason.REVOKED
+        if self._fail_open:
+            self._fail_open_counter.inc()
+            return False, None
+        return False, Reason.REVOCATION_UNAVAILABLE
+
+    async def _fetch(self, session_id: str) -> bool:
+        try:
+            status = await self._call(session_id)
+        finally:
+            self._inflight.pop(session_id, None)
+        if status is None:
+            return False
+        self._answers.pop(session_id, None)
+        self._answers[session_id] = _Answer(status, self._clock())
+        if len(self._answers) > self._max_entries:
+            for old in list(self._answers)[: max(1, self._max_entries // 10)]:
+                del self._answers[old]
+        return True
+
+    async def _call(self, session_id: str) -> str | None:
+        """The session's status, "not_found", or None when there is no usable answer."""
+        session = self._session()
+        if session is None:
+            self._calls["error"].inc()
+            return None
+        url = self._url + quote(session_id, safe="")
+        try:
+            async with session.get(url, headers={hdrs.AUTHORIZATION: self._auth},
+                                   timeout=self._timeout, allow_redirects=False) as response:
+                if response.status == 404:
+                    self._calls["not_found"].inc()
+                    return "not_found"
+                if response.status == 429:
+                    wait = retry_after_seconds(response.headers.get(hdrs.RETRY_AFTER),
+                                               self._clock())
+                    self.blocked_until = self._clock() + wait
+                    self._calls["rate_limited"].inc()
+                    log.warning("session introspection rate limited",
+                                extra={"retry_after": wait})
+                    return None
+                if response.status != 200:
+                    self._calls["error"].inc()
+                    log.warning("session introspection failed",
+                                extra={"status": response.status})
+                    return None
+                body = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self._calls["error"].inc()
+            log.warning("session introspection unreachable", extra={"error": repr(exc)})
+            return None
+        status = body.get("status") if isinstance(body, dict) else None
+        if not isinstance(status, str) or not status:
+            self._calls["error"].inc()
+            return None
+        self._calls["active" if status == "active" else "inactive"].inc()
+        return status[:32]
