@@ -68,7 +68,9 @@ async def test_membership_revocation_leaves_other_organizations_alone(
     assert (await gw.get("/", clerk.token(sub="user_2", org_id="org_1"))).status == 200
 
 
-async def test_expired_entries_stop_revoking(clerk: DevIssuer, make_gateway: GatewayFactory) -> None:
+async def test_expired_entries_stop_revoking(
+    clerk: DevIssuer, make_gateway: GatewayFactory
+) -> None:
     offset = [0.0]
     gw = await make_gateway(env=ENV, clock=lambda: time.time() + offset[0])
     token = clerk.token(sub="user_1", lifetime=3600)

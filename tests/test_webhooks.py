@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from gateway.devissuer import DevIssuer
 from gateway.http.webhooks import WEBHOOK_PATH
@@ -171,9 +173,6 @@ async def test_signed_body_that_is_not_an_event_is_refused(
 ) -> None:
     gw = await make_gateway(env=ENV)
     body, headers = delivery("user.deleted", {"id": "user_1"})
-    from standardwebhooks.webhooks import Webhook
-    from datetime import UTC, datetime
-
     body = b"[1, 2, 3]"
     ts = int(headers["svix-timestamp"])
     headers["svix-signature"] = Webhook(WEBHOOK_SECRET).sign(
