@@ -60,7 +60,7 @@ class Gateway:
         redis_url = settings.redis_url.value if settings.redis_url else None
         self.revocation = RevocationChecker(
             revocation, build_store(redis_url, revocation, clock), self.metrics, clock,
-            introspector)
+            introspector, frozenset(i.issuer for i in settings.issuers if i.preset == "clerk"))
         self.authorizer = Authorizer(
             Router(settings.routes),
             TokenExtractor(settings.token_sources),

@@ -179,3 +179,24 @@ async def test_introspection_needs_the_secret_key(
         assert "revocation.introspection: needs CLERK_SECRET_KEY" in str(exc)
     else:
         raise AssertionError("introspection without CLERK_SECRET_KEY must be refused")
+
+
+async def test_tokens_of_other_issuers_are_not_looked_up_at_clerk(
+    clerk: DevIssuer, make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    corp = DevIssuer()
+    server = await aiohttp_server(corp.app())
+    corp.issuer = str(server.make_url("")).rstrip("/")
+    env = {"CLERK_SECRET_KEY": clerk.secret_key, "CLERK_API_URL": clerk.issuer}
+    config = {
+        "issuers": [{"name": "corp", "issuer": corp.issuer, "preset": "oidc",
+                     "jwks_url": f"{corp.issuer}/.well-known/jwks.json"}],
+        "revocation": {"introspection": True},
+    }
+    gw = await make_gateway(env=env, config=config)
+    response = await gw.get("/", corp.token(sub="employee_1", sid="corp_sess_1"))
+    assert response.status == 200
+    assert clerk.hits["session"] == 0
+    clerk.sessions["sess_1"] = "active"
+    assert (await gw.get("/", token(clerk))).status == 200
+    assert clerk.hits["session"] == 1

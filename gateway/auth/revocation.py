@@ -118,8 +118,10 @@ class RevocationChecker:
         metrics: Metrics,
         clock: Callable[[], float],
         introspector: SessionIntrospector | None = None,
+        introspect_issuers: frozenset[str] = frozenset(),
     ) -> None:
         self.settings = settings
+        self._introspect_issuers = introspect_issuers
         self.store = store
         self.introspector = introspector
         self._metrics = metrics
@@ -190,7 +192,8 @@ class RevocationChecker:
             reason = await self._check_stale(stale)
             if reason is not None:
                 return self._count(source, reason)
-        if self.introspector is not None and identity.session_id:
+        if (self.introspector is not None and identity.session_id
+                and identity.issuer in self._introspect_issuers):
             cached, reason = await self.introspector.check(identity.session_id)
             source = "introspection_cache" if cached else "introspection"
             if reason is Reason.REVOKED:
