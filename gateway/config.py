@@ -440,12 +440,13 @@ def load_settings(
     for url in {u for u in urls if urls.count(u) > 1}:
         problems.append(f"issuers: issuer {url!r} is declared more than once")
 
-    listen = _parse_listen(
-        env.get("GATEWAY_LISTEN") or root.text("listen", "0.0.0.0:8080") or "", "listen", problems)
+    file_listen = root.text("listen", "0.0.0.0:8080") or ""
+    file_admin_listen = root.text("admin_listen", "127.0.0.1:9090") or ""
+    file_upstream = root.text("upstream")
+    listen = _parse_listen(env.get("GATEWAY_LISTEN") or file_listen, "listen", problems)
     admin_listen = _parse_listen(
-        env.get("GATEWAY_ADMIN_LISTEN") or root.text("admin_listen", "127.0.0.1:9090") or "",
-        "admin_listen", problems)
-    upstream = env.get("GATEWAY_UPSTREAM") or root.text("upstream")
+        env.get("GATEWAY_ADMIN_LISTEN") or file_admin_listen, "admin_listen", problems)
+    upstream = env.get("GATEWAY_UPSTREAM") or file_upstream
     if upstream and not upstream.startswith(("http://", "https://")):
         problems.append(f"upstream: {upstream!r} must be an http:// or https:// URL")
 
@@ -456,10 +457,12 @@ def load_settings(
     verification.check_unknown()
 
     logging_reader = root.child("logging")
-    log_level = (env.get("GATEWAY_LOG_LEVEL") or logging_reader.text("level", "INFO") or "").upper()
+    file_level = logging_reader.text("level", "INFO") or ""
+    log_level = (env.get("GATEWAY_LOG_LEVEL") or file_level).upper()
     if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"log level: {log_level!r} must be DEBUG, INFO, WARNING or ERROR")
-    log_format = env.get("GATEWAY_LOG_FORMAT") or logging_reader.text("format", "json") or ""
+    file_format = logging_reader.text("format", "json") or ""
+    log_format = (env.get("GATEWAY_LOG_FORMAT") or file_format).lower()
     if log_format not in {"json", "text"}:
         problems.append(f"log format: {log_format!r} must be json or text")
     logging_reader.check_unknown()
