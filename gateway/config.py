@@ -11,6 +11,7 @@ import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "IDENTITY_FIELDS",
     "ClaimPaths",
     "ConfigError",
+    "ForwardAuthSettings",
     "IssuerSettings",
     "KeySettings",
     "Listen",
@@ -150,6 +152,24 @@ class KeySettings:
 
 
 @dataclass(frozen=True)
+class ForwardAuthSettings:
+    """How forward-auth callers are trusted and how Envoy's path prefix is removed."""
+
+    trusted_callers: tuple[IPv4Network | IPv6Network, ...] = ()
+    path_prefix: str = ""
+
+    def trusts(self, address: str | None) -> bool:
+        """True when this caller may say which request it forwards (all, when none listed)."""
+        if not self.trusted_callers:
+            return True
+        try:
+            ip = ip_address(address or "")
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted_callers)
+
+
+@dataclass(frozen=True)
 class TokenSource:
     """Where a token may be read from: a header (with scheme), a cookie or a query parameter."""
 
@@ -182,6 +202,7 @@ class Settings:
         default_factory=lambda: dict(DEFAULT_IDENTITY_HEADERS)
     )
     routes: tuple[Route, ...] = ()
+    forward_auth: ForwardAuthSettings = field(default_factory=ForwardAuthSettings)
     workers: int = 1
     log_level: str = "INFO"
     log_format: str = "json"
@@ -398,6 +419,27 @@ def _parse_keys(reader: Reader) -> KeySettings:
     return keys
 
 
+def parse_networks(reader: Reader, key: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """A list of CIDR networks (a bare address is a /32 or /128)."""
+    networks = []
+    for text in reader.str_list(key):
+        try:
+            networks.append(ip_network(text, strict=False))
+        except ValueError:
+            reader.problem(f"{text!r} is not an IP network", key)
+    return tuple(networks)
+
+
+def _parse_forward_auth(reader: Reader) -> ForwardAuthSettings:
+    prefix = (reader.text("path_prefix", "") or "").rstrip("/")
+    if prefix and not prefix.startswith("/"):
+        reader.problem(f"{prefix!r} must start with /", "path_prefix")
+        prefix = ""
+    settings = ForwardAuthSettings(parse_networks(reader, "trusted_callers"), prefix)
+    reader.check_unknown()
+    return settings
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     config_path: str | None = None,
@@ -482,6 +524,7 @@ def load_settings(
     token_sources = _parse_token_sources(root)
     identity_headers = _parse_identity_headers(root)
     routes = parse_routes(root, problems)
+    forward_auth = _parse_forward_auth(root.child("forward_auth"))
 
     def secret(name: str) -> Secret | None:
         value = env.get(name)
@@ -504,6 +547,7 @@ def load_settings(
         token_sources=token_sources,
         identity_headers=identity_headers,
         routes=tuple(routes),
+        forward_auth=forward_auth,
         workers=workers,
         log_level=log_level,
         log_format=log_format,
