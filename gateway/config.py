@@ -157,6 +157,7 @@ class ForwardAuthSettings:
 
     trusted_callers: tuple[IPv4Network | IPv6Network, ...] = ()
     path_prefix: str = ""
+    uri_source: str = "auto"
 
     def trusts(self, address: str | None) -> bool:
         """True when this caller may say which request it forwards (all, when none listed)."""
@@ -435,7 +436,8 @@ def _parse_forward_auth(reader: Reader) -> ForwardAuthSettings:
     if prefix and not prefix.startswith("/"):
         reader.problem(f"{prefix!r} must start with /", "path_prefix")
         prefix = ""
-    settings = ForwardAuthSettings(parse_networks(reader, "trusted_callers"), prefix)
+    source = reader.choice("uri_source", "auto", ("auto", "forwarded", "original"))
+    settings = ForwardAuthSettings(parse_networks(reader, "trusted_callers"), prefix, source)
     reader.check_unknown()
     return settings
 

@@ -195,3 +195,27 @@ async def test_envoy_path_prefix_is_removed(make_gateway: GatewayFactory) -> Non
     assert (await gw.get("/ext-authz/public/a")).status == 200
     assert (await gw.get("/ext-authz/private")).status == 401
     assert (await gw.get("/ext-authzpublic")).status == 401
+
+
+async def test_conflicting_forwarded_and_original_uri_is_refused(
+    clerk: DevIssuer, make_gateway: GatewayFactory
+) -> None:
+    gw = await make_gateway(config=PUBLIC)
+    # nginx sets X-Original-URI but passes a client's spoofed X-Forwarded-Uri along.
+    response = await gw.get("/", clerk.token(), headers={
+        "X-Forwarded-Uri": "/public/a", "X-Original-URI": "/admin"})
+    assert response.status == 400
+    assert (await response.json())["reason"] == "ambiguous_path"
+    spoofed_method = await gw.get("/", clerk.token(), headers={
+        "X-Forwarded-Method": "GET", "X-Original-Method": "DELETE"})
+    assert spoofed_method.status == 400
+    agreeing = await gw.get("/", headers={
+        "X-Forwarded-Uri": "/public/a", "X-Original-URI": "/public/a"})
+    assert agreeing.status == 200
+
+
+async def test_uri_source_can_be_pinned(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(config={**PUBLIC, "forward_auth": {"uri_source": "original"}})
+    response = await gw.get("/", headers={"X-Forwarded-Uri": "/public/a",
+                                          "X-Original-URI": "/admin"})
+    assert response.status == 401  # only X-Original-URI counts: /admin needs a token

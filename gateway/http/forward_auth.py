@@ -8,10 +8,21 @@ from gateway.config import ForwardAuthSettings
 from gateway.http.errors import error_response
 from gateway.http.headers import DECISION, REQUEST_ID, request_id
 from gateway.pipeline import Authorizer, RequestFacts
+from gateway.reasons import Reason
 
 __all__ = ["ForwardAuthHandler"]
 
 _EMPTY: dict[str, str] = {}
+
+
+class ConflictingForwardedRequest(Exception):
+    """X-Forwarded-* and X-Original-* describe different requests: one of them is spoofed."""
+
+
+def _disagree(first: tuple[str | None, str | None], second: tuple[str | None, str | None]) -> bool:
+    """True when both header families name a value and the values differ."""
+    return any(a is not None and b is not None and a != b for a, b in zip(first, second,
+                                                                            strict=True))
 
 
 class ForwardAuthHandler:
@@ -34,15 +45,30 @@ class ForwardAuthHandler:
                 own_path = "/" + own_path
         if not self._settings.trusts(request.remote):
             return request.method, own_path, headers.get(hdrs.HOST)
-        method = headers.get("X-Forwarded-Method") or headers.get("X-Original-Method")
-        uri = headers.get("X-Forwarded-Uri") or headers.get("X-Original-URI")
         host = headers.get("X-Forwarded-Host") or headers.get(hdrs.HOST)
-        return (method or request.method).upper(), uri or own_path, host
+        source = self._settings.uri_source
+        forwarded = (headers.get("X-Forwarded-Method"), headers.get("X-Forwarded-Uri"))
+        original = (headers.get("X-Original-Method"), headers.get("X-Original-URI"))
+        if source == "forwarded":
+            original = (None, None)
+        elif source == "original":
+            forwarded = (None, None)
+        elif _disagree(forwarded, original):
+            raise ConflictingForwardedRequest
+        method = forwarded[0] or original[0] or request.method
+        return method.upper(), forwarded[1] or original[1] or own_path, host
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Decide the request the caller forwarded."""
         headers = request.headers
-        method, uri, host = self._original(request)
+        rid = request_id(headers)
+        try:
+            method, uri, host = self._original(request)
+        except ConflictingForwardedRequest:
+            authorizer = self._authorizer
+            authorizer.metrics.decision("forward_auth", authorizer.router.default.name,
+                                        Reason.AMBIGUOUS_PATH)
+            return error_response(Reason.AMBIGUOUS_PATH, rid, self._realm)
         facts = RequestFacts(
             door="forward_auth",
             method=method,
@@ -52,7 +78,6 @@ class ForwardAuthHandler:
             cookies=request.cookies if hdrs.COOKIE in headers else _EMPTY,
             client_ip=request.remote,
         )
-        rid = request_id(headers)
         decision = await self._authorizer.authorize(facts)
         request[DECISION] = decision
         if not decision.allowed:
