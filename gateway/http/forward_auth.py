@@ -6,7 +6,8 @@ from aiohttp import hdrs, web
 
 from gateway.config import ForwardAuthSettings
 from gateway.http.errors import error_response
-from gateway.http.headers import DECISION, REQUEST_ID, request_id
+from gateway.http.headers import DECISION, REQUEST_ID, REQUEST_ID_KEY, request_id
+from gateway.http.observe import RequestObserver
 from gateway.pipeline import Authorizer, RequestFacts
 from gateway.reasons import Reason
 
@@ -33,6 +34,7 @@ class ForwardAuthHandler:
         self._realm = realm
         self._settings = settings
         self._prefix = settings.path_prefix
+        self._observer = RequestObserver(authorizer.metrics, "forward_auth")
 
     def _original(self, request: web.Request) -> tuple[str, str, str | None]:
         """The forwarded request's method, URI and host, as the caller reports them."""
@@ -59,9 +61,20 @@ class ForwardAuthHandler:
         return method.upper(), forwarded[1] or original[1] or own_path, host
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Decide the request the caller forwarded."""
+        """Decide the request the caller forwarded, observed for metrics and the access log."""
+        started = self._observer.begin()
+        response: web.StreamResponse | None = None
+        try:
+            response = await self._decide(request)
+            return response
+        finally:
+            self._observer.end(
+                started, request.get(REQUEST_ID_KEY, ""), request.method,
+                response.status if response is not None else 500, request.get(DECISION))
+
+    async def _decide(self, request: web.Request) -> web.StreamResponse:
         headers = request.headers
-        rid = request_id(headers)
+        rid = request[REQUEST_ID_KEY] = request_id(headers)
         try:
             method, uri, host = self._original(request)
         except ConflictingForwardedRequest:
