@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/clerk-gateway demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 test: $(STAMP) system-deps lint

@@ -11,6 +11,7 @@ import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "IDENTITY_FIELDS",
     "ClaimPaths",
     "ConfigError",
+    "ForwardAuthSettings",
     "IssuerSettings",
     "KeySettings",
     "Listen",
@@ -174,6 +176,25 @@ class RevocationSettings:
 
 
 @dataclass(frozen=True)
+class ForwardAuthSettings:
+    """How forward-auth callers are trusted and how Envoy's path prefix is removed."""
+
+    trusted_callers: tuple[IPv4Network | IPv6Network, ...] = ()
+    path_prefix: str = ""
+    uri_source: str = "auto"
+
+    def trusts(self, address: str | None) -> bool:
+        """True when this caller may say which request it forwards (all, when none listed)."""
+        if not self.trusted_callers:
+            return True
+        try:
+            ip = ip_address(address or "")
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted_callers)
+
+
+@dataclass(frozen=True)
 class TokenSource:
     """Where a token may be read from: a header (with scheme), a cookie or a query parameter."""
 
@@ -206,6 +227,7 @@ class Settings:
         default_factory=lambda: dict(DEFAULT_IDENTITY_HEADERS)
     )
     routes: tuple[Route, ...] = ()
+    forward_auth: ForwardAuthSettings = field(default_factory=ForwardAuthSettings)
     workers: int = 1
     log_level: str = "INFO"
     log_format: str = "json"
@@ -481,6 +503,28 @@ def _parse_revocation(
     return settings
 
 
+def parse_networks(reader: Reader, key: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """A list of CIDR networks (a bare address is a /32 or /128)."""
+    networks = []
+    for text in reader.str_list(key):
+        try:
+            networks.append(ip_network(text, strict=False))
+        except ValueError:
+            reader.problem(f"{text!r} is not an IP network", key)
+    return tuple(networks)
+
+
+def _parse_forward_auth(reader: Reader) -> ForwardAuthSettings:
+    prefix = (reader.text("path_prefix", "") or "").rstrip("/")
+    if prefix and not prefix.startswith("/"):
+        reader.problem(f"{prefix!r} must start with /", "path_prefix")
+        prefix = ""
+    source = reader.choice("uri_source", "auto", ("auto", "forwarded", "original"))
+    settings = ForwardAuthSettings(parse_networks(reader, "trusted_callers"), prefix, source)
+    reader.check_unknown()
+    return settings
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     config_path: str | None = None,
@@ -523,12 +567,13 @@ def load_settings(
     for url in {u for u in urls if urls.count(u) > 1}:
         problems.append(f"issuers: issuer {url!r} is declared more than once")
 
-    listen = _parse_listen(
-        env.get("GATEWAY_LISTEN") or root.text("listen", "0.0.0.0:8080") or "", "listen", problems)
+    file_listen = root.text("listen", "0.0.0.0:8080") or ""
+    file_admin_listen = root.text("admin_listen", "127.0.0.1:9090") or ""
+    file_upstream = root.text("upstream")
+    listen = _parse_listen(env.get("GATEWAY_LISTEN") or file_listen, "listen", problems)
     admin_listen = _parse_listen(
-        env.get("GATEWAY_ADMIN_LISTEN") or root.text("admin_listen", "127.0.0.1:9090") or "",
-        "admin_listen", problems)
-    upstream = env.get("GATEWAY_UPSTREAM") or root.text("upstream")
+        env.get("GATEWAY_ADMIN_LISTEN") or file_admin_listen, "admin_listen", problems)
+    upstream = env.get("GATEWAY_UPSTREAM") or file_upstream
     if upstream and not upstream.startswith(("http://", "https://")):
         problems.append(f"upstream: {upstream!r} must be an http:// or https:// URL")
 
@@ -539,10 +584,12 @@ def load_settings(
     verification.check_unknown()
 
     logging_reader = root.child("logging")
-    log_level = (env.get("GATEWAY_LOG_LEVEL") or logging_reader.text("level", "INFO") or "").upper()
+    file_level = logging_reader.text("level", "INFO") or ""
+    log_level = (env.get("GATEWAY_LOG_LEVEL") or file_level).upper()
     if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"log level: {log_level!r} must be DEBUG, INFO, WARNING or ERROR")
-    log_format = env.get("GATEWAY_LOG_FORMAT") or logging_reader.text("format", "json") or ""
+    file_format = logging_reader.text("format", "json") or ""
+    log_format = (env.get("GATEWAY_LOG_FORMAT") or file_format).lower()
     if log_format not in {"json", "text"}:
         problems.append(f"log format: {log_format!r} must be json or text")
     logging_reader.check_unknown()
@@ -563,6 +610,7 @@ def load_settings(
     identity_headers = _parse_identity_headers(root)
     routes = parse_routes(root, problems)
     revocation = _parse_revocation(root.child("revocation"), env, issuers, leeway, api_url)
+    forward_auth = _parse_forward_auth(root.child("forward_auth"))
 
     def secret(name: str) -> Secret | None:
         value = env.get(name)
@@ -585,6 +633,7 @@ def load_settings(
         token_sources=token_sources,
         identity_headers=identity_headers,
         routes=tuple(routes),
+        forward_auth=forward_auth,
         workers=workers,
         log_level=log_level,
         log_format=log_format,

@@ -52,7 +52,7 @@ class Reader:
 
     def problem(self, message: str, key: str | None = None) -> None:
         """Record one problem at this path (or at one key below it)."""
-        where = f"{self.path}.{key}" if key else self.path
+        where = self._join(key) if key else self.path
         self.problems.append(f"{where}: {message}" if where else message)
 
     def has(self, key: str) -> bool:

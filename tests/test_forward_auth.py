@@ -168,3 +168,54 @@ async def test_every_method_is_answered_without_redirects(
     for method in ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
         response = await gw.client.request(method, "/x", allow_redirects=False)
         assert response.status == 401, method
+
+
+PUBLIC = {"routes": [{"name": "public", "path_prefix": "/public", "access": "public"}]}
+
+
+async def test_forwarded_uri_selects_the_route(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(config=PUBLIC)
+    assert (await gw.get("/", headers={"X-Forwarded-Uri": "/public/a"})).status == 200
+    assert (await gw.get("/", headers={"X-Original-URI": "/public/a"})).status == 200
+    assert (await gw.get("/", headers={"X-Forwarded-Uri": "/private"})).status == 401
+    # Without forwarded headers the request's own path is the one decided (Envoy).
+    assert (await gw.get("/public/a")).status == 200
+
+
+async def test_untrusted_callers_cannot_choose_the_uri(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(config={**PUBLIC, "forward_auth": {"trusted_callers": ["10.0.0.0/8"]}})
+    assert (await gw.get("/", headers={"X-Forwarded-Uri": "/public/a"})).status == 401
+    trusted = await make_gateway(config={**PUBLIC,
+                                         "forward_auth": {"trusted_callers": ["127.0.0.1"]}})
+    assert (await trusted.get("/", headers={"X-Forwarded-Uri": "/public/a"})).status == 200
+
+
+async def test_envoy_path_prefix_is_removed(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(config={**PUBLIC, "forward_auth": {"path_prefix": "/ext-authz"}})
+    assert (await gw.get("/ext-authz/public/a")).status == 200
+    assert (await gw.get("/ext-authz/private")).status == 401
+    assert (await gw.get("/ext-authzpublic")).status == 401
+
+
+async def test_conflicting_forwarded_and_original_uri_is_refused(
+    clerk: DevIssuer, make_gateway: GatewayFactory
+) -> None:
+    gw = await make_gateway(config=PUBLIC)
+    # nginx sets X-Original-URI but passes a client's spoofed X-Forwarded-Uri along.
+    response = await gw.get("/", clerk.token(), headers={
+        "X-Forwarded-Uri": "/public/a", "X-Original-URI": "/admin"})
+    assert response.status == 400
+    assert (await response.json())["reason"] == "ambiguous_path"
+    spoofed_method = await gw.get("/", clerk.token(), headers={
+        "X-Forwarded-Method": "GET", "X-Original-Method": "DELETE"})
+    assert spoofed_method.status == 400
+    agreeing = await gw.get("/", headers={
+        "X-Forwarded-Uri": "/public/a", "X-Original-URI": "/public/a"})
+    assert agreeing.status == 200
+
+
+async def test_uri_source_can_be_pinned(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(config={**PUBLIC, "forward_auth": {"uri_source": "original"}})
+    response = await gw.get("/", headers={"X-Forwarded-Uri": "/public/a",
+                                          "X-Original-URI": "/admin"})
+    assert response.status == 401  # only X-Original-URI counts: /admin needs a token

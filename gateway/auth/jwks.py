@@ -110,6 +110,8 @@ class IssuerKeys:
         self._refresh_in = settings.refresh_seconds
         self._jwks_uri: str | None = None
         self._task: asyncio.Task[None] | None = None
+        for result in ("success", "error"):
+            metrics.key_fetches.labels(issuer.name, result)  # series exist from 0 for alerts
         if issuer.jwt_key:
             self._static = KeyEntry(load_pem_public_key(issuer.jwt_key.encode()))
             self._metrics.keys.labels(issuer.name).set(1)

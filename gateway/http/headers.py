@@ -10,9 +10,10 @@ from multidict import CIMultiDictProxy
 
 from gateway.pipeline import Decision
 
-__all__ = ["DECISION", "REQUEST_ID", "request_id"]
+__all__ = ["DECISION", "REQUEST_ID", "REQUEST_ID_KEY", "request_id"]
 
 DECISION = web.RequestKey("decision", Decision)
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
 REQUEST_ID = "X-Request-Id"
 _WELL_FORMED = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")

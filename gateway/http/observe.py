@@ -1,0 +1,67 @@
+"""Per-request observation shared by every door: in-flight gauge, latency, one log line."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from prometheus_client import Gauge, Histogram
+
+from gateway.metrics import Metrics
+from gateway.pipeline import Decision
+
+__all__ = ["RequestObserver"]
+
+access_log = logging.getLogger("gateway.access")
+
+
+class RequestObserver:
+    """Counts in-flight requests, observes latency and writes one structured line per request."""
+
+    def __init__(self, metrics: Metrics, door: str,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self._metrics = metrics
+        self._door = door
+        self._clock = clock
+        self._in_flight: Gauge = metrics.in_flight.labels(door)
+        self._durations: dict[str, Histogram] = {}
+
+    def begin(self) -> float:
+        """Mark a request as started; returns its start time."""
+        self._in_flight.inc()
+        return self._clock()
+
+    def end(
+        self,
+        started: float,
+        request_id: str,
+        method: str,
+        status: int,
+        decision: Decision | None,
+        upstream_status: int | None = None,
+    ) -> None:
+        """Mark a request as finished: latency by route, and the access log line."""
+        elapsed = self._clock() - started
+        self._in_flight.dec()
+        route = decision.route.name if decision is not None else "none"
+        histogram = self._durations.get(route)
+        if histogram is None:
+            histogram = self._durations[route] = self._metrics.request_duration.labels(
+                self._door, route)
+        histogram.observe(elapsed)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        identity = decision.identity if decision is not None else None
+        access_log.info("request", extra={
+            "request_id": request_id,
+            "door": self._door,
+            "route": route,
+            "method": method,
+            "status": status,
+            "reason": decision.reason.label if decision is not None else None,
+            "user": identity.user_id if identity else None,
+            "org": identity.org_id if identity else None,
+            "duration_ms": round(elapsed * 1000, 3),
+            "upstream_status": upstream_status,
+        })
