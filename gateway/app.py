@@ -21,6 +21,7 @@ from gateway.http.headers import request_id
 from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer
 from gateway.reasons import Reason
+from gateway.reload import ReloadResult, apply_settings
 from gateway.routing import Router
 
 __all__ = ["GATEWAY", "Gateway", "build_admin_app", "build_public_app"]
@@ -47,12 +48,18 @@ class Gateway:
         self.keys: dict[str, IssuerKeys] = {}
         self.verifier = Verifier(settings, self.keys, self.metrics, clock)
         self.authorizer = Authorizer(
-            Router(settings.routes),
+            Router(settings.routes, settings.route_options),
             TokenExtractor(settings.token_sources),
             self.verifier,
             self.metrics,
         )
         self.admin = AdminHandlers(self.keys, lambda: self.scrape_registry())
+        self._reload_lock = asyncio.Lock()
+
+    async def reload(self, settings: Settings) -> ReloadResult:
+        """Swap routes, issuers, token sources and identity headers for validated settings."""
+        async with self._reload_lock:
+            return await apply_settings(self, settings)
 
     async def start(self) -> None:
         """Open the HTTP client, fetch every issuer's keys once, start the refreshers."""

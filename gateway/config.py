@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from gateway.configreader import Reader, check_key_url
-from gateway.routing import Route, parse_routes
+from gateway.routing import Route, RouteOptions, parse_route_options, parse_routes
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -182,6 +182,7 @@ class Settings:
         default_factory=lambda: dict(DEFAULT_IDENTITY_HEADERS)
     )
     routes: tuple[Route, ...] = ()
+    route_options: RouteOptions = field(default_factory=RouteOptions)
     workers: int = 1
     log_level: str = "INFO"
     log_format: str = "json"
@@ -478,7 +479,9 @@ def load_settings(
     keys = _parse_keys(root.child("keys"))
     token_sources = _parse_token_sources(root)
     identity_headers = _parse_identity_headers(root)
-    routes = parse_routes(root, problems)
+    route_options = parse_route_options(root)
+    routes = parse_routes(
+        root, problems, {i.name: i.issuer for i in issuers}, route_options)
 
     def secret(name: str) -> Secret | None:
         value = env.get(name)
@@ -501,6 +504,7 @@ def load_settings(
         token_sources=token_sources,
         identity_headers=identity_headers,
         routes=tuple(routes),
+        route_options=route_options,
         workers=workers,
         log_level=log_level,
         log_format=log_format,
