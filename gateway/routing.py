@@ -28,6 +28,7 @@ __all__ = [
     "normalize_path",
     "parse_route_options",
     "parse_routes",
+    "TemplateError",
     "parse_template",
     "shadows",
 ]
@@ -149,6 +150,8 @@ def _match_template(template: tuple[str, ...], path: str, fold: bool) -> dict[st
         if i >= len(segments):
             return None
         segment = segments[i]
+        if not segment:
+            return None
         if pattern == "*":
             continue
         param = _PARAM.match(pattern)
@@ -319,7 +322,11 @@ def _parse_route(item: Reader, issuers: Mapping[str, str]) -> tuple[Route, bool]
 
 def parse_route_options(root: Reader) -> RouteOptions:
     """Read the top-level `default_access` and `route_options` settings."""
-    access = root.choice("default_access", "authenticated", ACCESS_KINDS)
+    access = root.text("default_access", "authenticated") or "authenticated"
+    if access not in ACCESS_KINDS:
+        root.problems.append(
+            f"default_access: must be one of {', '.join(ACCESS_KINDS)}, got {access!r}")
+        access = "authenticated"
     options = root.child("route_options")
     case_sensitive = options.flag("case_sensitive", True)
     options.check_unknown()
