@@ -69,6 +69,8 @@ async def apply_settings(gateway: Gateway, new: Settings) -> ReloadResult:
                 fresh[issuer.name] = IssuerKeys(
                     issuer, settings.keys, gateway.session, gateway.metrics)
         await asyncio.gather(*(keys.refresh() for keys in fresh.values()))
+    added = tuple(n for n in fresh if n not in current)
+    replaced = tuple(n for n in fresh if n in current)
     wanted = {i.name for i in settings.issuers}
     retired = [k for name, k in current.items() if name not in wanted or name in fresh]
     removed = tuple(name for name in current if name not in wanted)
@@ -91,8 +93,8 @@ async def apply_settings(gateway: Gateway, new: Settings) -> ReloadResult:
         await keys.stop()
     return ReloadResult(
         routes=len(settings.routes),
-        issuers_added=tuple(n for n in fresh if n not in current),
-        issuers_replaced=tuple(n for n in fresh if n in current),
+        issuers_added=added,
+        issuers_replaced=replaced,
         issuers_removed=removed,
         restart_required=restart,
     )

@@ -25,10 +25,10 @@ __all__ = [
     "RouteMatch",
     "RouteOptions",
     "Router",
+    "TemplateError",
     "normalize_path",
     "parse_route_options",
     "parse_routes",
-    "TemplateError",
     "parse_template",
     "shadows",
 ]

@@ -14,8 +14,14 @@ import yaml
 
 from gateway.config import ConfigError, load_settings
 from gateway.configreader import Reader
-from gateway.routing import Router, TemplateError, parse_route_options, parse_routes, \
-    parse_template, shadows
+from gateway.routing import (
+    Router,
+    TemplateError,
+    parse_route_options,
+    parse_routes,
+    parse_template,
+    shadows,
+)
 
 ISSUER = {"CLERK_ISSUER": "https://clerk.example.test"}
 
