@@ -33,6 +33,7 @@ log = logging.getLogger("gateway.reload")
 RESTART_FIELDS = (
     "listen", "admin_listen", "workers", "upstream", "realm", "log_level", "log_format",
     "admin_token", "redis_url", "webhook_secret", "clerk_secret_key", "clerk_api_url",
+    "forward_auth",
 )
 _VERIFIER_FIELDS = (
     "issuers", "identity_headers", "leeway_seconds", "max_token_bytes", "token_cache_size",
@@ -52,7 +53,10 @@ class ReloadResult:
 
 def _effective(old: Settings, new: Settings) -> tuple[Settings, tuple[str, ...]]:
     """The new settings with start-up-only fields kept at their running values."""
-    pinned = {f: getattr(old, f) for f in RESTART_FIELDS if getattr(old, f) != getattr(new, f)}
+    pinned = {
+        f: getattr(old, f) for f in RESTART_FIELDS
+        if hasattr(old, f) and getattr(old, f) != getattr(new, f)
+    }
     return dataclasses.replace(new, **pinned), tuple(pinned)
 
 
