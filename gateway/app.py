@@ -26,6 +26,7 @@ from gateway.http.webhooks import WEBHOOK_PATH, ClerkWebhooks
 from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer
 from gateway.reasons import Reason
+from gateway.reload import ReloadResult, apply_settings
 from gateway.routing import Router
 
 __all__ = ["GATEWAY", "Gateway", "build_admin_app", "build_public_app"]
@@ -62,7 +63,7 @@ class Gateway:
             revocation, build_store(redis_url, revocation, clock), self.metrics, clock,
             introspector, frozenset(i.issuer for i in settings.issuers if i.preset == "clerk"))
         self.authorizer = Authorizer(
-            Router(settings.routes),
+            Router(settings.routes, settings.route_options),
             TokenExtractor(settings.token_sources),
             self.verifier,
             self.metrics,
@@ -74,6 +75,12 @@ class Gateway:
         self.admin = AdminHandlers(self.keys, lambda: self.scrape_registry())
         if redis_url:
             self.admin.add_check("redis", lambda: self.revocation.ready)
+        self._reload_lock = asyncio.Lock()
+
+    async def reload(self, settings: Settings) -> ReloadResult:
+        """Swap routes, issuers, token sources and identity headers for validated settings."""
+        async with self._reload_lock:
+            return await apply_settings(self, settings)
 
     async def start(self) -> None:
         """Open the HTTP client, fetch every issuer's keys once, start the refreshers."""

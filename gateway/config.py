@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from gateway.configreader import Reader, check_key_url
-from gateway.routing import Route, parse_routes
+from gateway.routing import Route, RouteOptions, parse_route_options, parse_routes
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -228,6 +228,7 @@ class Settings:
     )
     routes: tuple[Route, ...] = ()
     forward_auth: ForwardAuthSettings = field(default_factory=ForwardAuthSettings)
+    route_options: RouteOptions = field(default_factory=RouteOptions)
     workers: int = 1
     log_level: str = "INFO"
     log_format: str = "json"
@@ -608,7 +609,9 @@ def load_settings(
     keys = _parse_keys(root.child("keys"))
     token_sources = _parse_token_sources(root)
     identity_headers = _parse_identity_headers(root)
-    routes = parse_routes(root, problems)
+    route_options = parse_route_options(root)
+    routes = parse_routes(
+        root, problems, {i.name: i.issuer for i in issuers}, route_options)
     revocation = _parse_revocation(root.child("revocation"), env, issuers, leeway, api_url)
     forward_auth = _parse_forward_auth(root.child("forward_auth"))
 
@@ -634,6 +637,7 @@ def load_settings(
         identity_headers=identity_headers,
         routes=tuple(routes),
         forward_auth=forward_auth,
+        route_options=route_options,
         workers=workers,
         log_level=log_level,
         log_format=log_format,

@@ -91,15 +91,18 @@ class Authorizer:
         return decision
 
     async def _decide(self, facts: RequestFacts) -> Decision:
+        router = self.router  # read once: a reload may swap it while this request waits
         try:
             path = normalize_path(facts.uri)
-        except AmbiguousPath:
-            return Decision(Reason.AMBIGUOUS_PATH, self.router.default)
-        match = self.router.match(facts.method, path, facts.host)
+        except AmbiguousPath as exc:
+            return Decision(Reason.AMBIGUOUS_PATH, router.default, detail=str(exc))
+        match = router.match(facts.method, path, facts.host)
         route = match.route
         access = route.rule.access
         if access == "public":
             return Decision(Reason.PUBLIC, route, path=path, params=match.params)
+        if access == "deny":
+            return Decision(Reason.ACCESS_DENIED, route, path=path, params=match.params)
         try:
             token = self.extractor.extract(facts.headers, facts.cookies, facts.query)
         except AmbiguousToken as exc:
@@ -120,7 +123,8 @@ class Authorizer:
         revoked = await self.revocation.check(identity)
         if revoked is not None:
             return Decision(revoked, route, identity=identity, path=path, retry_after=1)
-        unmet = route.rule.evaluate(identity, match.params)
+        unmet = route.rule.check(identity, match.params)
         if unmet is not None:
-            return Decision(unmet, route, identity=identity, path=path)
+            return Decision(unmet.reason, route, identity=identity, path=path,
+                            detail=unmet.requirement, params=match.params)
         return Decision(Reason.OK, route, identity, verified.headers, path, params=match.params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -11,10 +12,20 @@ from aiohttp import web
 
 from gateway.app import Gateway, build_admin_app, build_public_app
 from gateway.config import Settings
+from gateway.reload import reload_from_sources
 
 __all__ = ["serve"]
 
 log = logging.getLogger("gateway.server")
+
+
+async def _reload(gateway: Gateway, path: str | None) -> None:
+    """SIGHUP: re-read the environment and the file; keep the running config if invalid."""
+    log.info("SIGHUP received: reloading the configuration", extra={"config": path})
+    try:
+        await reload_from_sources(gateway, os.environ, path)
+    except Exception:  # a reload bug must not take the serving process down
+        log.exception("configuration reload failed; the running configuration stays in force")
 
 
 async def serve(
@@ -37,6 +48,14 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(_reload(gateway, settings.source_path))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         await web.TCPSite(public, settings.listen.host, settings.listen.port).start()
         await web.TCPSite(admin, settings.admin_listen.host, settings.admin_listen.port).start()
@@ -50,5 +69,6 @@ async def serve(
         await stop.wait()
         log.info("shutting down")
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         await admin.cleanup()
         await public.cleanup()
