@@ -127,11 +127,11 @@ def build_public_app(gateway: Gateway) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_route("*", WEBHOOK_PATH, gateway.webhooks.handle)
-    app.router.add_route("*", RESERVED_PREFIX + "{tail:.*}", _reserved_not_found)
+    app.router.add_route("*", RESERVED_PREFIX + r"{tail:[\s\S]*}", _reserved_not_found)
 
     forward_auth = ForwardAuthHandler(
         gateway.authorizer, gateway.settings.realm, gateway.settings.forward_auth)
-    app.router.add_route("*", "/{tail:.*}", forward_auth.handle)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", forward_auth.handle)
     return app
 
 

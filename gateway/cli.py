@@ -34,7 +34,10 @@ def _describe(settings: Settings) -> str:
             f"  issuer {issuer.name}: {issuer.issuer} (preset {issuer.preset}, "
             f"keys from {issuer.key_source}, algorithms {', '.join(issuer.algorithms)})"
         )
-    lines.append(f"  routes: {len(settings.routes)} (unmatched requests need authentication)")
+    default = settings.route_options.default.rule.access
+    lines.append(f"  routes: {len(settings.routes)} (unmatched requests: {default})")
+    for route in settings.routes:
+        lines.append(f"    {route.name}: {route.rule.access}")
     return "\n".join(lines)
 
 

@@ -219,3 +219,10 @@ async def test_uri_source_can_be_pinned(make_gateway: GatewayFactory) -> None:
     response = await gw.get("/", headers={"X-Forwarded-Uri": "/public/a",
                                           "X-Original-URI": "/admin"})
     assert response.status == 401  # only X-Original-URI counts: /admin needs a token
+
+
+async def test_encoded_newline_in_the_path_is_a_decision(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    response = await gw.get("/admin%0a")
+    assert response.status == 400
+    assert (await response.json())["reason"] == "ambiguous_path"
