@@ -415,8 +415,8 @@ def _parse_proxy(reader: Reader) -> ProxySettings:
     for prefix in prefixes:
         reader.header_name("strip_header_prefixes", prefix)
     query = reader.raw("websocket_query_token", d.websocket_query_token)
-    if query is False or query == "":
-        query = None
+    if reader.data.get("websocket_query_token", "?") in (None, False, ""):
+        query = None  # explicitly off: tokens only from headers and cookies
     elif query is not None and not isinstance(query, str):
         reader.problem("must be a query parameter name, or null for none",
                        "websocket_query_token")
