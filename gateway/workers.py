@@ -144,8 +144,10 @@ class _Supervisor:
                     log.error("workers did not stop in time; killing them")
                     self.signal_all(signal.SIGKILL)
             time.sleep(_POLL_SECONDS)
+        # A worker our own SIGTERM reached before it installed its handlers never served.
         last = [codes.get(p.pid, 1) for p in self.procs if p is not None]
-        return 1 if self.failed or any(last) else 0
+        clean = (0, -signal.SIGTERM)
+        return 1 if self.failed or any(code not in clean for code in last) else 0
 
 
 def run_workers(count: int, config_path: str | None, shutdown_timeout: float) -> int:

@@ -91,6 +91,7 @@ class Upstream:
         return response
 
     async def _slow(self, request: web.Request) -> web.Response:
+        self.seen.append(Seen(request.method, request.raw_path, raw_headers(request)))
         await asyncio.sleep(float(request.query.get("seconds", "5")))
         return web.Response(text="slow done")
 
@@ -249,7 +250,7 @@ async def start_gateway_process(
         "PYTHONPATH": str(ROOT),
         "GATEWAY_LISTEN": f"127.0.0.1:{port}",
         "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
-        "GATEWAY_LOG_LEVEL": "WARNING",
+        "GATEWAY_LOG_LEVEL": "INFO",
         **env,
     })
     log_path = tmp / f"gateway-{port}.log"
