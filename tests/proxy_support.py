@@ -250,7 +250,7 @@ async def start_gateway_process(
         "PYTHONPATH": str(ROOT),
         "GATEWAY_LISTEN": f"127.0.0.1:{port}",
         "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
-        "GATEWAY_LOG_LEVEL": "INFO",
+        "GATEWAY_LOG_LEVEL": "WARNING",
         **env,
     })
     log_path = tmp / f"gateway-{port}.log"

@@ -53,30 +53,33 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-async def _wait_listening(parent: int, port: int, count: int) -> list[int]:
-    """The worker pids once `count` of them each listen on the port (bounded wait)."""
+async def _wait_listening(parent: int, count: int, *ports: int) -> list[int]:
+    """The worker pids once `count` of them each listen on every port (bounded wait)."""
     workers: list[int] = []
     for _ in range(300):
         workers = _children(parent)
-        listening = _listening_inodes(port)
-        if len(workers) == count and len(listening) == count and all(
-            _socket_inodes(pid) & listening for pid in workers
-        ):
+        if len(workers) == count and all(_all_listen(workers, port) for port in ports):
             return workers
         await asyncio.sleep(0.1)
-    raise AssertionError(f"workers {workers} not all listening on {port}")
+    raise AssertionError(f"workers {workers} not all listening on {ports}")
+
+
+def _all_listen(workers: list[int], port: int) -> bool:
+    listening = _listening_inodes(port)
+    return len(listening) == len(workers) and all(
+        _socket_inodes(pid) & listening for pid in workers)
 
 
 async def test_two_workers_share_the_port_and_metrics_sum_across_them(
     clerk: DevIssuer, upstream: Upstream, tmp_path: Path
 ) -> None:
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     gateway = await start_gateway_process(
         {"CLERK_ISSUER": clerk.issuer, "GATEWAY_UPSTREAM": upstream.url},
-        port, free_port(), tmp_path, "--workers", "2")
+        port, admin_port, tmp_path, "--workers", "2")
     try:
-        # Each worker holds its own listening socket on the one public port (SO_REUSEPORT).
-        workers = await _wait_listening(gateway.proc.pid, port, 2)
+        # Each worker holds its own listening sockets on the one public and admin ports.
+        workers = await _wait_listening(gateway.proc.pid, 2, port, admin_port)
 
         auth = {"Authorization": f"Bearer {clerk.token(lifetime=600)}"}
         requests = 60
@@ -94,7 +97,7 @@ async def test_two_workers_share_the_port_and_metrics_sum_across_them(
             for _ in range(6):
                 async with session.get(f"{gateway.admin_url}/metrics") as response:
                     scrapes.append(await response.text())
-        assert answered_by == {str(pid) for pid in workers}
+        assert answered_by == {str(pid) for pid in workers}, (answered_by, workers)
         assert len(upstream.seen) == requests
         pattern = re.compile(
             r'^clerk_gateway_decisions_total\{door="proxy",outcome="allow",reason="ok",'
@@ -137,7 +140,7 @@ async def test_sigterm_to_the_parent_drains_workers(
     gateway = await start_gateway_process(
         {"CLERK_ISSUER": clerk.issuer, "GATEWAY_UPSTREAM": upstream.url},
         port, free_port(), tmp_path, "--workers", "2")
-    await _wait_listening(gateway.proc.pid, port, 2)
+    await _wait_listening(gateway.proc.pid, 2, port)
     auth = {"Authorization": f"Bearer {clerk.token()}"}
     async with aiohttp.ClientSession() as session:
         pending = asyncio.ensure_future(

@@ -33,6 +33,9 @@ __all__ = ["BodyTooLarge", "ProxyHandler", "classify_failure"]
 log = logging.getLogger("gateway.proxy")
 
 _EMPTY: Mapping[str, str] = {}
+# Bodies up to this size with a Content-Length are read whole and sent with the headers.
+_SMALL_BODY = 64 * 1024
+_NO_BODY_STATUSES = frozenset({204, 304})
 _SKIP_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
 
 
@@ -215,15 +218,22 @@ class ProxyHandler:
             return self._failure(exc, route, rid)
         try:
             self._observe(route, time.perf_counter() - started)
+            length = upstream.content_length
+            if (length is not None and length <= _SMALL_BODY and request.method != hdrs.METH_HEAD
+                    and upstream.status not in _NO_BODY_STATUSES):
+                return await self._small(upstream, rid, route)
             response = web.StreamResponse(
                 status=upstream.status, reason=upstream.reason,
                 headers=self._hygiene.response_headers(upstream.headers))
             if REQUEST_ID not in response.headers:
                 response.headers[REQUEST_ID] = rid
-            await response.prepare(request)
             try:
+                await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
+                await response.write_eof()
+            except ConnectionError:
+                return response  # the client went away; the upstream connection is closed below
             except (aiohttp.ClientError, TimeoutError) as exc:
                 kind = "body_too_large" if state.too_large else classify_failure(exc)[0]
                 if not state.too_large:
@@ -233,15 +243,25 @@ class ProxyHandler:
                 if request.transport is not None:
                     request.transport.abort()
                 return response
-            except ConnectionError:
-                return response  # the client went away; the upstream connection is closed below
-            await response.write_eof()
             return response
         finally:
             if upstream.content.at_eof():
                 upstream.release()
             else:
                 upstream.close()
+
+    async def _small(self, upstream: aiohttp.ClientResponse, rid: str, route: str
+                     ) -> web.StreamResponse:
+        """A small body of known length, sent with the headers in one write."""
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return self._failure(exc, route, rid)
+        response = web.Response(status=upstream.status, reason=upstream.reason, body=body,
+                                headers=self._hygiene.response_headers(upstream.headers))
+        if REQUEST_ID not in response.headers:
+            response.headers[REQUEST_ID] = rid
+        return response
 
     async def _websocket(
         self, request: web.Request, decision: Decision, url: URL, headers: CIMultiDict[str],
