@@ -145,7 +145,7 @@ class _Supervisor:
                     self.signal_all(signal.SIGKILL)
             time.sleep(_POLL_SECONDS)
         # A worker our own SIGTERM reached before it installed its handlers never served.
-        last = [codes.get(p.pid, 1) for p in self.procs if p is not None]
+        last = [p.wait() for p in self.procs if p is not None]
         clean = (0, -signal.SIGTERM)
         return 1 if self.failed or any(code not in clean for code in last) else 0
 
