@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -10,10 +11,10 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.auth.extract import TokenExtractor
+from gateway.auth.extract import TokenExtractor, effective_sources
 from gateway.auth.introspection import SessionIntrospector
 from gateway.auth.jwks import IssuerKeys
-from gateway.auth.revocation import RevocationChecker
+from gateway.auth.revocation import RevocationChecker, SocketCloser
 from gateway.auth.revocation_store import build_store
 from gateway.auth.verify import Verifier
 from gateway.config import Settings
@@ -22,16 +23,19 @@ from gateway.http.admin_api import AdminApi
 from gateway.http.errors import error_response
 from gateway.http.forward_auth import ForwardAuthHandler
 from gateway.http.headers import request_id
+from gateway.http.proxy import ProxyHandler
 from gateway.http.webhooks import WEBHOOK_PATH, ClerkWebhooks
+from gateway.http.websocket import OpenSockets
 from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer
 from gateway.reasons import Reason
 from gateway.reload import ReloadResult, apply_settings
 from gateway.routing import Router
 
-__all__ = ["GATEWAY", "Gateway", "build_admin_app", "build_public_app"]
+__all__ = ["GATEWAY", "WORKER_HEADER", "Gateway", "build_admin_app", "build_public_app"]
 
 RESERVED_PREFIX = "/_gateway/"
+WORKER_HEADER = "X-Gateway-Worker"
 
 
 class Gateway:
@@ -64,7 +68,8 @@ class Gateway:
             introspector, frozenset(i.issuer for i in settings.issuers if i.preset == "clerk"))
         self.authorizer = Authorizer(
             Router(settings.routes, settings.route_options),
-            TokenExtractor(settings.token_sources),
+            TokenExtractor(effective_sources(
+                settings.token_sources, settings.upstream, settings.proxy.websocket_query_token)),
             self.verifier,
             self.metrics,
             revocation=self.revocation,
@@ -76,6 +81,11 @@ class Gateway:
         if redis_url:
             self.admin.add_check("redis", lambda: self.revocation.ready)
         self._reload_lock = asyncio.Lock()
+        self.sockets = OpenSockets()
+        self.revocation.subscribe(SocketCloser(self.sockets))
+        self.proxy: ProxyHandler | None = None
+        if settings.upstream:
+            self.proxy = ProxyHandler(settings, self.authorizer, self.metrics, self.sockets, clock)
 
     async def reload(self, settings: Settings) -> ReloadResult:
         """Swap routes, issuers, token sources and identity headers for validated settings."""
@@ -96,9 +106,13 @@ class Gateway:
         for keys in self.keys.values():
             keys.start()
         await self.revocation.start()
+        if self.proxy is not None:
+            await self.proxy.start()
 
     async def close(self) -> None:
-        """Stop refreshers, the revocation store and the HTTP client."""
+        """Stop the proxy, refreshers, the revocation store and the HTTP client."""
+        if self.proxy is not None:
+            await self.proxy.close()
         for keys in self.keys.values():
             await keys.stop()
         await self.revocation.close()
@@ -125,13 +139,20 @@ def build_public_app(gateway: Gateway) -> web.Application:
         yield
         await gateway.close()
 
+    async def close_sockets(_app: web.Application) -> None:
+        gateway.sockets.close_all()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(close_sockets)
     app.router.add_route("*", WEBHOOK_PATH, gateway.webhooks.handle)
     app.router.add_route("*", RESERVED_PREFIX + r"{tail:[\s\S]*}", _reserved_not_found)
 
-    forward_auth = ForwardAuthHandler(
-        gateway.authorizer, gateway.settings.realm, gateway.settings.forward_auth)
-    app.router.add_route("*", r"/{tail:[\s\S]*}", forward_auth.handle)
+    if gateway.proxy is not None:
+        app.router.add_route("*", r"/{tail:[\s\S]*}", gateway.proxy.handle)
+    else:
+        forward_auth = ForwardAuthHandler(
+            gateway.authorizer, gateway.settings.realm, gateway.settings.forward_auth)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", forward_auth.handle)
     return app
 
 
@@ -142,4 +163,10 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     gateway.admin.register(app)
     gateway.admin_api.register(app)
     app.router.add_route("*", WEBHOOK_PATH, gateway.webhooks.handle)
+    worker = str(os.getpid())
+
+    async def tag_worker(_request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[WORKER_HEADER] = worker  # which process answered (admin only)
+
+    app.on_response_prepare.append(tag_worker)
     return app

@@ -50,13 +50,29 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway.workers import reload_generation, run_workers, worker_count, worker_index
+
+    generation = reload_generation()  # before loading: a reload after this is not missed
     settings = _load(args)
     if settings is None:
         return 2
-    from gateway.server import serve
-
     setup_logging(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    index = worker_index()
+    count = 1 if index is not None else worker_count(args.workers, settings.workers)
+    if count > 1:
+        config = args.config or os.environ.get("GATEWAY_CONFIG")
+        return run_workers(count, config, settings.shutdown_timeout_seconds)
+    from gateway.app import Gateway
+    from gateway.server import serve
+    from gateway.workers import multiprocess_registry
+
+    if index is None:
+        asyncio.run(serve(settings))
+    else:
+        scrape = multiprocess_registry()
+        gateway = Gateway(settings, scrape_registry=scrape)
+        asyncio.run(serve(settings, gateway=gateway, reuse_port=True,
+                          reload_missed=lambda: reload_generation() != generation))
     return 0
 
 
@@ -79,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", help="YAML configuration file (default: $GATEWAY_CONFIG)")
+        if name == "serve":
+            sub.add_argument(
+                "--workers", type=int, default=None,
+                help="worker processes sharing the port (default: $GATEWAY_WORKERS, else one "
+                     "per CPU)")
     demo = commands.add_parser("demo", help="run a local issuer, an echo upstream and the gateway")
     demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
     demo.add_argument("--admin-port", type=int, default=9090, help="admin port (default 9090)")

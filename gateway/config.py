@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "IssuerSettings",
     "KeySettings",
     "Listen",
+    "ProxySettings",
     "RevocationSettings",
     "Secret",
     "Settings",
@@ -210,6 +212,26 @@ DEFAULT_TOKEN_SOURCES = (
 
 
 @dataclass(frozen=True)
+class ProxySettings:
+    """How the sidecar proxy talks to upstreams and treats headers (YAML `proxy:`)."""
+
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 60.0
+    max_body_bytes: int = 0  # 0 = unlimited
+    max_connections: int = 256
+    max_connections_per_upstream: int = 128
+    keepalive_seconds: float = 30.0
+    preserve_host: bool = True
+    forward_authorization: bool = True
+    forward_cookies: bool = True
+    trusted_proxies: tuple[str, ...] = ()
+    strip_header_prefixes: tuple[str, ...] = ()
+    websocket_query_token: str | None = "__clerk_token"
+    websocket_close_on_expiry: bool = True
+    websocket_max_message_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the gateway needs to run, validated."""
 
@@ -229,7 +251,9 @@ class Settings:
     routes: tuple[Route, ...] = ()
     forward_auth: ForwardAuthSettings = field(default_factory=ForwardAuthSettings)
     route_options: RouteOptions = field(default_factory=RouteOptions)
-    workers: int = 1
+    workers: int = 0  # 0 = one per CPU
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    shutdown_timeout_seconds: float = 30.0
     log_level: str = "INFO"
     log_format: str = "json"
     admin_token: Secret | None = None
@@ -427,6 +451,53 @@ def _parse_identity_headers(reader: Reader) -> dict[str, str]:
     return headers
 
 
+def _parse_proxy(reader: Reader) -> ProxySettings:
+    d = ProxySettings()
+    trusted = reader.str_list("trusted_proxies")
+    for cidr in trusted:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            reader.problem(f"{cidr!r} is not an IP address or CIDR network", "trusted_proxies")
+    prefixes = reader.str_list("strip_header_prefixes")
+    for prefix in prefixes:
+        reader.header_name("strip_header_prefixes", prefix)
+    query = reader.raw("websocket_query_token", d.websocket_query_token)
+    if reader.data.get("websocket_query_token", "?") in (None, False, ""):
+        query = None  # explicitly off: tokens only from headers and cookies
+    elif query is not None and not isinstance(query, str):
+        reader.problem("must be a query parameter name, or null for none",
+                       "websocket_query_token")
+        query = d.websocket_query_token
+    proxy = ProxySettings(
+        connect_timeout_seconds=reader.number(
+            "connect_timeout_seconds", d.connect_timeout_seconds, minimum=0.01, maximum=600),
+        read_timeout_seconds=reader.number(
+            "read_timeout_seconds", d.read_timeout_seconds, minimum=0.01, maximum=86400),
+        max_body_bytes=reader.integer("max_body_bytes", d.max_body_bytes, minimum=0),
+        max_connections=reader.integer(
+            "max_connections", d.max_connections, minimum=1, maximum=100_000),
+        max_connections_per_upstream=reader.integer(
+            "max_connections_per_upstream", d.max_connections_per_upstream,
+            minimum=1, maximum=100_000),
+        keepalive_seconds=reader.number(
+            "keepalive_seconds", d.keepalive_seconds, minimum=0.1, maximum=3600),
+        preserve_host=reader.flag("preserve_host", d.preserve_host),
+        forward_authorization=reader.flag("forward_authorization", d.forward_authorization),
+        forward_cookies=reader.flag("forward_cookies", d.forward_cookies),
+        trusted_proxies=trusted,
+        strip_header_prefixes=prefixes,
+        websocket_query_token=query,
+        websocket_close_on_expiry=reader.flag(
+            "websocket_close_on_expiry", d.websocket_close_on_expiry),
+        websocket_max_message_bytes=reader.integer(
+            "websocket_max_message_bytes", d.websocket_max_message_bytes,
+            minimum=1024, maximum=1024**3),
+    )
+    reader.check_unknown()
+    return proxy
+
+
 def _parse_keys(reader: Reader) -> KeySettings:
     d = KeySettings()
     keys = KeySettings(
@@ -596,12 +667,24 @@ def load_settings(
     logging_reader.check_unknown()
 
     workers_text = env.get("GATEWAY_WORKERS")
-    workers = root.integer("workers", 1, minimum=1, maximum=256)
+    workers = root.integer("workers", 0, minimum=0, maximum=256)
     if workers_text:
-        if workers_text.isdigit() and 1 <= int(workers_text) <= 256:
+        if workers_text.isdigit() and 0 <= int(workers_text) <= 256:
             workers = int(workers_text)
         else:
-            problems.append(f"GATEWAY_WORKERS: {workers_text!r} must be a number from 1 to 256")
+            problems.append(f"GATEWAY_WORKERS: {workers_text!r} must be a number from 0 to 256")
+    shutdown_timeout = root.number("shutdown_timeout_seconds", 30.0, minimum=0, maximum=3600)
+    shutdown_text = env.get("GATEWAY_SHUTDOWN_TIMEOUT")
+    if shutdown_text:
+        try:
+            shutdown_timeout = float(shutdown_text)
+            if not 0 <= shutdown_timeout <= 3600:
+                raise ValueError(shutdown_text)
+        except ValueError:
+            problems.append(
+                f"GATEWAY_SHUTDOWN_TIMEOUT: {shutdown_text!r} must be seconds from 0 to 3600")
+            shutdown_timeout = 30.0
+    proxy = _parse_proxy(root.child("proxy"))
 
     realm = root.text("realm", "clerk-gateway") or "clerk-gateway"
     if '"' in realm or "\\" in realm:
@@ -614,6 +697,15 @@ def load_settings(
         root, problems, {i.name: i.issuer for i in issuers}, route_options)
     revocation = _parse_revocation(root.child("revocation"), env, issuers, leeway, api_url)
     forward_auth = _parse_forward_auth(root.child("forward_auth"))
+    for route in routes:
+        if route.upstream and not route.upstream.startswith(("http://", "https://")):
+            problems.append(
+                f"routes[{route.name}].upstream: {route.upstream!r} must be an http:// or "
+                "https:// URL")
+        elif route.upstream and not upstream:
+            problems.append(
+                f"routes[{route.name}].upstream: needs a default upstream (GATEWAY_UPSTREAM or "
+                "upstream:) so the gateway runs as a proxy")
 
     def secret(name: str) -> Secret | None:
         value = env.get(name)
@@ -639,6 +731,8 @@ def load_settings(
         forward_auth=forward_auth,
         route_options=route_options,
         workers=workers,
+        proxy=proxy,
+        shutdown_timeout_seconds=shutdown_timeout,
         log_level=log_level,
         log_format=log_format,
         admin_token=secret("GATEWAY_ADMIN_TOKEN"),

@@ -66,9 +66,16 @@ Mint more tokens (query: sub, org, slug, role, plan, features, per, fpm, lifetim
 async def _self_check(port: int, token: str) -> bool:
     url = f"http://127.0.0.1:{port}/api/hello"
     async with aiohttp.ClientSession() as session:
-        async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as allowed:
-            allowed_ok = allowed.status == 200
-            print(f"allowed request: {allowed.status} {json.dumps(await allowed.text())[:200]}")
+        async with session.get(url, headers={"Authorization": f"Bearer {token}",
+                                             "X-User-Id": "spoofed"}) as allowed:
+            text = await allowed.text()
+            print(f"allowed request: {allowed.status} {text[:400]}")
+            try:
+                echoed = json.loads(text).get("identity_headers", {})
+            except ValueError:
+                echoed = {}
+            # Proxied to the echo upstream, with the verified identity (never the spoofed one).
+            allowed_ok = allowed.status == 200 and echoed.get("X-User-Id") == "user_2demo"
         async with session.get(url) as refused:
             print(f"request without a token: {refused.status} {await refused.text()}")
             return allowed_ok and refused.status == 401

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.auth.extract import TokenExtractor
+from gateway.auth.extract import TokenExtractor, effective_sources
 from gateway.auth.jwks import IssuerKeys
 from gateway.auth.verify import Verifier
 from gateway.config import ConfigError, Settings, load_settings
@@ -88,7 +88,8 @@ async def apply_settings(gateway: Gateway, new: Settings) -> ReloadResult:
     if any(getattr(old, f) != getattr(settings, f) for f in _VERIFIER_FIELDS) or fresh:
         gateway.verifier = Verifier(settings, gateway.keys, gateway.metrics, gateway.clock)
         authorizer.verifier = gateway.verifier
-    authorizer.extractor = TokenExtractor(settings.token_sources)
+    authorizer.extractor = TokenExtractor(effective_sources(
+        settings.token_sources, settings.upstream, settings.proxy.websocket_query_token))
     authorizer.router = Router(settings.routes, settings.route_options)
     gateway.settings = settings
     for keys in fresh.values():

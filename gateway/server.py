@@ -1,4 +1,9 @@
-"""Run the gateway's listeners until SIGTERM or SIGINT, then shut down gracefully."""
+"""Run the gateway's listeners until SIGTERM or SIGINT, then shut down gracefully.
+
+On a stop signal the listeners close at once (no new connections), idle keep-alive
+connections are closed, open WebSockets are closed with 1001, and in-flight requests get up
+to `shutdown_timeout_seconds` to finish before they are cancelled; then the process exits 0.
+"""
 
 from __future__ import annotations
 
@@ -33,32 +38,50 @@ async def serve(
     *,
     gateway: Gateway | None = None,
     on_ready: Callable[[Gateway], Awaitable[None]] | None = None,
-    shutdown_timeout: float = 30.0,
+    shutdown_timeout: float | None = None,
+    reuse_port: bool = False,
+    reload_missed: Callable[[], bool] | None = None,
 ) -> None:
     """Serve the public and admin listeners until a stop signal arrives."""
     gateway = gateway or Gateway(settings)
+    drain = settings.shutdown_timeout_seconds if shutdown_timeout is None else shutdown_timeout
     public = web.AppRunner(
-        build_public_app(gateway), access_log=None, shutdown_timeout=shutdown_timeout,
+        build_public_app(gateway), access_log=None, shutdown_timeout=drain,
         handle_signals=False,
+        # In proxy mode a client that disconnects cancels its upstream request.
+        handler_cancellation=settings.mode == "proxy",
     )
-    admin = web.AppRunner(build_admin_app(gateway), access_log=None, handle_signals=False)
-    await public.setup()
-    await admin.setup()
+    admin = web.AppRunner(build_admin_app(gateway), access_log=None, handle_signals=False,
+                          shutdown_timeout=1.0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     reloads: set[asyncio.Task[None]] = set()
+    started = False
+    pending_reload = False
 
     def on_sighup() -> None:
+        nonlocal pending_reload
+        if not started:  # a reload asked for while starting runs once the gateway is up
+            pending_reload = True
+            return
         task = loop.create_task(_reload(gateway, settings.source_path))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    await public.setup()
+    await admin.setup()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    started = True
+    if pending_reload or (reload_missed is not None and reload_missed()):
+        on_sighup()
+    reuse = reuse_port or None
     try:
-        await web.TCPSite(public, settings.listen.host, settings.listen.port).start()
-        await web.TCPSite(admin, settings.admin_listen.host, settings.admin_listen.port).start()
+        await web.TCPSite(public, settings.listen.host, settings.listen.port,
+                          reuse_port=reuse).start()
+        await web.TCPSite(admin, settings.admin_listen.host, settings.admin_listen.port,
+                          reuse_port=reuse).start()
         log.info("gateway listening", extra={
             "mode": settings.mode, "listen": str(settings.listen),
             "admin_listen": str(settings.admin_listen),
@@ -67,8 +90,11 @@ async def serve(
         if on_ready is not None:
             await on_ready(gateway)
         await stop.wait()
-        log.info("shutting down")
+        log.info("shutting down", extra={"drain_seconds": drain})
     finally:
-        loop.remove_signal_handler(signal.SIGHUP)
-        await admin.cleanup()
-        await public.cleanup()
+        try:
+            await public.cleanup()
+            await admin.cleanup()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)

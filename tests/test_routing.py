@@ -259,6 +259,7 @@ def test_a_valid_table_loads(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump({
         "default_access": "deny",
+        "upstream": "http://127.0.0.1:8000",
         "routes": [
             {"name": "health", "path": "/healthz", "access": "public"},
             {"name": "org", "path_template": "/orgs/{org_id}/**", "methods": ["GET", "POST"],

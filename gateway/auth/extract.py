@@ -8,7 +8,7 @@ from multidict import CIMultiDictProxy
 
 from gateway.config import TokenSource
 
-__all__ = ["AmbiguousToken", "EmptyToken", "TokenExtractor"]
+__all__ = ["AmbiguousToken", "EmptyToken", "TokenExtractor", "effective_sources"]
 
 _SUFFIXED_SESSION = "__session_"
 
@@ -78,3 +78,18 @@ class TokenExtractor:
         if len(suffixed) > 1:
             raise AmbiguousToken("more than one suffixed __session cookie")
         return suffixed.pop() if suffixed else None
+
+
+def effective_sources(
+    sources: tuple[TokenSource, ...], upstream: str | None, websocket_query: str | None
+) -> tuple[TokenSource, ...]:
+    """The configured sources, plus the WebSocket query parameter in proxy mode (read last).
+
+    The pipeline reads query sources only when a door passes a query, and the proxy does
+    so for WebSocket upgrades only: tokens in URLs end up in logs everywhere else.
+    """
+    if not upstream or not websocket_query or any(
+        s.kind == "query" and s.name == websocket_query for s in sources
+    ):
+        return sources
+    return (*sources, TokenSource("query", websocket_query))

@@ -1,0 +1,135 @@
+"""Header hygiene for the proxy: hop-by-hop removal, anti-spoofing, X-Forwarded-*, injection.
+
+Client copies of every header the gateway controls are removed first (whatever their case,
+and whether they spell `-` as `_`), hop-by-hop headers and the headers the client names in
+`Connection` go next, and only then are the forwarded and identity headers added, so a
+client can neither spoof an identity header nor make the proxy drop an injected one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from functools import lru_cache
+
+from aiohttp import hdrs
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.config import Settings
+
+__all__ = ["HOP_BY_HOP", "HeaderHygiene", "connection_tokens", "normalize_name"]
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+    "proxy-authorization", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+_FORWARDED = ("x-forwarded-",)
+# Expect: the gateway already answered `100 Continue` to the client itself.
+_ALWAYS_STRIPPED = frozenset({"forwarded", "x-real-ip", "x-request-id", "host", "expect"})
+_X_FORWARDED_FOR = "X-Forwarded-For"
+_X_FORWARDED_PROTO = "X-Forwarded-Proto"
+_X_FORWARDED_HOST = "X-Forwarded-Host"
+_REQUEST_ID = "X-Request-Id"
+
+
+def normalize_name(name: str) -> str:
+    """A header name as upstreams may read it: lower case, `_` read as `-`."""
+    name = name.lower()
+    return name.replace("_", "-") if "_" in name else name
+
+
+def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """The header names listed in every `Connection` header, normalised."""
+    values = headers.getall(hdrs.CONNECTION, ())
+    if not values:
+        return frozenset()
+    return frozenset(
+        normalize_name(token.strip()) for value in values for token in value.split(",")
+        if token.strip()
+    )
+
+
+class HeaderHygiene:
+    """Builds the upstream request headers and the client response headers."""
+
+    def __init__(self, settings: Settings) -> None:
+        proxy = settings.proxy
+        controlled = {normalize_name(h) for h in settings.identity_headers.values()}
+        dropped = set(HOP_BY_HOP) | controlled | _ALWAYS_STRIPPED
+        if not proxy.forward_authorization:
+            dropped.add("authorization")
+        if not proxy.forward_cookies:
+            dropped.add("cookie")
+        self._dropped = frozenset(dropped)
+        self._prefixes = (
+            *(normalize_name(p) for p in proxy.strip_header_prefixes), *_FORWARDED, "proxy-",
+        )
+        self._preserve_host = proxy.preserve_host
+        self._trusted = tuple(
+            ipaddress.ip_network(cidr, strict=False) for cidr in proxy.trusted_proxies
+        )
+        self._is_trusted = lru_cache(maxsize=4096)(self._check_trusted)
+
+    def _check_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
+
+    def upstream_headers(
+        self,
+        headers: CIMultiDictProxy[str],
+        *,
+        client_ip: str | None,
+        scheme: str,
+        identity: Iterable[tuple[str, str]],
+        request_id: str,
+        websocket: bool = False,
+    ) -> CIMultiDict[str]:
+        """The headers to send upstream: client's cleaned, then forwarded, then identity."""
+        named = connection_tokens(headers)
+        dropped = self._dropped
+        prefixes = self._prefixes
+        out: CIMultiDict[str] = CIMultiDict()
+        for name, value in headers.items():
+            key = name.lower()
+            if "_" in key:
+                key = key.replace("_", "-")
+            if key in dropped or key in named or key.startswith(prefixes):
+                continue
+            if websocket and key.startswith("sec-websocket-"):
+                continue  # the upstream handshake is the client library's own
+            out.add(name, value)
+        host = headers.get(hdrs.HOST)
+        trusted = bool(self._trusted) and client_ip is not None and self._is_trusted(client_ip)
+        if trusted:
+            chain = ", ".join(headers.getall(_X_FORWARDED_FOR, ()))
+            out[_X_FORWARDED_FOR] = f"{chain}, {client_ip}" if chain else client_ip or ""
+            out[_X_FORWARDED_PROTO] = headers.get(_X_FORWARDED_PROTO) or scheme
+            forwarded_host = headers.get(_X_FORWARDED_HOST) or host
+        else:
+            if client_ip:
+                out[_X_FORWARDED_FOR] = client_ip
+            out[_X_FORWARDED_PROTO] = scheme
+            forwarded_host = host
+        if forwarded_host:
+            out[_X_FORWARDED_HOST] = forwarded_host
+        if self._preserve_host and host:
+            out[hdrs.HOST] = host
+        for name, value in identity:
+            out[name] = value
+        out[_REQUEST_ID] = request_id
+        return out
+
+    @staticmethod
+    def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+        """The upstream's response headers without hop-by-hop ones."""
+        named = connection_tokens(headers)
+        out: CIMultiDict[str] = CIMultiDict()
+        for name, value in headers.items():
+            key = name.lower()
+            if key in HOP_BY_HOP or key in named:
+                continue
+            out.add(name, value)
+        return out

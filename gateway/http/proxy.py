@@ -1,0 +1,308 @@
+"""Sidecar door: authorize through the pipeline, then stream the request to the upstream.
+
+Bodies flow through in both directions without being buffered whole (chunked encoding
+included, back-pressure both ways), responses are flushed as the upstream produces them (SSE),
+WebSocket upgrades are relayed frame by frame, and upstream failures become 502/504 with the
+JSON error body.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+from urllib.parse import unquote_plus
+
+import aiohttp
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.config import Settings
+from gateway.http.errors import error_response
+from gateway.http.headers import DECISION, REQUEST_ID, request_id
+from gateway.http.hop import HeaderHygiene
+from gateway.http.websocket import OpenSockets, SocketHandle, relay
+from gateway.metrics import Metrics
+from gateway.pipeline import Authorizer, Decision, RequestFacts
+from gateway.reasons import Reason
+
+__all__ = ["BodyTooLarge", "ProxyHandler", "classify_failure"]
+
+log = logging.getLogger("gateway.proxy")
+
+_EMPTY: Mapping[str, str] = {}
+# Bodies up to this size with a Content-Length are read whole and sent with the headers.
+_SMALL_BODY = 64 * 1024
+_NO_BODY_STATUSES = frozenset({204, 304})
+_SKIP_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
+
+
+class BodyTooLarge(Exception):
+    """The client's request body passed the configured limit while streaming."""
+
+
+class _BodyState:
+    __slots__ = ("too_large",)
+
+    def __init__(self) -> None:
+        self.too_large = False
+
+
+async def _stream_body(
+    content: aiohttp.StreamReader, limit: int, state: _BodyState
+) -> AsyncIterator[bytes]:
+    """Yield the request body as it arrives, failing (never truncating) past the limit."""
+    seen = 0
+    async for chunk in content.iter_any():
+        seen += len(chunk)
+        if limit and seen > limit:
+            state.too_large = True
+            raise BodyTooLarge(f"request body over {limit} bytes")
+        yield chunk
+
+
+def classify_failure(exc: BaseException) -> tuple[str, Reason]:
+    """The metric kind and the reason for an upstream failure."""
+    if isinstance(exc, TimeoutError):
+        return "timeout", Reason.UPSTREAM_TIMEOUT
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect", Reason.UPSTREAM_UNAVAILABLE
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
+                  | aiohttp.ClientPayloadError | ConnectionError):
+        return "reset", Reason.UPSTREAM_UNAVAILABLE
+    return "other", Reason.UPSTREAM_UNAVAILABLE
+
+
+def _strip_query_param(query: str, name: str) -> str:
+    """The raw query string without any `name=` parameter (the WebSocket token)."""
+    kept = [
+        part for part in query.split("&")
+        if part and unquote_plus(part.partition("=")[0]) != name
+    ]
+    return "&".join(kept)
+
+
+class ProxyHandler:
+    """The catch-all handler of the public listener in proxy mode."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        authorizer: Authorizer,
+        metrics: Metrics,
+        sockets: OpenSockets,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        assert settings.upstream, "the proxy needs an upstream"
+        proxy = settings.proxy
+        self._settings = settings
+        self._authorizer = authorizer
+        self._metrics = metrics
+        self._sockets = sockets
+        self._clock = clock
+        self._realm = settings.realm
+        self._default = settings.upstream.rstrip("/")
+        self._hygiene = HeaderHygiene(settings)
+        self._limit = proxy.max_body_bytes
+        self._ws_param = proxy.websocket_query_token
+        self._ws_expiry = proxy.websocket_close_on_expiry
+        self._ws_max = proxy.websocket_max_message_bytes
+        self._leeway = settings.leeway_seconds
+        self._session: aiohttp.ClientSession | None = None
+        self._durations: dict[str, Any] = {}
+        self._in_flight = metrics.in_flight.labels("proxy")
+
+    async def start(self) -> None:
+        """Open the upstream client: one bounded keep-alive pool, reused by every request."""
+        proxy = self._settings.proxy
+        connector = aiohttp.TCPConnector(
+            limit=proxy.max_connections,
+            limit_per_host=proxy.max_connections_per_upstream,
+            keepalive_timeout=proxy.keepalive_seconds,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=proxy.connect_timeout_seconds,
+                sock_read=proxy.read_timeout_seconds),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=_SKIP_AUTO_HEADERS,
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        """Close the upstream client and its pooled connections."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Authorize the request, then forward it (or relay the WebSocket)."""
+        headers = request.headers
+        rid = request_id(headers)
+        upgrade = headers.get(hdrs.UPGRADE)
+        websocket = (upgrade is not None and upgrade.lower() == "websocket"
+                     and request.method == hdrs.METH_GET)
+        facts = RequestFacts(
+            door="proxy",
+            method=request.method,
+            uri=request.raw_path,
+            host=headers.get(hdrs.HOST),
+            headers=headers,
+            cookies=request.cookies if hdrs.COOKIE in headers else _EMPTY,
+            query=request.query if websocket and self._ws_param else None,
+            client_ip=request.remote,
+        )
+        decision = await self._authorizer.authorize(facts)
+        request[DECISION] = decision
+        if not decision.allowed:
+            return error_response(decision.reason, rid, self._realm, decision.retry_after)
+        length = request.content_length
+        if self._limit and length is not None and length > self._limit:
+            return error_response(Reason.BODY_TOO_LARGE, rid, self._realm)
+        try:
+            url = self._target(decision, request.raw_path, websocket)
+        except (ValueError, UnicodeError):
+            return error_response(Reason.AMBIGUOUS_PATH, rid, self._realm)
+        upstream_headers = self._hygiene.upstream_headers(
+            headers, client_ip=request.remote, scheme=request.scheme,
+            identity=decision.headers, request_id=rid, websocket=websocket)
+        self._in_flight.inc()
+        try:
+            if websocket:
+                return await self._websocket(request, decision, url, upstream_headers, rid)
+            return await self._forward(request, decision.route.name, url, upstream_headers, rid)
+        finally:
+            self._in_flight.dec()
+
+    def _target(self, decision: Decision, raw_path: str, websocket: bool) -> URL:
+        upstream = decision.route.upstream
+        base = upstream.rstrip("/") if upstream else self._default
+        query = raw_path.partition("?")[2]
+        if websocket and query and self._ws_param:
+            query = _strip_query_param(query, self._ws_param)
+        text = f"{base}{decision.path}?{query}" if query else base + decision.path
+        return URL(text, encoded=True)
+
+    def _failure(self, exc: BaseException, route: str, rid: str) -> web.Response:
+        kind, reason = classify_failure(exc)
+        self._metrics.upstream_errors.labels(route, kind).inc()
+        log.warning("upstream request failed", extra={
+            "route": route, "kind": kind, "error_type": type(exc).__name__, "request_id": rid})
+        return error_response(reason, rid, self._realm)
+
+    def _observe(self, route: str, seconds: float) -> None:
+        child = self._durations.get(route)
+        if child is None:
+            child = self._durations[route] = self._metrics.upstream_duration.labels(route)
+        child.observe(seconds)
+
+    async def _forward(
+        self, request: web.Request, route: str, url: URL, headers: CIMultiDict[str], rid: str,
+    ) -> web.StreamResponse:
+        session = self._session
+        assert session is not None, "proxy used before start()"
+        state = _BodyState()
+        data = _stream_body(request.content, self._limit, state) if request.body_exists else None
+        started = time.perf_counter()
+        try:
+            upstream = await session.request(
+                request.method, url, headers=headers, data=data, allow_redirects=False)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if state.too_large:
+                return error_response(Reason.BODY_TOO_LARGE, rid, self._realm)
+            return self._failure(exc, route, rid)
+        try:
+            self._observe(route, time.perf_counter() - started)
+            length = upstream.content_length
+            if (length is not None and length <= _SMALL_BODY and request.method != hdrs.METH_HEAD
+                    and upstream.status not in _NO_BODY_STATUSES):
+                return await self._small(upstream, rid, route)
+            response = web.StreamResponse(
+                status=upstream.status, reason=upstream.reason,
+                headers=self._hygiene.response_headers(upstream.headers))
+            if REQUEST_ID not in response.headers:
+                response.headers[REQUEST_ID] = rid
+            try:
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+            except ConnectionError:
+                return response  # the client went away; the upstream connection is closed below
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                kind = "body_too_large" if state.too_large else classify_failure(exc)[0]
+                if not state.too_large:
+                    self._metrics.upstream_errors.labels(route, kind).inc()
+                log.warning("upstream failed mid-response; aborting the client connection",
+                            extra={"route": route, "kind": kind, "request_id": rid})
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            return response
+        finally:
+            if upstream.content.at_eof():
+                upstream.release()
+            else:
+                upstream.close()
+
+    async def _small(self, upstream: aiohttp.ClientResponse, rid: str, route: str
+                     ) -> web.StreamResponse:
+        """A small body of known length, sent with the headers in one write."""
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return self._failure(exc, route, rid)
+        response = web.Response(status=upstream.status, reason=upstream.reason, body=body,
+                                headers=self._hygiene.response_headers(upstream.headers))
+        if REQUEST_ID not in response.headers:
+            response.headers[REQUEST_ID] = rid
+        return response
+
+    async def _websocket(
+        self, request: web.Request, decision: Decision, url: URL, headers: CIMultiDict[str],
+        rid: str,
+    ) -> web.StreamResponse:
+        session = self._session
+        assert session is not None, "proxy used before start()"
+        route = decision.route.name
+        protocols = tuple(
+            p.strip() for value in request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
+            for p in value.split(",") if p.strip()
+        )
+        started = time.perf_counter()
+        try:
+            upstream = await session.ws_connect(
+                url, headers=headers, protocols=protocols, autoping=False, autoclose=False,
+                max_msg_size=self._ws_max,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return self._failure(exc, route, rid)
+        self._observe(route, time.perf_counter() - started)
+        client = web.WebSocketResponse(
+            protocols=(upstream.protocol,) if upstream.protocol else (),
+            autoping=False, autoclose=False, max_msg_size=self._ws_max)
+        try:
+            await client.prepare(request)
+        except BaseException:
+            await upstream.close()
+            raise
+        identity = decision.identity
+        handle = SocketHandle(identity.session_id if identity else None,
+                              identity.user_id if identity else None)
+        expires_in = None
+        if identity is not None and self._ws_expiry:
+            expires_in = identity.expires_at + self._leeway - self._clock()
+        self._sockets.add(handle)
+        try:
+            why = await relay(client, upstream, handle, expires_in)
+        finally:
+            self._sockets.remove(handle)
+            if not upstream.closed:
+                await upstream.close()
+        log.debug("websocket closed", extra={"route": route, "why": why, "request_id": rid})
+        return client

@@ -1,0 +1,166 @@
+"""`serve --workers N`: several processes on one port, metrics summed across them, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.devissuer import DevIssuer
+from gateway.workers import worker_count, worker_index
+from tests.conftest import free_port
+from tests.proxy_support import Upstream, start_gateway_process
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> Upstream:
+    """A recording upstream on loopback."""
+    recorder = Upstream()
+    server = await aiohttp_server(recorder.app())
+    recorder.url = str(server.make_url("")).rstrip("/")
+    return recorder
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A = LISTEN
+            inodes.add(fields[9])
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+async def _wait_listening(parent: int, count: int, *ports: int) -> list[int]:
+    """The worker pids once `count` of them each listen on every port (bounded wait)."""
+    workers: list[int] = []
+    for _ in range(300):
+        workers = _children(parent)
+        if len(workers) == count and all(_all_listen(workers, port) for port in ports):
+            return workers
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"workers {workers} not all listening on {ports}")
+
+
+def _all_listen(workers: list[int], port: int) -> bool:
+    listening = _listening_inodes(port)
+    return len(listening) == len(workers) and all(
+        _socket_inodes(pid) & listening for pid in workers)
+
+
+async def test_two_workers_share_the_port_and_metrics_sum_across_them(
+    clerk: DevIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    port, admin_port = free_port(), free_port()
+    gateway = await start_gateway_process(
+        {"CLERK_ISSUER": clerk.issuer, "GATEWAY_UPSTREAM": upstream.url},
+        port, admin_port, tmp_path, "--workers", "2")
+    try:
+        # Each worker holds its own listening sockets on the one public and admin ports.
+        workers = await _wait_listening(gateway.proc.pid, 2, port, admin_port)
+
+        auth = {"Authorization": f"Bearer {clerk.token(lifetime=600)}"}
+        requests = 60
+        answered_by: set[str] = set()
+        # A fresh connection per request, so the kernel spreads them over the workers.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for _ in range(requests):
+                async with session.get(f"{gateway.url}/hello", headers=auth) as response:
+                    assert response.status == 200
+            for _ in range(40):
+                async with session.get(f"{gateway.admin_url}/healthz") as response:
+                    answered_by.add(response.headers["X-Gateway-Worker"])
+            scrapes = []
+            for _ in range(6):
+                async with session.get(f"{gateway.admin_url}/metrics") as response:
+                    scrapes.append(await response.text())
+        assert answered_by == {str(pid) for pid in workers}, (answered_by, workers)
+        assert len(upstream.seen) == requests
+        pattern = re.compile(
+            r'^clerk_gateway_decisions_total\{door="proxy",outcome="allow",reason="ok",'
+            r'route="default"\} (\S+)$', re.M)
+        for text in scrapes:  # whichever worker answers, the totals cover both
+            match = pattern.search(text)
+            assert match, text[:2000]
+            assert float(match.group(1)) == requests
+        assert "clerk_gateway_upstream_duration_seconds_count" in scrapes[0]
+    finally:
+        code = gateway.stop()
+    assert code == 0, gateway.log()
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
+            f"/proc/{pid}/status").read_text()
+
+
+async def test_worker_that_fails_at_startup_stops_the_parent_non_zero(
+    clerk: DevIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    busy = free_port()
+    import socket
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", busy))  # bound without SO_REUSEPORT: workers cannot share it
+    blocker.listen()
+    try:
+        with pytest.raises(AssertionError, match="gateway exited 1"):
+            await start_gateway_process(
+                {"CLERK_ISSUER": clerk.issuer, "GATEWAY_UPSTREAM": upstream.url},
+                busy, free_port(), tmp_path, "--workers", "2", ready_timeout=30)
+    finally:
+        blocker.close()
+
+
+async def test_sigterm_to_the_parent_drains_workers(
+    clerk: DevIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    port = free_port()
+    gateway = await start_gateway_process(
+        {"CLERK_ISSUER": clerk.issuer, "GATEWAY_UPSTREAM": upstream.url},
+        port, free_port(), tmp_path, "--workers", "2")
+    await _wait_listening(gateway.proc.pid, 2, port)
+    auth = {"Authorization": f"Bearer {clerk.token()}"}
+    async with aiohttp.ClientSession() as session:
+        pending = asyncio.ensure_future(
+            session.get(f"{gateway.url}/slow?seconds=1.5", headers=auth))
+        for _ in range(100):
+            if upstream.seen:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        gateway.proc.send_signal(signal.SIGTERM)
+        response = await asyncio.wait_for(pending, 15)
+        assert response.status == 200
+        assert await response.text() == "slow done"
+    code = await asyncio.get_running_loop().run_in_executor(None, gateway.proc.wait, 20)
+    assert code == 0, gateway.log()
+
+
+def test_worker_count_and_index() -> None:
+    assert worker_count(3, 8) == 3
+    assert worker_count(None, 4) == 4
+    assert worker_count(None, 0) == (os.cpu_count() or 1)
+    assert worker_index({"GATEWAY_WORKER_INDEX": "2"}) == 2
+    assert worker_index({}) is None
