@@ -19,6 +19,20 @@ def _median_rps(results: Result, key: str) -> float | None:
     return float(statistics.median(r["rps"] for r in contender["runs"]))
 
 
+def _median_cpu(results: Result, key: str) -> float | None:
+    contender = results.get("contenders", {}).get(key)
+    if not contender or not contender["available"] or not contender["runs"]:
+        return None
+    values = [r["cpu_us_per_request"] for r in contender["runs"] if r.get("cpu_us_per_request")]
+    return float(statistics.median(values)) if values else None
+
+
+def _cpu_ratio(results: Result, top: str, bottom: str) -> float | None:
+    """Throughput ratio implied by server CPU per request (robust to a busy machine)."""
+    a, b = _median_cpu(results, top), _median_cpu(results, bottom)
+    return b / a if a and b else None
+
+
 def _round_ratios(results: Result, top: str, bottom: str) -> list[float]:
     """Ratios of two contenders' runs in the same round (each round alternates them)."""
     c = results.get("contenders", {})
@@ -48,14 +62,20 @@ def evaluate(results: Result) -> list[Result]:
         per_round = _round_ratios(results, top, bottom)
         detail = ("per round: " + ", ".join(f"{r:.2f}" for r in per_round)) if per_round else (
             "not measured")
+        cpu = _cpu_ratio(results, top, bottom)
+        if cpu is not None:
+            a, b = _median_cpu(results, top), _median_cpu(results, bottom)
+            detail += f"; by server CPU per request: {cpu:.2f}x ({a:.1f} vs {b:.1f} us)"
         if top == "gateway_proxy" and ratio is None:
             note = results.get("contenders", {}).get("gateway_proxy", {}).get("note", "")
             detail = note or detail
         targets.append(_target(f"{top} / {bottom} (req/s)", ratio, f">= {goal:g}x",
                                None if ratio is None else ratio >= goal, detail))
     ratio = _ratio(results, "gateway_proxy", "nginx_proxy")
+    cpu = _cpu_ratio(results, "gateway_proxy", "nginx_proxy")
     targets.append(_target("gateway_proxy / nginx_proxy (req/s)", ratio, "report",
-                           None, "the machine's practical proxy limit, for reference"))
+                           None, "the machine's practical proxy limit, for reference" + (
+                               f"; by server CPU per request: {cpu:.2f}x" if cpu else "")))
     verify = results.get("verify")
     if verify:
         ratio = verify["first_seen_over_bare"]["median"]
@@ -113,22 +133,25 @@ def summary(results: Result) -> str:
 
 def _throughput_table(results: Result) -> list[str]:
     lines = ["| contender | req/s (median) | req/s per round | p50 ms | p99 ms | vs 1 | "
-             "errors |", "|---|---:|---|---:|---:|---:|---|"]
+             "server CPU us/req | errors |", "|---|---:|---|---:|---:|---:|---:|---|"]
     floor = _median_rps(results, "bare")
     for c in results.get("contenders", {}).values():
         runs = c["runs"]
         if not c["available"] or not runs:
-            lines.append(f"| {c['title']} | {c['note'] or 'not run'} | | | | | |")
+            lines.append(f"| {c['title']} | {c['note'] or 'not run'} | | | | | | |")
             continue
         rps = statistics.median(r["rps"] for r in runs)
         errors = sum(r["non_2xx"] for r in runs), sum(r["socket_errors"] for r in runs)
         per_round = ", ".join(f"{r['rps']:,.0f}" for r in runs)
         versus = f"{rps / floor:.2f}" if floor else "n/a"
+        cpu = [r["cpu_us_per_request"] for r in runs if r.get("cpu_us_per_request")]
+        cpu_text = f"{statistics.median(cpu):.1f}" if cpu else "n/a"
         shown = "none" if errors == (0, 0) else f"non-2xx {errors[0]}, socket {errors[1]}"
         lines.append(
             f"| {c['title']} | {rps:,.0f} | {per_round} | "
             f"{statistics.median(r['p50_ms'] for r in runs):.2f} | "
-            f"{statistics.median(r['p99_ms'] for r in runs):.2f} | {versus} | {shown} |")
+            f"{statistics.median(r['p99_ms'] for r in runs):.2f} | {versus} | {cpu_text} | "
+            f"{shown} |")
     return lines
 
 

@@ -63,6 +63,7 @@ class Contender:
     command: str = ""
     available: bool = True
     note: str = ""
+    pid: int = 0
     runs: list[WrkResult] = field(default_factory=list)
 
 
@@ -171,7 +172,7 @@ class Bench:
         return port, proc
 
     def _start_nginx(self, name: str, upstream_port: int | None,
-                     cpus: str | None) -> int:
+                     cpus: str | None) -> tuple[int, subprocess.Popen[bytes]]:
         port = free_port()
         conf_dir = self.workdir / name
         conf_dir.mkdir()
@@ -183,13 +184,13 @@ class Bench:
             "return 200 static body" if upstream_port is None
             else "proxy_pass to the static upstream, keepalive 64")
         wait_http(f"http://127.0.0.1:{port}/", proc=proc)
-        return port
+        return port, proc
 
     # -- contenders ------------------------------------------------------------------------
 
     def start_contenders(self, only: set[str]) -> None:
         """Start the shared upstream and every selected contender, checking each answers."""
-        upstream_port = self._start_nginx("upstream_nginx", None, self.load_cpus)
+        upstream_port, _ = self._start_nginx("upstream_nginx", None, self.load_cpus)
         self.upstream_url = f"http://127.0.0.1:{upstream_port}"
         cpus = self.server_cpus
         c = self.contenders
@@ -198,26 +199,30 @@ class Bench:
                 c[key].available = False
                 c[key].note = "not selected"
         if "bare" in only:
-            port, _ = self._start_app("bare", "bare", cpus=cpus)
+            port, proc = self._start_app("bare", "bare", cpus=cpus)
+            c["bare"].pid = proc.pid
             c["bare"].url = f"http://127.0.0.1:{port}{PATH}"
         if "naive" in only:
-            port, _ = self._start_app("naive", "naive", "--pem-file", str(self.pem_file),
-                                      "--issuer", ISSUER, cpus=cpus)
+            port, proc = self._start_app("naive", "naive", "--pem-file", str(self.pem_file),
+                                         "--issuer", ISSUER, cpus=cpus)
+            c["naive"].pid = proc.pid
             c["naive"].url = f"http://127.0.0.1:{port}{PATH}"
         if "gateway_fa" in only:
             env, port, admin = self._gateway_env()
-            self._start_gateway("gateway_fa", env, admin, cpus)
+            c["gateway_fa"].pid = self._start_gateway("gateway_fa", env, admin, cpus).pid
             c["gateway_fa"].url = f"http://127.0.0.1:{port}{PATH}"
         if "nginx_proxy" in only:
-            port = self._start_nginx("nginx_proxy", upstream_port, cpus)
+            port, proc = self._start_nginx("nginx_proxy", upstream_port, cpus)
+            c["nginx_proxy"].pid = proc.pid
             c["nginx_proxy"].url = f"http://127.0.0.1:{port}{PATH}"
         if "aiohttp_proxy" in only:
-            port, _ = self._start_app("aiohttp_proxy", "proxy", "--upstream", self.upstream_url,
-                                      cpus=cpus)
+            port, proc = self._start_app("aiohttp_proxy", "proxy", "--upstream",
+                                         self.upstream_url, cpus=cpus)
+            c["aiohttp_proxy"].pid = proc.pid
             c["aiohttp_proxy"].url = f"http://127.0.0.1:{port}{PATH}"
         if "gateway_proxy" in only:
             env, port, admin = self._gateway_env(upstream=self.upstream_url)
-            self._start_gateway("gateway_proxy", env, admin, cpus)
+            c["gateway_proxy"].pid = self._start_gateway("gateway_proxy", env, admin, cpus).pid
             c["gateway_proxy"].url = f"http://127.0.0.1:{port}{PATH}"
         for contender in c.values():
             contender.command = self.commands.get(contender.key, "")
@@ -254,10 +259,12 @@ class Bench:
         for number in range(self.args.rounds):
             shift = number % len(active) if active else 0
             for contender in active[shift:] + active[:shift]:
-                result = run_wrk(contender.url, self.load, self.headers, secrets=self.secrets)
+                result = run_wrk(contender.url, self.load, self.headers, secrets=self.secrets,
+                                 pids=[contender.pid])
                 contender.runs.append(result)
                 print(f"  round {number + 1}: {TITLES[contender.key]:48s} "
-                      f"{result.rps:9.0f} req/s  p99 {result.p99_ms:6.2f} ms"
+                      f"{result.rps:9.0f} req/s  p99 {result.p99_ms:6.2f} ms  "
+                      f"{result.cpu_us_per_request or 0:6.1f} us CPU/req"
                       + (f"  non-2xx {result.non_2xx}" if result.non_2xx else "")
                       + (f"  socket errors {result.socket_errors}"
                          if result.socket_errors else ""), flush=True)
