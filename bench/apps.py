@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import jwt
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 __all__ = ["bare_app", "issuer_app", "naive_app", "proxy_app"]
@@ -107,10 +109,19 @@ def issuer_app(issuer_url: str) -> web.Application:
     from gateway.devissuer import DevIssuer
 
     issuer = DevIssuer(issuer_url)
+    fetched_at: list[float] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/.well-known/jwks.json":
+            fetched_at.append(time.time())
+        return await handler(request)
+
     app = issuer.app()
+    app.middlewares.append(record)
 
     async def hits(request: web.Request) -> web.Response:
-        return web.json_response(dict(issuer.hits))
+        return web.json_response({**issuer.hits, "jwks_times": fetched_at})
 
     app.router.add_get("/_bench/hits", hits)
     return app

@@ -5,6 +5,9 @@
 - cache-memory: resident memory while 1,000,000 distinct verified-token entries (real Verified
   values) go through the Verifier's TokenCache at its configured bound.
 - e2e-memory: distinct signed tokens verified end to end by Verifier.verify, with RSS sampled.
+- http-cost: CPU per request of bare aiohttp vs the gateway's public app, in one process: raw
+  HTTP bytes fed to aiohttp's protocol over an in-memory transport (no sockets, no wrk), so the
+  ratio holds even on a machine that other work keeps busy.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding
 from cryptography.hazmat.primitives.hashes import SHA256
 from prometheus_client import CollectorRegistry
 
+from gateway.app import Gateway, build_public_app
 from gateway.auth.claims import identity_from_claims
 from gateway.auth.jwks import IssuerKeys
 from gateway.auth.verify import Verified, Verifier
@@ -117,6 +122,7 @@ def cache_memory(entries: int, bound: int, sample_every: int) -> dict[str, Any]:
     issuer = settings.issuers[0]
     dev = DevIssuer(ISSUER, key)
     cache = verifier.cache
+    sample_every = sample_every or max(1, entries // 20)
     template = _clerk_claims(dev, 0)
     now = time.time()
     gc.collect()
@@ -149,6 +155,7 @@ async def e2e_memory(tokens: int, bound: int, alg: str, sample_every: int) -> di
     settings = dataclasses.replace(settings, token_cache_size=bound, issuers=issuers)
     verifier = _verifier(settings)
     dev = DevIssuer(ISSUER)
+    sample_every = sample_every or max(1, tokens // 20)
     gc.collect()
     baseline = rss_bytes()
     samples = [(0, baseline)]
@@ -180,6 +187,97 @@ def _memory_report(kind: str, entries: int, bound: int, held: int, baseline: int
     }
 
 
+class _MemoryTransport(asyncio.Transport):
+    """Collects what aiohttp writes and wakes the caller when a response is out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: asyncio.Future[bytes] | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.written is not None and not self.written.done():
+            self.written.set_result(bytes(data))
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 40000),
+                "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def _request_cost(app: web.Application, raw: bytes, n: int, reps: int
+                        ) -> tuple[list[float], bytes]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    server = runner.server
+    assert server is not None
+    protocol = server()
+    transport = _MemoryTransport()
+    protocol.connection_made(transport)
+    loop = asyncio.get_running_loop()
+    response = b""
+
+    async def one() -> bytes:
+        transport.written = loop.create_future()
+        protocol.data_received(raw)
+        return await transport.written
+
+    for _ in range(500):
+        response = await one()
+    costs = []
+    for _ in range(reps):
+        start = time.process_time()
+        for _ in range(n):
+            await one()
+        costs.append((time.process_time() - start) / n * 1e6)
+    protocol.connection_lost(None)
+    await runner.cleanup()
+    return costs, response
+
+
+async def http_cost(n: int, reps: int) -> dict[str, Any]:
+    """CPU microseconds per request: bare aiohttp app vs the gateway's forward-auth app."""
+    from bench.apps import bare_app
+
+    key = SigningKey(kid="ins_bench")
+    dev = DevIssuer(ISSUER, key)
+    token = dev.sign(_clerk_claims(dev, 1))
+    raw = (f"GET /api/hello HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+           f"Authorization: Bearer {token}\r\n\r\n").encode()
+    settings = load_settings({"CLERK_JWT_KEY": key.public_pem(), "CLERK_ISSUER": ISSUER})
+    out: dict[str, Any] = {"requests_per_rep": n, "reps": reps}
+    for _ in range(2):  # alternate: bare, gateway, bare, gateway
+        apps = (("bare", bare_app()), ("gateway_fa", build_public_app(Gateway(settings))))
+        for name, app in apps:
+            costs, response = await _request_cost(app, raw, n, reps)
+            if not response.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"{name} answered {response[:40]!r}")
+            out.setdefault(name, []).extend(costs)
+    for name in ("bare", "gateway_fa"):
+        out[f"{name}_us"] = {"min": min(out[name]), "median": statistics.median(out[name])}
+    out["gateway_over_bare"] = out["gateway_fa_us"]["min"] / out["bare_us"]["min"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one measurement and print its JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench.micro")
@@ -192,14 +290,19 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("--entries", type=int, default=1_000_000)
     cache.add_argument("--bound", type=int, default=Settings.__dataclass_fields__[
         "token_cache_size"].default)  # type: ignore[call-overload]
-    cache.add_argument("--sample-every", type=int, default=50_000)
+    cache.add_argument("--sample-every", type=int, default=0, help="default: entries / 20")
     e2e = sub.add_parser("e2e-memory")
     e2e.add_argument("--tokens", type=int, default=50_000)
     e2e.add_argument("--bound", type=int, default=10_000)
     e2e.add_argument("--alg", choices=("RS256", "EdDSA"), default="RS256")
-    e2e.add_argument("--sample-every", type=int, default=5_000)
+    e2e.add_argument("--sample-every", type=int, default=0, help="default: tokens / 20")
+    http = sub.add_parser("http-cost")
+    http.add_argument("--requests", type=int, default=5000)
+    http.add_argument("--reps", type=int, default=5)
     args = parser.parse_args(argv)
-    if args.kind == "verify":
+    if args.kind == "http-cost":
+        result = asyncio.run(http_cost(args.requests, args.reps))
+    elif args.kind == "verify":
         result = asyncio.run(bench_verify(args.tokens, args.passes, args.cached_reps))
     elif args.kind == "cache-memory":
         result = cache_memory(args.entries, args.bound, args.sample_every)

@@ -76,6 +76,14 @@ def evaluate(results: Result) -> list[Result]:
     targets.append(_target("gateway_proxy / nginx_proxy (req/s)", ratio, "report",
                            None, "the machine's practical proxy limit, for reference" + (
                                f"; by server CPU per request: {cpu:.2f}x" if cpu else "")))
+    http = results.get("http_cost")
+    if http:
+        ratio = 1 / http["gateway_over_bare"]
+        targets.append(_target(
+            "cross-check, in-process: gateway_fa / bare (1 / CPU per request)", ratio,
+            ">= 0.85x", ratio >= 0.85,
+            f"{http['gateway_fa_us']['min']:.1f} vs {http['bare_us']['min']:.1f} us CPU per "
+            "request, sockets excluded (min of reps)"))
     verify = results.get("verify")
     if verify:
         ratio = verify["first_seen_over_bare"]["median"]
@@ -86,13 +94,17 @@ def evaluate(results: Result) -> list[Result]:
             f"{verify['gateway_cached_us']['median']:.2f} us"))
     storm = results.get("storm")
     if storm:
+        gap = storm.get("min_seconds_between_fetches")
         targets.append(_target(
             "unknown-kid storm: key fetches", storm["key_fetches"],
             f"<= {storm['allowed_fetches']} (one per {storm['cooldown_seconds']:g} s cooldown)",
             storm["allowed_fetches"] is not None
-            and storm["key_fetches"] <= storm["allowed_fetches"],
+            and storm["key_fetches"] <= storm["allowed_fetches"]
+            and (gap is None or gap >= storm["cooldown_seconds"] * 0.99),
             f"{storm['fetches_per_minute']:.1f}/min vs cooldown rate "
-            f"{storm['cooldown_rate_per_minute']:.1f}/min; {storm['requests']} requests",
+            f"{storm['cooldown_rate_per_minute']:.1f}/min; shortest gap between fetches "
+            + (f"{gap:.2f} s" if gap is not None else "n/a")
+            + f"; {storm['requests']:,} requests",
             unit=""))
     for name in ("memory_cache", "memory_e2e"):
         memory = results.get(name)
@@ -235,7 +247,10 @@ def _side_sections(results: Result) -> list[str]:
             f", **{storm['key_fetches']} key fetches** "
             f"({storm['fetches_per_minute']:.1f}/min; the cooldown allows "
             f"{storm['cooldown_rate_per_minute']:.1f}/min, at most {storm['allowed_fetches']} in "
-            f"this window). A valid token right after the storm: HTTP "
+            f"this window; shortest gap between two fetches: "
+            f"{_fmt(storm.get('min_seconds_between_fetches'), ' s')}). Gateway CPU per "
+            f"rejected request: {_fmt(storm.get('cpu_us_per_request'), ' us')}. "
+            f"A valid token right after the storm: HTTP "
             f"{storm['valid_token_after_storm']}.",
             "",
             f"Gateway: `{storm['gateway_command']}`",

@@ -10,6 +10,7 @@ generator never steals the server's core and every contender gets exactly one co
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -299,15 +300,18 @@ class Bench:
             "CLERK_ISSUER": issuer_url, "CLERK_JWKS_URL": f"{issuer_url}/.well-known/jwks.json",
             "GATEWAY_CONFIG": str(config)})
         env.pop("CLERK_JWT_KEY")
-        self._start_gateway("storm_gateway", env, admin, self.server_cpus)
+        gateway = self._start_gateway("storm_gateway", env, admin, self.server_cpus)
         url = f"http://127.0.0.1:{port}/api/storm"
-        before = _jwks_hits(issuer_url)
+        before = len(_jwks_times(issuer_url))
         result = run_wrk(url, self.load, script=LUA / "storm.lua", duration=seconds,
-                         env={"BENCH_ISS": issuer_url}, warmup=False)
-        after = _jwks_hits(issuer_url)
+                         env={"BENCH_ISS": issuer_url}, warmup=False,
+                         pids=[gateway.pid])
+        times = _jwks_times(issuer_url)
+        during = times[before:]
+        gaps = [b - a for a, b in itertools.pairwise(during)]
         _, _, token = http_get(f"{issuer_url}/_demo/token?lifetime=600")
         valid_status, _, _ = http_get(url, {"Authorization": f"Bearer {token.decode().strip()}"})
-        fetches = after - before
+        fetches = len(during)
         allowed = math.floor(seconds / cooldown) + 1 if cooldown > 0 else None
         return {
             "cooldown_seconds": cooldown, "duration_seconds": seconds,
@@ -317,6 +321,8 @@ class Bench:
             "cooldown_rate_per_minute": 60 / cooldown if cooldown > 0 else None,
             "allowed_fetches": allowed,
             "valid_token_after_storm": valid_status,
+            "min_seconds_between_fetches": min(gaps) if gaps else None,
+            "cpu_us_per_request": result.cpu_us_per_request,
             "wrk_command": result.command + f"   # env BENCH_ISS={issuer_url}",
             "gateway_command": self.commands["storm_gateway"]
             + f"   # {config.name}: keys.unknown_kid_cooldown_seconds={cooldown:g}",
@@ -355,9 +361,9 @@ def _pin_prefix(cpus: str | None) -> str:
     return f"taskset -c {cpus} " if cpus else ""
 
 
-def _jwks_hits(issuer_url: str) -> int:
+def _jwks_times(issuer_url: str) -> list[float]:
     _, _, body = http_get(f"{issuer_url}/_bench/hits")
-    return int(json.loads(body).get("jwks", 0))
+    return [float(t) for t in json.loads(body).get("jwks_times", [])]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -376,7 +382,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma list of contenders: " + ",".join(CONTENDERS))
     parser.add_argument("--skip", default="",
                         help="comma list of side measurements to skip: "
-                             "verify,storm,memory,scaling")
+                             "http,verify,storm,memory,scaling")
     parser.add_argument("--storm-duration", type=float, default=30.0)
     parser.add_argument("--storm-cooldown", type=float, default=5.0,
                         help="keys.unknown_kid_cooldown_seconds for the storm (5)")
@@ -394,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     only = {c.strip() for c in args.only.split(",") if c.strip()}
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    unknown = (only - set(CONTENDERS)) | (skip - {"verify", "storm", "memory", "scaling"})
+    unknown = (only - set(CONTENDERS)) | (skip - {"http", "verify", "storm", "memory", "scaling"})
     if unknown:
         raise SystemExit(f"unknown names: {', '.join(sorted(unknown))}")
     installed = ensure_tools()
@@ -424,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
                 for key, c in bench.contenders.items()}
             results["upstream_command"] = bench.commands.get("upstream_nginx", "")
             bench.procs.stop_all()
+            if "http" not in skip:
+                print("per-request CPU in-process (no sockets)", flush=True)
+                results["http_cost"] = bench.micro("http-cost")
             if "verify" not in skip:
                 print("first-seen vs cached token (in-process)", flush=True)
                 results["verify"] = bench.micro("verify")
@@ -436,13 +445,15 @@ def main(argv: list[str] | None = None) -> int:
                 results["memory_cache"] = bench.micro(
                     "cache-memory", "--entries", str(args.memory_entries))
                 results["memory_e2e"] = bench.micro(
-                    "e2e-memory", "--tokens", str(args.e2e_tokens))
+                    "e2e-memory", "--tokens", str(args.e2e_tokens),
+                    "--bound", str(max(1, min(10_000, args.e2e_tokens // 5))))
             if "scaling" not in skip:
                 print("scaling with GATEWAY_WORKERS", flush=True)
                 results["scaling"] = bench.scaling()
         finally:
             bench.procs.stop_all()
     results["seconds"] = round(time.time() - started, 1)
+    results = json.loads(json.dumps(results, default=str).replace(tmp, "$BENCH_TMP"))
     out = Path(args.out)
     report.write(results, out / "results.json", out / "results.md")
     print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
