@@ -113,7 +113,8 @@ def evaluate(results: Result) -> list[Result]:
             bounded = memory["held_at_end"] <= memory["bound"] and grown <= max(
                 2.0, 0.05 * (memory["rss_at_bound_mb"] - memory["rss_baseline_mb"]))
             targets.append(_target(
-                f"{'1M entries through the cache' if name == 'memory_cache' else 'end to end'}"
+                f"{memory['entries']:,} "
+                f"{'entries through the cache' if name == 'memory_cache' else 'tokens end to end'}"
                 f": RSS growth after the bound", grown, "~0 MB (bounded)", bounded,
                 f"{memory['entries']:,} distinct, bound {memory['bound']:,}: "
                 f"RSS {memory['rss_baseline_mb']:.0f} -> {memory['rss_at_bound_mb']:.0f} MB "
