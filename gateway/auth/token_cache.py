@@ -7,6 +7,7 @@ dict reads, and it must be bounded (aiocache's memory backend has no size limit)
 from __future__ import annotations
 
 import hashlib
+from itertools import islice
 from typing import Generic, TypeVar
 
 __all__ = ["TokenCache"]
@@ -52,7 +53,7 @@ class TokenCache(Generic[V]):
 
     def _evict(self, now: float) -> None:
         entries = self._entries
-        expired = [k for k, (_, exp) in list(entries.items())[:64] if exp < now]
+        expired = [k for k, (_, exp) in islice(entries.items(), 64) if exp < now]
         for k in expired:
             del entries[k]
         while len(entries) >= self.max_entries:

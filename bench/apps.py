@@ -1,0 +1,154 @@
+"""The aiohttp contenders, each run as its own process: `python -m bench.apps KIND --port N`.
+
+- bare: answers 200 to every path (the floor of any aiohttp service on this machine);
+- naive: what teams write: `jwt.decode` of the Bearer token on every request;
+- proxy: a plain streaming aiohttp reverse proxy (ClientSession), no authentication;
+- issuer: gateway.devissuer.DevIssuer plus /_bench/hits (JWKS fetch counts, for the storm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import jwt
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+__all__ = ["bare_app", "issuer_app", "naive_app", "proxy_app"]
+
+CATCH_ALL = "/{tail:.*}"
+
+# Hop-by-hop headers (RFC 9110 7.6.1) a proxy must not forward.
+_HOP = frozenset(h.lower() for h in (
+    hdrs.CONNECTION, hdrs.KEEP_ALIVE, hdrs.PROXY_AUTHENTICATE, hdrs.PROXY_AUTHORIZATION,
+    hdrs.TE, hdrs.TRAILER, hdrs.TRANSFER_ENCODING, hdrs.UPGRADE, hdrs.HOST,
+    hdrs.CONTENT_LENGTH,
+))
+
+
+def bare_app() -> web.Application:
+    """200 with an empty body on every path."""
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_route("*", CATCH_ALL, handle)
+    return app
+
+
+def naive_app(pem: str, issuer: str) -> web.Application:
+    """The decision service teams write: PyJWT decode on every request, key loaded once."""
+    key = load_pem_public_key(pem.encode())
+
+    async def handle(request: web.Request) -> web.Response:
+        auth = request.headers.get(hdrs.AUTHORIZATION, "")
+        if not auth.startswith("Bearer "):
+            return web.Response(status=401)
+        try:
+            claims = jwt.decode(auth[7:], key, algorithms=["RS256"], issuer=issuer,  # type: ignore[arg-type]
+                                leeway=5)
+        except jwt.PyJWTError:
+            return web.Response(status=401)
+        return web.Response(headers={"X-User-Id": str(claims.get("sub", ""))})
+
+    app = web.Application()
+    app.router.add_route("*", CATCH_ALL, handle)
+    return app
+
+
+def proxy_app(upstream: str) -> web.Application:
+    """A plain streaming reverse proxy: request and response bodies are never buffered whole."""
+    base = upstream.rstrip("/")
+    session_key = web.AppKey("session", aiohttp.ClientSession)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        app[session_key] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+            skip_auto_headers=(hdrs.USER_AGENT,),
+        )
+        yield
+        await app[session_key].close()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        body = request.content if request.body_exists else None
+        async with request.app[session_key].request(
+            request.method, base + request.raw_path, headers=headers, data=body,
+            allow_redirects=False,
+        ) as upstream_response:
+            response = web.StreamResponse(status=upstream_response.status)
+            for name, value in upstream_response.headers.items():
+                if name.lower() not in _HOP:
+                    response.headers.add(name, value)
+            if upstream_response.content_length is not None:
+                response.content_length = upstream_response.content_length
+            await response.prepare(request)
+            async for chunk in upstream_response.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    app = web.Application()
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_route("*", CATCH_ALL, handle)
+    return app
+
+
+def issuer_app(issuer_url: str) -> web.Application:
+    """A DevIssuer (fake Clerk) that also reports its hit counts at /_bench/hits."""
+    from gateway.devissuer import DevIssuer
+
+    issuer = DevIssuer(issuer_url)
+    fetched_at: list[float] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/.well-known/jwks.json":
+            fetched_at.append(time.time())
+        return await handler(request)
+
+    app = issuer.app()
+    app.middlewares.append(record)
+
+    async def hits(request: web.Request) -> web.Response:
+        return web.json_response({**issuer.hits, "jwks_times": fetched_at})
+
+    app.router.add_get("/_bench/hits", hits)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one contender until killed."""
+    parser = argparse.ArgumentParser(prog="python -m bench.apps")
+    parser.add_argument("kind", choices=("bare", "naive", "proxy", "issuer"))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--pem-file", help="naive: the PEM public key")
+    parser.add_argument("--issuer", default="", help="naive: expected iss; issuer: own URL")
+    parser.add_argument("--upstream", help="proxy: upstream base URL")
+    args = parser.parse_args(argv)
+    if args.kind == "bare":
+        app = bare_app()
+    elif args.kind == "naive":
+        app = naive_app(Path(args.pem_file).read_text(), args.issuer)
+    elif args.kind == "proxy":
+        app = proxy_app(args.upstream)
+    else:
+        app = issuer_app(args.issuer)
+    print(json.dumps({"kind": args.kind, "port": args.port}), file=sys.stderr, flush=True)
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,334 @@
+"""Turn the harness's raw results into targets, results.json and results.md."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+__all__ = ["evaluate", "summary", "write"]
+
+Result = dict[str, Any]
+
+
+def _median_rps(results: Result, key: str) -> float | None:
+    contender = results.get("contenders", {}).get(key)
+    if not contender or not contender["available"] or not contender["runs"]:
+        return None
+    return float(statistics.median(r["rps"] for r in contender["runs"]))
+
+
+def _median_cpu(results: Result, key: str) -> float | None:
+    contender = results.get("contenders", {}).get(key)
+    if not contender or not contender["available"] or not contender["runs"]:
+        return None
+    values = [r["cpu_us_per_request"] for r in contender["runs"] if r.get("cpu_us_per_request")]
+    return float(statistics.median(values)) if values else None
+
+
+def _cpu_ratio(results: Result, top: str, bottom: str) -> float | None:
+    """Throughput ratio implied by server CPU per request (robust to a busy machine)."""
+    a, b = _median_cpu(results, top), _median_cpu(results, bottom)
+    return b / a if a and b else None
+
+
+def _round_ratios(results: Result, top: str, bottom: str) -> list[float]:
+    """Ratios of two contenders' runs in the same round (each round alternates them)."""
+    c = results.get("contenders", {})
+    if not (c.get(top, {}).get("runs") and c.get(bottom, {}).get("runs")):
+        return []
+    return [a["rps"] / b["rps"] for a, b in zip(c[top]["runs"], c[bottom]["runs"], strict=False)
+            if b["rps"]]
+
+
+def _ratio(results: Result, top: str, bottom: str) -> float | None:
+    a, b = _median_rps(results, top), _median_rps(results, bottom)
+    return a / b if a is not None and b else None
+
+
+def _target(name: str, value: float | None, goal: str, met: bool | None, detail: str,
+            unit: str = "x") -> Result:
+    return {"name": name, "value": value, "goal": goal, "met": met, "detail": detail,
+            "unit": unit}
+
+
+def evaluate(results: Result) -> list[Result]:
+    """Every target of issue #4 with its measured value and whether it is met."""
+    targets = []
+    for top, bottom, goal in (("gateway_fa", "bare", 0.85), ("gateway_fa", "naive", 3.0),
+                              ("gateway_proxy", "aiohttp_proxy", 1.0)):
+        ratio = _ratio(results, top, bottom)
+        per_round = _round_ratios(results, top, bottom)
+        detail = ("per round: " + ", ".join(f"{r:.2f}" for r in per_round)) if per_round else (
+            "not measured")
+        cpu = _cpu_ratio(results, top, bottom)
+        if cpu is not None:
+            a, b = _median_cpu(results, top), _median_cpu(results, bottom)
+            detail += f"; by server CPU per request: {cpu:.2f}x ({a:.1f} vs {b:.1f} us)"
+        if top == "gateway_proxy" and ratio is None:
+            note = results.get("contenders", {}).get("gateway_proxy", {}).get("note", "")
+            detail = note or detail
+        targets.append(_target(f"{top} / {bottom} (req/s)", ratio, f">= {goal:g}x",
+                               None if ratio is None else ratio >= goal, detail))
+    ratio = _ratio(results, "gateway_proxy", "nginx_proxy")
+    cpu = _cpu_ratio(results, "gateway_proxy", "nginx_proxy")
+    targets.append(_target("gateway_proxy / nginx_proxy (req/s)", ratio, "report",
+                           None, "the machine's practical proxy limit, for reference" + (
+                               f"; by server CPU per request: {cpu:.2f}x" if cpu else "")))
+    http = results.get("http_cost")
+    if http:
+        ratio = 1 / http["gateway_over_bare"]
+        targets.append(_target(
+            "cross-check, in-process: gateway_fa / bare (1 / CPU per request)", ratio,
+            ">= 0.85x", ratio >= 0.85,
+            f"{http['gateway_fa_us']['min']:.1f} vs {http['bare_us']['min']:.1f} us CPU per "
+            "request, sockets excluded (min of reps)"))
+    verify = results.get("verify")
+    if verify:
+        ratio = verify["first_seen_over_bare"]["median"]
+        targets.append(_target(
+            "first-seen token / bare jwt.decode (time)", ratio, "<= 1.2x", ratio <= 1.2,
+            f"{verify['gateway_first_seen_us']['median']:.1f} us vs "
+            f"{verify['bare_pyjwt_us']['median']:.1f} us; cached "
+            f"{verify['gateway_cached_us']['median']:.2f} us"))
+    storm = results.get("storm")
+    if storm:
+        gap = storm.get("min_seconds_between_fetches")
+        targets.append(_target(
+            "unknown-kid storm: key fetches", storm["key_fetches"],
+            f"<= {storm['allowed_fetches']} (one per {storm['cooldown_seconds']:g} s cooldown)",
+            storm["allowed_fetches"] is not None
+            and storm["key_fetches"] <= storm["allowed_fetches"]
+            and (gap is None or gap >= storm["cooldown_seconds"] * 0.99),
+            f"{storm['fetches_per_minute']:.1f}/min vs cooldown rate "
+            f"{storm['cooldown_rate_per_minute']:.1f}/min; shortest gap between fetches "
+            + (f"{gap:.2f} s" if gap is not None else "n/a")
+            + f"; {storm['requests']:,} requests",
+            unit=""))
+    for name in ("memory_cache", "memory_e2e"):
+        memory = results.get(name)
+        if memory:
+            grown = memory["growth_after_bound_mb"]
+            bounded = memory["held_at_end"] <= memory["bound"] and grown <= max(
+                2.0, 0.05 * (memory["rss_at_bound_mb"] - memory["rss_baseline_mb"]))
+            targets.append(_target(
+                f"{memory['entries']:,} "
+                f"{'entries through the cache' if name == 'memory_cache' else 'tokens end to end'}"
+                f": RSS growth after the bound", grown, "~0 MB (bounded)", bounded,
+                f"{memory['entries']:,} distinct, bound {memory['bound']:,}: "
+                f"RSS {memory['rss_baseline_mb']:.0f} -> {memory['rss_at_bound_mb']:.0f} MB "
+                f"at the bound -> {memory['rss_final_mb']:.0f} MB at the end; "
+                f"{memory['bytes_per_entry']:.0f} B/entry", unit=" MB"))
+    return targets
+
+
+def _fmt(value: float | None, unit: str = "x") -> str:
+    if value is None:
+        return "n/a"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if isinstance(value, int):
+        return f"{value}{unit}"
+    return f"{value:.1f}{unit}"
+
+
+def _met(met: bool | None) -> str:
+    return {True: "yes", False: "**NO**", None: "-"}[met]
+
+
+def summary(results: Result) -> str:
+    """The targets as plain text lines."""
+    return "\n".join(
+        f"{t['name']:55s} {_fmt(t['value'], t['unit']):>10s}  goal {t['goal']:28s} "
+        f"met: {_met(t['met']).strip('*')}" for t in evaluate(results))
+
+
+def _throughput_table(results: Result) -> list[str]:
+    lines = ["| contender | req/s (median) | req/s per round | p50 ms | p99 ms | vs 1 | "
+             "server CPU us/req | errors |", "|---|---:|---|---:|---:|---:|---:|---|"]
+    floor = _median_rps(results, "bare")
+    for c in results.get("contenders", {}).values():
+        runs = c["runs"]
+        if not c["available"] or not runs:
+            lines.append(f"| {c['title']} | {c['note'] or 'not run'} | | | | | | |")
+            continue
+        rps = statistics.median(r["rps"] for r in runs)
+        errors = sum(r["non_2xx"] for r in runs), sum(r["socket_errors"] for r in runs)
+        per_round = ", ".join(f"{r['rps']:,.0f}" for r in runs)
+        versus = f"{rps / floor:.2f}" if floor else "n/a"
+        cpu = [r["cpu_us_per_request"] for r in runs if r.get("cpu_us_per_request")]
+        cpu_text = f"{statistics.median(cpu):.1f}" if cpu else "n/a"
+        shown = "none" if errors == (0, 0) else f"non-2xx {errors[0]}, socket {errors[1]}"
+        lines.append(
+            f"| {c['title']} | {rps:,.0f} | {per_round} | "
+            f"{statistics.median(r['p50_ms'] for r in runs):.2f} | "
+            f"{statistics.median(r['p99_ms'] for r in runs):.2f} | {versus} | {cpu_text} | "
+            f"{shown} |")
+    return lines
+
+
+def _markdown(results: Result) -> str:
+    m = results["machine"]
+    load = results.get("load", {})
+    pin = results.get("pinning", {})
+    out = [
+        "# clerk-gateway benchmark",
+        "",
+        f"**Conditions:** {results.get('label') or 'not labelled'}. "
+        f"Run {results['started']}, {results['seconds']:.0f} s in all; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}.",
+        "",
+        f"**Machine:** {m['cores']} cores ({m['cpu_model']}), {m['memory']} RAM, Linux "
+        f"{m['kernel']}. Python {m['python']}, aiohttp {m['aiohttp']}, PyJWT {m['pyjwt']}, "
+        f"cryptography {m['cryptography']}, nginx {m['nginx']}, wrk {m['wrk']}.",
+        "",
+        f"**Command:** `{results['command']}`",
+        "",
+        "Ratios between contenders of the same run are the headline; absolute numbers depend "
+        "on the machine.",
+        "",
+        "## Targets",
+        "",
+        "| measure | value | goal | met | detail |",
+        "|---|---:|---|---|---|",
+    ]
+    for t in evaluate(results):
+        out.append(f"| {t['name']} | {_fmt(t['value'], t['unit'])} | {t['goal']} | "
+                   f"{_met(t['met'])} | {t['detail']} |")
+    out += [
+        "",
+        "## Throughput",
+        "",
+        f"Each contender: one process, pinned to CPU {pin.get('server_cpus') or '(unpinned)'}; "
+        f"wrk pinned to CPU {pin.get('load_cpus') or '(unpinned)'}: "
+        f"`wrk -t{load.get('threads')} -c{load.get('connections')} "
+        f"-d{load.get('duration'):g}s` after an unrecorded {load.get('warmup'):g} s warm-up, "
+        "`GET /api/hello` with the same `Authorization: Bearer` token for every contender. "
+        "Contenders alternate within each round (the order rotates every round).",
+        "",
+        *_throughput_table(results),
+        "",
+    ]
+    out += _side_sections(results)
+    out += _commands(results)
+    return "\n".join(out) + "\n"
+
+
+def _side_sections(results: Result) -> list[str]:
+    out: list[str] = []
+    verify = results.get("verify")
+    if verify:
+        out += [
+            "## First-seen vs cached token (in-process)",
+            "",
+            f"{verify['tokens']:,} distinct RS256 Clerk v2 tokens ({verify['token_bytes']} "
+            f"bytes), {verify['passes']} interleaved passes; cached: one token "
+            f"{verify['cached_reps']:,} times. Microseconds per token (median / min of passes).",
+            "",
+            "| path | median us | min us |",
+            "|---|---:|---:|",
+        ]
+        for key, title in (("bare_pyjwt_us", "bare `jwt.decode(token, pubkey, "
+                                              "algorithms=['RS256'])`"),
+                           ("gateway_first_seen_us", "gateway `Verifier.verify`, first seen"),
+                           ("gateway_cached_us", "gateway `Verifier.verify`, cached"),
+                           ("rsa_verify_only_us", "RSA signature check alone (cryptography)")):
+            out.append(f"| {title} | {verify[key]['median']:.2f} | {verify[key]['min']:.2f} |")
+        out += ["", f"Command: `{verify['command']}`", ""]
+    storm = results.get("storm")
+    if storm:
+        out += [
+            "## Unknown-kid storm",
+            "",
+            f"A gateway reading keys from a JWKS URL (a DevIssuer on loopback that counts its "
+            f"hits), `keys.unknown_kid_cooldown_seconds: {storm['cooldown_seconds']:g}`, flooded "
+            f"for {storm['duration_seconds']:g} s with tokens whose header names a random `kid`: "
+            f"{storm['requests']:,} requests ({storm['rps']:,.0f}/s, p99 {storm['p99_ms']:.2f} ms)"
+            f", **{storm['key_fetches']} key fetches** "
+            f"({storm['fetches_per_minute']:.1f}/min; the cooldown allows "
+            f"{storm['cooldown_rate_per_minute']:.1f}/min, at most {storm['allowed_fetches']} in "
+            f"this window; shortest gap between two fetches: "
+            f"{_fmt(storm.get('min_seconds_between_fetches'), ' s')}). Gateway CPU per "
+            f"rejected request: {_fmt(storm.get('cpu_us_per_request'), ' us')}. "
+            f"A valid token right after the storm: HTTP "
+            f"{storm['valid_token_after_storm']}.",
+            "",
+            f"Gateway: `{storm['gateway_command']}`",
+            "",
+            f"Load: `{storm['wrk_command']}`",
+            "",
+        ]
+    for name, title in (("memory_cache", "Memory: one million distinct tokens (cache)"),
+                        ("memory_e2e", "Memory: distinct tokens verified end to end")):
+        memory = results.get(name)
+        if not memory:
+            continue
+        what = ("distinct verified-token entries (real `Verified` values built by the "
+                "gateway's own claim and header code, keyed by sha256 like real tokens) put "
+                "through the Verifier's `TokenCache`" if name == "memory_cache" else
+                f"distinct {memory.get('algorithm', 'RS256')} tokens minted and verified "
+                "through `Verifier.verify`")
+        samples = ", ".join(f"{s['entries']:,}: {s['rss_mb']:.0f}" for s in memory["samples"])
+        out += [
+            f"## {title}",
+            "",
+            f"{memory['entries']:,} {what}, `token_cache_size` = {memory['bound']:,}. RSS "
+            f"{memory['rss_baseline_mb']:.1f} MB before, {memory['rss_at_bound_mb']:.1f} MB when "
+            f"the cache reached its bound, {memory['rss_final_mb']:.1f} MB after all "
+            f"{memory['entries']:,} ({memory['growth_after_bound_mb']:+.1f} MB after the bound); "
+            f"{memory['held_at_end']:,} entries held at the end; about "
+            f"{memory['bytes_per_entry']:,.0f} bytes per cached token, so the default bound of "
+            f"100,000 costs about {memory['bytes_per_entry'] * 100_000 / 2**20:,.0f} MB. "
+            f"Took {memory['seconds']:.0f} s.",
+            "",
+            f"RSS (MB) by entries seen: {samples}",
+            "",
+            f"Command: `{memory['command']}`",
+            "",
+        ]
+    scaling = results.get("scaling")
+    if scaling:
+        out += ["## Scaling with workers", ""]
+        if not scaling["available"]:
+            out += [scaling["note"], ""]
+        else:
+            out += [
+                f"Forward-auth, nothing pinned (the workers need both cores, and wrk shares "
+                f"them): GATEWAY_WORKERS=1 {scaling['median_w1']:,.0f} req/s, "
+                f"GATEWAY_WORKERS=2 {scaling['median_w2']:,.0f} req/s "
+                f"({scaling['ratio']:.2f}x). Per round: 1 worker "
+                f"{', '.join(f'{x:,.0f}' for x in scaling['rps'][1])}; 2 workers "
+                f"{', '.join(f'{x:,.0f}' for x in scaling['rps'][2])}.",
+                "",
+            ]
+    return out
+
+
+def _commands(results: Result) -> list[str]:
+    out = ["## Exact commands", "",
+           "The token (`$TOKEN`) and the PEM key (`<PEM>`) are generated by the harness for "
+           "each run (RSA-2048, RS256, Clerk v2 claims with an organization).", ""]
+    if results.get("upstream_command"):
+        out.append(f"- shared static upstream: `{results['upstream_command']}`")
+    for c in results.get("contenders", {}).values():
+        if c["server_command"]:
+            out.append(f"- {c['title']}: `{c['server_command']}`")
+    runs = next((c["runs"] for c in results.get("contenders", {}).values() if c["runs"]), [])
+    if runs:
+        out.append(f"- load (port varies per contender): `{runs[0]['command']}`")
+    out += ["", "Why this load: the machine's cores are split so that the server under test "
+            "owns one core and wrk (one thread, which needs well under a core at these rates) "
+            "and the static nginx upstream share the other; every contender, the gateway "
+            "included, is a single process, so the ratios compare equal hardware. 32 "
+            "connections keep a single-process server saturated without piling up queueing "
+            "latency.", ""]
+    return out
+
+
+def write(results: Result, json_path: Path, md_path: Path) -> None:
+    """Write results.json (everything, plus the evaluated targets) and results.md."""
+    results = {**results, "targets": evaluate(results)}
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    md_path.write_text(_markdown(results))

@@ -1,0 +1,465 @@
+"""The benchmark: `python -m bench.run` (see --help). Writes bench/results.md and results.json.
+
+Every contender runs as its own process on loopback; each is driven by the same wrk load,
+alternating over several rounds; medians are reported, and ratios between contenders of the
+same run are the headline. On a machine with two or more cores the server under test is pinned
+to CPU 0 and wrk (plus the shared static upstream) to the other CPUs, so that the load
+generator never steals the server's core and every contender gets exactly one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.load import LUA, Load, WrkResult, run_wrk
+from bench.procs import (
+    REPO,
+    Processes,
+    cpu_sets,
+    descendants,
+    ensure_tools,
+    free_port,
+    http_get,
+    machine,
+    nginx_binary,
+    wait_http,
+)
+
+__all__ = ["main"]
+
+ISSUER = "https://bench.clerk.accounts.dev"
+PATH = "/api/hello"
+STATIC_BODY = '{"upstream":"static","ok":true}'
+CONTENDERS = ("bare", "naive", "gateway_fa", "nginx_proxy", "aiohttp_proxy", "gateway_proxy")
+TITLES = {
+    "bare": "1. bare aiohttp, 200 on every path",
+    "naive": "2. naive aiohttp + jwt.decode per request",
+    "gateway_fa": "3. clerk-gateway forward-auth, cached token",
+    "nginx_proxy": "4. nginx proxy_pass -> static upstream",
+    "aiohttp_proxy": "5. plain aiohttp reverse proxy, no auth",
+    "gateway_proxy": "6. clerk-gateway proxy mode, cached token",
+}
+
+
+@dataclass
+class Contender:
+    """One server under test."""
+
+    key: str
+    url: str = ""
+    command: str = ""
+    available: bool = True
+    note: str = ""
+    pid: int = 0
+    runs: list[WrkResult] = field(default_factory=list)
+
+
+def _nginx_conf(workdir: Path, port: int, body: str, upstream_port: int | None) -> str:
+    user = "user root;" if os.geteuid() == 0 else ""
+    if upstream_port is None:
+        location = f"default_type application/json; return 200 '{body}';"
+        upstream = ""
+    else:
+        upstream = f"upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}"
+        location = ('proxy_pass http://backend; proxy_http_version 1.1; '
+                    'proxy_set_header Connection "";')
+    temp = " ".join(f"{name}_temp_path {workdir}/{name};"
+                    for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""{user}
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  {temp}
+  keepalive_requests 100000000;
+  {upstream}
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+    location / {{ {location} }}
+  }}
+}}
+"""
+
+
+class Bench:
+    """Starts the contenders, runs the rounds and the side measurements."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        from gateway.devissuer import DevIssuer, SigningKey
+
+        self.args = args
+        self.workdir = workdir
+        self.procs = Processes(workdir)
+        self.server_cpus, self.load_cpus = cpu_sets(not args.no_pin)
+        self.load = Load(args.threads, args.connections, args.duration, args.warmup,
+                         self.load_cpus)
+        self.key = SigningKey(kid="ins_bench")
+        self.pem = self.key.public_pem()
+        self.pem_file = workdir / "public.pem"
+        self.pem_file.write_text(self.pem)
+        total = args.rounds * len(CONTENDERS) * (args.duration + args.warmup + 5) + 3600
+        dev = DevIssuer(ISSUER, self.key)
+        self.token = dev.token(org_id="org_2bench", org_slug="bench-org", role="admin",
+                               plan="o:pro", features="o:dashboard,o:teams",
+                               org_permissions_v2="manage,read", fpm="3,2",
+                               lifetime=int(total))
+        self.headers = {"Authorization": f"Bearer {self.token}"}
+        self.secrets = {"$TOKEN": self.token}
+        self.commands: dict[str, str] = {}
+        self.contenders = {key: Contender(key) for key in CONTENDERS}
+        self.upstream_url = ""
+
+    # -- processes -------------------------------------------------------------------------
+
+    def _python_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CLERK_", "GATEWAY_"))}
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+        return env
+
+    def _gateway_env(self, upstream: str | None = None, workers: int = 1,
+                     extra: dict[str, str] | None = None) -> tuple[dict[str, str], int, int]:
+        port, admin = free_port(), free_port()
+        env = self._python_env()
+        env.update(CLERK_JWT_KEY=self.pem, CLERK_ISSUER=ISSUER,
+                   GATEWAY_LISTEN=f"127.0.0.1:{port}", GATEWAY_ADMIN_LISTEN=f"127.0.0.1:{admin}",
+                   GATEWAY_LOG_LEVEL="WARNING", GATEWAY_WORKERS=str(workers))
+        if upstream:
+            env["GATEWAY_UPSTREAM"] = upstream
+        env.update(extra or {})
+        return env, port, admin
+
+    def _start_gateway(self, name: str, env: dict[str, str], admin: int,
+                       cpus: str | None) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "gateway", "serve"]
+        proc = self.procs.start(name, cmd, env, cpus)
+        shown = {k: ("<PEM>" if k == "CLERK_JWT_KEY" else v) for k, v in env.items()
+                 if k.startswith(("CLERK_", "GATEWAY_"))}
+        self.commands[name] = (" ".join(f"{k}={shlex.quote(v)}" for k, v in shown.items())
+                               + " " + _pin_prefix(cpus) + shlex.join(cmd))
+        try:
+            wait_http(f"http://127.0.0.1:{admin}/readyz", proc=proc)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{name}: {exc}\n{self.procs.log_tail(name)}") from exc
+        return proc
+
+    def _start_app(self, name: str, kind: str, *extra: str,
+                   cpus: str | None = None) -> tuple[int, subprocess.Popen[bytes]]:
+        port = free_port()
+        cmd = [sys.executable, "-m", "bench.apps", kind, "--port", str(port), *extra]
+        proc = self.procs.start(name, cmd, self._python_env(), cpus)
+        self.commands[name] = _pin_prefix(cpus) + shlex.join(cmd)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/_bench/ready", ok=(200, 401, 404), proc=proc)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{name}: {exc}\n{self.procs.log_tail(name)}") from exc
+        return port, proc
+
+    def _start_nginx(self, name: str, upstream_port: int | None,
+                     cpus: str | None) -> tuple[int, subprocess.Popen[bytes]]:
+        port = free_port()
+        conf_dir = self.workdir / name
+        conf_dir.mkdir()
+        conf = conf_dir / "nginx.conf"
+        conf.write_text(_nginx_conf(conf_dir, port, STATIC_BODY, upstream_port))
+        cmd = [nginx_binary(), "-p", str(conf_dir), "-c", str(conf)]
+        proc = self.procs.start(name, cmd, None, cpus)
+        self.commands[name] = _pin_prefix(cpus) + shlex.join(cmd) + f"   # {conf.name}: " + (
+            "return 200 static body" if upstream_port is None
+            else "proxy_pass to the static upstream, keepalive 64")
+        wait_http(f"http://127.0.0.1:{port}/", proc=proc)
+        return port, proc
+
+    # -- contenders ------------------------------------------------------------------------
+
+    def start_contenders(self, only: set[str]) -> None:
+        """Start the shared upstream and every selected contender, checking each answers."""
+        upstream_port, _ = self._start_nginx("upstream_nginx", None, self.load_cpus)
+        self.upstream_url = f"http://127.0.0.1:{upstream_port}"
+        cpus = self.server_cpus
+        c = self.contenders
+        for key in CONTENDERS:
+            if key not in only:
+                c[key].available = False
+                c[key].note = "not selected"
+        if "bare" in only:
+            port, proc = self._start_app("bare", "bare", cpus=cpus)
+            c["bare"].pid = proc.pid
+            c["bare"].url = f"http://127.0.0.1:{port}{PATH}"
+        if "naive" in only:
+            port, proc = self._start_app("naive", "naive", "--pem-file", str(self.pem_file),
+                                         "--issuer", ISSUER, cpus=cpus)
+            c["naive"].pid = proc.pid
+            c["naive"].url = f"http://127.0.0.1:{port}{PATH}"
+        if "gateway_fa" in only:
+            env, port, admin = self._gateway_env()
+            c["gateway_fa"].pid = self._start_gateway("gateway_fa", env, admin, cpus).pid
+            c["gateway_fa"].url = f"http://127.0.0.1:{port}{PATH}"
+        if "nginx_proxy" in only:
+            port, proc = self._start_nginx("nginx_proxy", upstream_port, cpus)
+            c["nginx_proxy"].pid = proc.pid
+            c["nginx_proxy"].url = f"http://127.0.0.1:{port}{PATH}"
+        if "aiohttp_proxy" in only:
+            port, proc = self._start_app("aiohttp_proxy", "proxy", "--upstream",
+                                         self.upstream_url, cpus=cpus)
+            c["aiohttp_proxy"].pid = proc.pid
+            c["aiohttp_proxy"].url = f"http://127.0.0.1:{port}{PATH}"
+        if "gateway_proxy" in only:
+            env, port, admin = self._gateway_env(upstream=self.upstream_url)
+            c["gateway_proxy"].pid = self._start_gateway("gateway_proxy", env, admin, cpus).pid
+            c["gateway_proxy"].url = f"http://127.0.0.1:{port}{PATH}"
+        for contender in c.values():
+            contender.command = self.commands.get(contender.key, "")
+            if contender.url:
+                self._check(contender)
+
+    def _check(self, contender: Contender) -> None:
+        """Prove the contender does its job before measuring it."""
+        status, headers, body = http_get(contender.url, self.headers)
+        anon_status, _, _ = http_get(contender.url)
+        key = contender.key
+        problem = ""
+        if status != 200:
+            problem = f"answered {status} to a valid token"
+        elif key in ("naive", "gateway_fa", "gateway_proxy") and anon_status != 401:
+            problem = f"answered {anon_status} without a token (expected 401)"
+        elif key == "gateway_fa" and headers.get("X-User-Id") != "user_2demo":
+            problem = "no X-User-Id identity header"
+        elif key in ("nginx_proxy", "aiohttp_proxy", "gateway_proxy") and (
+                body.decode(errors="replace").strip() != STATIC_BODY):
+            problem = f"body is not the upstream's ({body[:60]!r})"
+        if not problem:
+            return
+        if key == "gateway_proxy":
+            contender.available = False
+            contender.note = ("not available yet: with GATEWAY_UPSTREAM set the gateway "
+                              f"{problem}, so it does not proxy")
+            return
+        raise RuntimeError(f"{TITLES[key]}: {problem}")
+
+    def rounds(self) -> None:
+        """Run every available contender once per round, rotating the order each round."""
+        active = [c for c in self.contenders.values() if c.available and c.url]
+        for number in range(self.args.rounds):
+            shift = number % len(active) if active else 0
+            for contender in active[shift:] + active[:shift]:
+                result = run_wrk(contender.url, self.load, self.headers, secrets=self.secrets,
+                                 pids=[contender.pid])
+                contender.runs.append(result)
+                print(f"  round {number + 1}: {TITLES[contender.key]:48s} "
+                      f"{result.rps:9.0f} req/s  p99 {result.p99_ms:6.2f} ms  "
+                      f"{result.cpu_us_per_request or 0:6.1f} us CPU/req"
+                      + (f"  non-2xx {result.non_2xx}" if result.non_2xx else "")
+                      + (f"  socket errors {result.socket_errors}"
+                         if result.socket_errors else ""), flush=True)
+
+    # -- side measurements -----------------------------------------------------------------
+
+    def micro(self, kind: str, *args: str) -> dict[str, Any]:
+        """Run one in-process measurement (bench.micro) on the server CPU."""
+        cmd = [sys.executable, "-m", "bench.micro", kind, *args]
+        full = ["taskset", "-c", self.server_cpus, *cmd] if self.server_cpus else cmd
+        print(f"  {kind}: {shlex.join(cmd)}", flush=True)
+        out = subprocess.run(full, capture_output=True, text=True, env=self._python_env(),
+                             cwd=REPO, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"bench.micro {kind} failed: {out.stderr[-800:]}")
+        result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        result["command"] = _pin_prefix(self.server_cpus) + shlex.join(cmd)
+        return result
+
+    def storm(self) -> dict[str, Any]:
+        """Flood a JWKS-backed gateway with random unknown kids; count the key fetches."""
+        cooldown, seconds = self.args.storm_cooldown, self.args.storm_duration
+        issuer_port = free_port()
+        issuer_url = f"http://127.0.0.1:{issuer_port}"
+        cmd = [sys.executable, "-m", "bench.apps", "issuer", "--port", str(issuer_port),
+               "--issuer", issuer_url]
+        self.procs.start("storm_issuer", cmd, self._python_env(), self.load_cpus)
+        wait_http(f"{issuer_url}/_bench/hits")
+        config = self.workdir / "storm.yaml"
+        config.write_text(f"keys:\n  unknown_kid_cooldown_seconds: {cooldown:g}\n")
+        env, port, admin = self._gateway_env(extra={
+            "CLERK_ISSUER": issuer_url, "CLERK_JWKS_URL": f"{issuer_url}/.well-known/jwks.json",
+            "GATEWAY_CONFIG": str(config)})
+        env.pop("CLERK_JWT_KEY")
+        gateway = self._start_gateway("storm_gateway", env, admin, self.server_cpus)
+        url = f"http://127.0.0.1:{port}/api/storm"
+        before = len(_jwks_times(issuer_url))
+        result = run_wrk(url, self.load, script=LUA / "storm.lua", duration=seconds,
+                         env={"BENCH_ISS": issuer_url}, warmup=False,
+                         pids=[gateway.pid])
+        times = _jwks_times(issuer_url)
+        during = times[before:]
+        gaps = [b - a for a, b in itertools.pairwise(during)]
+        _, _, token = http_get(f"{issuer_url}/_demo/token?lifetime=600")
+        valid_status, _, _ = http_get(url, {"Authorization": f"Bearer {token.decode().strip()}"})
+        fetches = len(during)
+        allowed = math.floor(seconds / cooldown) + 1 if cooldown > 0 else None
+        return {
+            "cooldown_seconds": cooldown, "duration_seconds": seconds,
+            "requests": result.requests, "rps": result.rps, "non_2xx": result.non_2xx,
+            "p99_ms": result.p99_ms,
+            "key_fetches": fetches, "fetches_per_minute": fetches * 60 / seconds,
+            "cooldown_rate_per_minute": 60 / cooldown if cooldown > 0 else None,
+            "allowed_fetches": allowed,
+            "valid_token_after_storm": valid_status,
+            "min_seconds_between_fetches": min(gaps) if gaps else None,
+            "cpu_us_per_request": result.cpu_us_per_request,
+            "wrk_command": result.command + f"   # env BENCH_ISS={issuer_url}",
+            "gateway_command": self.commands["storm_gateway"]
+            + f"   # {config.name}: keys.unknown_kid_cooldown_seconds={cooldown:g}",
+        }
+
+    def scaling(self) -> dict[str, Any]:
+        """Forward-auth throughput with GATEWAY_WORKERS=1 vs 2, nothing pinned."""
+        counts: dict[int, int] = {}
+        urls: dict[int, str] = {}
+        for workers in (1, 2):
+            env, port, admin = self._gateway_env(workers=workers)
+            proc = self._start_gateway(f"scaling_w{workers}", env, admin, None)
+            time.sleep(0.5)
+            counts[workers] = len(descendants(proc.pid))
+            urls[workers] = f"http://127.0.0.1:{port}{PATH}"
+        if counts[2] <= counts[1]:
+            return {"available": False,
+                    "note": "not available yet: GATEWAY_WORKERS=2 starts no extra process "
+                            f"({counts[1]} vs {counts[2]} child processes)"}
+        load = Load(self.args.threads, self.args.connections, self.args.duration,
+                    self.args.warmup, None)
+        runs: dict[int, list[float]] = {1: [], 2: []}
+        for number in range(self.args.rounds):
+            for workers in ((1, 2) if number % 2 == 0 else (2, 1)):
+                result = run_wrk(urls[workers], load, self.headers, secrets=self.secrets)
+                runs[workers].append(result.rps)
+                print(f"  round {number + 1}: workers={workers} {result.rps:9.0f} req/s",
+                      flush=True)
+        w1, w2 = statistics.median(runs[1]), statistics.median(runs[2])
+        return {"available": True, "processes": counts, "rps": runs,
+                "median_w1": w1, "median_w2": w2, "ratio": w2 / w1 if w1 else None,
+                "commands": {w: self.commands[f"scaling_w{w}"] for w in (1, 2)}}
+
+
+def _pin_prefix(cpus: str | None) -> str:
+    return f"taskset -c {cpus} " if cpus else ""
+
+
+def _jwks_times(issuer_url: str) -> list[float]:
+    _, _, body = http_get(f"{issuer_url}/_bench/hits")
+    return [float(t) for t in json.loads(body).get("jwks_times", [])]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Benchmark clerk-gateway against bare aiohttp, a naive PyJWT service, "
+                    "nginx and a plain aiohttp proxy; writes results.md and results.json.")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per contender (3)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (10)")
+    parser.add_argument("--warmup", type=float, default=1.0,
+                        help="unrecorded warm-up seconds before each run (1)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk -c (32)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk -t (1)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    parser.add_argument("--only", default=",".join(CONTENDERS),
+                        help="comma list of contenders: " + ",".join(CONTENDERS))
+    parser.add_argument("--skip", default="",
+                        help="comma list of side measurements to skip: "
+                             "http,verify,storm,memory,scaling")
+    parser.add_argument("--storm-duration", type=float, default=30.0)
+    parser.add_argument("--storm-cooldown", type=float, default=5.0,
+                        help="keys.unknown_kid_cooldown_seconds for the storm (5)")
+    parser.add_argument("--memory-entries", type=int, default=1_000_000)
+    parser.add_argument("--e2e-tokens", type=int, default=50_000)
+    parser.add_argument("--label", default="",
+                        help="conditions to print with the results (e.g. 'quiet machine')")
+    parser.add_argument("--out", default=str(REPO / "bench"),
+                        help="directory for results.md / results.json (bench/)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the whole benchmark and write the report."""
+    args = _parser().parse_args(argv)
+    only = {c.strip() for c in args.only.split(",") if c.strip()}
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = (only - set(CONTENDERS)) | (skip - {"http", "verify", "storm", "memory", "scaling"})
+    if unknown:
+        raise SystemExit(f"unknown names: {', '.join(sorted(unknown))}")
+    installed = ensure_tools()
+    started = time.time()
+    results: dict[str, Any] = {
+        "label": args.label,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
+        "command": shlex.join([Path(sys.executable).name, "-m", "bench.run",
+                               *(sys.argv[1:] if argv is None else argv)]),
+        "installed": installed,
+        "machine": machine(),
+    }
+    with tempfile.TemporaryDirectory(prefix="clerk-gateway-bench-") as tmp:
+        bench = Bench(args, Path(tmp))
+        results["pinning"] = {"server_cpus": bench.server_cpus, "load_cpus": bench.load_cpus}
+        results["load"] = asdict(bench.load)
+        try:
+            print("starting contenders", flush=True)
+            bench.start_contenders(only)
+            print(f"measuring: {args.rounds} rounds x {len(only)} contenders, "
+                  f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s", flush=True)
+            bench.rounds()
+            results["contenders"] = {
+                key: {"title": TITLES[key], "available": c.available, "note": c.note,
+                      "url": c.url, "server_command": c.command,
+                      "runs": [asdict(r) for r in c.runs]}
+                for key, c in bench.contenders.items()}
+            results["upstream_command"] = bench.commands.get("upstream_nginx", "")
+            bench.procs.stop_all()
+            if "http" not in skip:
+                print("per-request CPU in-process (no sockets)", flush=True)
+                results["http_cost"] = bench.micro("http-cost")
+            if "verify" not in skip:
+                print("first-seen vs cached token (in-process)", flush=True)
+                results["verify"] = bench.micro("verify")
+            if "storm" not in skip:
+                print(f"unknown-kid storm ({args.storm_duration:g} s)", flush=True)
+                results["storm"] = bench.storm()
+                bench.procs.stop_all()
+            if "memory" not in skip:
+                print("memory with distinct tokens", flush=True)
+                results["memory_cache"] = bench.micro(
+                    "cache-memory", "--entries", str(args.memory_entries))
+                results["memory_e2e"] = bench.micro(
+                    "e2e-memory", "--tokens", str(args.e2e_tokens),
+                    "--bound", str(max(1, min(10_000, args.e2e_tokens // 5))))
+            if "scaling" not in skip:
+                print("scaling with GATEWAY_WORKERS", flush=True)
+                results["scaling"] = bench.scaling()
+        finally:
+            bench.procs.stop_all()
+    results["seconds"] = round(time.time() - started, 1)
+    results = json.loads(json.dumps(results, default=str).replace(tmp, "$BENCH_TMP"))
+    out = Path(args.out)
+    report.write(results, out / "results.json", out / "results.md")
+    print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+    print(report.summary(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
