@@ -22,6 +22,9 @@ lint: $(STAMP)
 test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
+bench: $(STAMP)
+	$(PY) -m bench.run
+
 system-deps:
 	bash .ci/system-deps
 
