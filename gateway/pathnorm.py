@@ -86,4 +86,6 @@ def normalize_path(raw: str) -> str:
     bad = _RAW_REFUSED.search(path)
     if bad is not None:
         raise AmbiguousPath(f"refused character {bad.group()!r}")
+    if "%" not in path and "//" not in path and "/." not in path:
+        return path  # already normal: no escape to decode, no empty or dot segment
     return _remove_dot_segments(_decode_unreserved(path))

@@ -95,7 +95,5 @@ class ForwardAuthHandler:
         request[DECISION] = decision
         if not decision.allowed:
             return error_response(decision.reason, rid, self._realm, decision.retry_after)
-        response = web.Response(status=200, headers=decision.headers)
-        response.headers[REQUEST_ID] = rid
-        response.headers[hdrs.CACHE_CONTROL] = "no-store"
-        return response
+        return web.Response(status=200, headers=(
+            *decision.headers, (REQUEST_ID, rid), (hdrs.CACHE_CONTROL, "no-store")))
