@@ -31,11 +31,13 @@ from gateway.config_sections import (
     DEFAULT_TOKEN_SOURCES,
     IDENTITY_FIELDS,
     ForwardAuthSettings,
+    LimitSettings,
     ProxySettings,
     RevocationSettings,
     TokenSource,
     parse_forward_auth,
     parse_identity_headers,
+    parse_limits,
     parse_proxy,
     parse_revocation,
     parse_token_sources,
@@ -52,6 +54,7 @@ __all__ = [
     "ForwardAuthSettings",
     "IssuerSettings",
     "KeySettings",
+    "LimitSettings",
     "Listen",
     "ProxySettings",
     "RevocationSettings",
@@ -109,6 +112,7 @@ class Settings:
     workers: int = 0  # 0 = one per CPU
     proxy: ProxySettings = field(default_factory=ProxySettings)
     shutdown_timeout_seconds: float = 30.0
+    limits: LimitSettings = field(default_factory=LimitSettings)
     log_level: str = "INFO"
     log_format: str = "json"
     admin_token: Secret | None = None
@@ -254,6 +258,7 @@ def load_settings(
         root, problems, {i.name: i.issuer for i in issuers}, route_options)
     revocation = parse_revocation(root.child("revocation"), env, issuers, leeway, api_url)
     forward_auth = parse_forward_auth(root.child("forward_auth"))
+    limits = parse_limits(root.child("limits"))
     for route in routes:
         if route.upstream and not route.upstream.startswith(("http://", "https://")):
             problems.append(
@@ -286,6 +291,7 @@ def load_settings(
         identity_headers=identity_headers,
         routes=tuple(routes),
         forward_auth=forward_auth,
+        limits=limits,
         route_options=route_options,
         workers=workers,
         proxy=proxy,

@@ -15,11 +15,13 @@ __all__ = [
     "FAILURE_MODES",
     "IDENTITY_FIELDS",
     "ForwardAuthSettings",
+    "LimitSettings",
     "ProxySettings",
     "RevocationSettings",
     "TokenSource",
     "parse_forward_auth",
     "parse_identity_headers",
+    "parse_limits",
     "parse_networks",
     "parse_proxy",
     "parse_revocation",
@@ -295,3 +297,26 @@ def parse_forward_auth(reader: Reader) -> ForwardAuthSettings:
     settings = ForwardAuthSettings(parse_networks(reader, "trusted_callers"), prefix, source)
     reader.check_unknown()
     return settings
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Caps on what one client may send before any decision is made."""
+
+    header_timeout_seconds: float = 10.0
+    max_header_bytes: int = 8190
+    max_headers: int = 100
+
+
+def parse_limits(reader: Reader) -> LimitSettings:
+    """Read the `limits` section."""
+    d = LimitSettings()
+    limits = LimitSettings(
+        header_timeout_seconds=reader.number(
+            "header_timeout_seconds", d.header_timeout_seconds, minimum=0, maximum=600),
+        max_header_bytes=reader.integer(
+            "max_header_bytes", d.max_header_bytes, minimum=1024, maximum=65536),
+        max_headers=reader.integer("max_headers", d.max_headers, minimum=16, maximum=1000),
+    )
+    reader.check_unknown()
+    return limits

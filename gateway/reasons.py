@@ -17,6 +17,7 @@ class Category(enum.Enum):
     FORBIDDEN = "insufficient_scope"  # 403, error="insufficient_scope"
     UNAVAILABLE = "temporarily_unavailable"  # 503 with Retry-After
     PROXY = "proxy"  # upstream and body errors: status given per reason
+    PROTOCOL = "protocol"  # HTTP-level problems found before any decision
 
 
 class Reason(enum.Enum):
@@ -65,6 +66,11 @@ class Reason(enum.Enum):
     BODY_TOO_LARGE = ("body_too_large", Category.PROXY, 413)
     UPSTREAM_UNAVAILABLE = ("upstream_unavailable", Category.PROXY, 502)
     UPSTREAM_TIMEOUT = ("upstream_timeout", Category.PROXY, 504)
+
+    MALFORMED_REQUEST = ("malformed_request", Category.PROTOCOL, 400)
+    REQUEST_TIMEOUT = ("request_timeout", Category.PROTOCOL, 408)
+    HEADERS_TOO_LARGE = ("headers_too_large", Category.PROTOCOL, 431)
+    INTERNAL_ERROR = ("internal_error", Category.PROTOCOL, 500)
 
     def __init__(self, label: str, category: Category, status: int) -> None:
         self.label = label

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.app import Gateway, build_admin_app, build_public_app
 from gateway.config import Settings
+from gateway.http.guard import GuardedAppRunner
 from gateway.reload import reload_from_sources
 
 __all__ = ["serve"]
@@ -45,9 +46,12 @@ async def serve(
     """Serve the public and admin listeners until a stop signal arrives."""
     gateway = gateway or Gateway(settings)
     drain = settings.shutdown_timeout_seconds if shutdown_timeout is None else shutdown_timeout
-    public = web.AppRunner(
-        build_public_app(gateway), access_log=None, shutdown_timeout=drain,
-        handle_signals=False,
+    limits = settings.limits
+    public = GuardedAppRunner(
+        build_public_app(gateway), head_timeout=limits.header_timeout_seconds,
+        realm=settings.realm, access_log=None, shutdown_timeout=drain, handle_signals=False,
+        max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes,
+        max_headers=limits.max_headers,
         # In proxy mode a client that disconnects cancels its upstream request.
         handler_cancellation=settings.mode == "proxy",
     )

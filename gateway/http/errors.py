@@ -45,6 +45,10 @@ MESSAGES: dict[Reason, str] = {
     Reason.BODY_TOO_LARGE: "The request body is too large.",
     Reason.UPSTREAM_UNAVAILABLE: "The upstream service is unavailable.",
     Reason.UPSTREAM_TIMEOUT: "The upstream service did not answer in time.",
+    Reason.MALFORMED_REQUEST: "The request is not valid HTTP.",
+    Reason.REQUEST_TIMEOUT: "The request headers did not arrive in time.",
+    Reason.HEADERS_TOO_LARGE: "The request headers are too large.",
+    Reason.INTERNAL_ERROR: "The gateway could not handle the request.",
 }
 
 
@@ -67,7 +71,7 @@ def error_response(
     """The JSON error response for a reason: never the token, never a stack trace."""
     category = reason.category
     error = "unauthorized" if category is Category.NO_TOKEN else category.value
-    if category is Category.PROXY:
+    if category in (Category.PROXY, Category.PROTOCOL):
         error = reason.label
     body = {
         "error": error,
