@@ -108,7 +108,7 @@ class ProxySettings:
 
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 60.0
-    max_body_bytes: int = 0  # 0 = unlimited
+    max_body_bytes: int = 1024**3  # 1 GiB; 0 = unlimited
     max_connections: int = 256
     max_connections_per_upstream: int = 128
     keepalive_seconds: float = 30.0

@@ -7,6 +7,7 @@ a real aiohttp server that counts its hits, can rotate keys and can be told to f
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 import uuid
 from collections import Counter
@@ -171,7 +172,8 @@ class DevIssuer:
         })
 
     def _authorized(self, request: web.Request) -> bool:
-        return request.headers.get("Authorization") == f"Bearer {self.secret_key}"
+        given = request.headers.get("Authorization", "").encode()
+        return hmac.compare_digest(given, f"Bearer {self.secret_key}".encode())
 
     async def _backend_jwks(self, request: web.Request) -> web.Response:
         self.hits["backend_jwks"] += 1
