@@ -22,7 +22,7 @@ from yarl import URL
 
 from gateway.config import Settings
 from gateway.http.errors import error_response
-from gateway.http.headers import DECISION, REQUEST_ID, REQUEST_ID_KEY, request_id
+from gateway.http.headers import DECISION, REQUEST_ID, request_id
 from gateway.http.hop import HeaderHygiene
 from gateway.http.observe import RequestObserver
 from gateway.http.websocket import OpenSockets, SocketHandle, relay
@@ -159,7 +159,7 @@ class ProxyHandler:
         """Authorize, then forward (or relay the WebSocket), observed for the access log."""
         started = self._observer.begin()
         exchange = _Exchange()
-        rid = request[REQUEST_ID_KEY] = request_id(request.headers)
+        rid = request_id(request.headers)
         status = 500
         try:
             response = await self._handle(request, rid, started, exchange)
