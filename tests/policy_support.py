@@ -2,19 +2,21 @@
 
 A door sends one request (method, raw request target, token, host) through one way into
 the gateway and reports the Outcome. The same table runs through every door, so a rule
-written once is shown to hold for all of them. To add the real reverse proxy, implement a
-Door whose `send` goes through a proxy-mode gateway to a recording upstream and fills
-`Outcome.upstream_path` (None when the upstream was not reached).
+written once is shown to hold for all of them. The real reverse proxy (ProxyDoor) sends the
+request line byte for byte to a proxy-mode gateway in front of a RecordingUpstream and fills
+`Outcome.upstream_path` with the path the upstream received (None when it was not reached).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -122,6 +124,56 @@ class RawTargetDoor:
         status, response_headers, body = await raw_request(
             self.host, self.port, method, target, headers)
         return Outcome(status, _reason(status, body), response_headers)
+
+
+class RecordingUpstream:
+    """An upstream that answers 200 and records each request's path and headers by request id."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[str, dict[str, str]]] = {}
+
+    def app(self) -> web.Application:
+        """Every method on every path."""
+        app = web.Application()
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._record)
+        return app
+
+    async def _record(self, request: web.Request) -> web.Response:
+        path = request.raw_path.partition("?")[0]
+        self.seen[request.headers.get("X-Request-Id", "")] = (path, dict(request.headers))
+        return web.Response(text="upstream")
+
+
+class ProxyDoor:
+    """The sidecar proxy: the request line as sent, to a proxy-mode gateway and its upstream.
+
+    `Outcome.headers` are the headers the upstream received when the request reached it (that
+    is where the proxy puts identity headers), else the gateway's response headers.
+    """
+
+    name = "proxy"
+
+    def __init__(self, host: str, port: int, upstream: RecordingUpstream) -> None:
+        self.host = host
+        self.port = port
+        self.upstream = upstream
+        self._ids = itertools.count(1)
+
+    async def send(self, method: str, target: str, token: str | None,
+                   host: str | None) -> Outcome:
+        """Send the request; the request id tells which upstream record is this request's."""
+        rid = f"policy-table-{next(self._ids):08d}"
+        headers = {"Host": host or "gateway.test", "X-Request-Id": rid}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        status, response_headers, body = await raw_request(
+            self.host, self.port, method, target, headers)
+        reason = _reason(status, body)
+        seen = self.upstream.seen.pop(rid, None)
+        if seen is None:
+            return Outcome(status, reason, response_headers)
+        path, upstream_headers = seen
+        return Outcome(status, reason, upstream_headers, upstream_path=path)
 
 
 class AuthorizerDoor:

@@ -109,3 +109,27 @@ async def _until_in_flight(session: aiohttp.ClientSession, gateway: GatewayProce
             if 'clerk_gateway_in_flight_requests{door="proxy"} 1.0' in await metrics.text():
                 return
         await asyncio.sleep(0.05)
+
+
+async def test_sigterm_closes_an_open_websocket_with_1001_then_exits_zero(
+    clerk: DevIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    gateway = await start(clerk, upstream, tmp_path, GATEWAY_SHUTDOWN_TIMEOUT="10")
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"{gateway.url}/ws", autoping=False,
+                                      headers={"Authorization": f"Bearer {clerk.token()}"})
+        await ws.send_str("before")
+        assert (await asyncio.wait_for(ws.receive(), 5)).data == "echo:before"
+        gateway.proc.send_signal(__import__("signal").SIGTERM)
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+        assert msg.data == 1001  # going away
+        assert msg.extra == "gateway shutting down"
+        await ws.close()
+    code = await asyncio.get_running_loop().run_in_executor(None, gateway.proc.wait, 15)
+    assert code == 0, gateway.log()
+    for _ in range(100):  # the upstream side is closed too, not left dangling
+        if upstream.ws_closed:
+            break
+        await asyncio.sleep(0.05)
+    assert upstream.ws_closed == [1001]

@@ -10,6 +10,7 @@ from prometheus_client import Gauge, Histogram
 
 from gateway.metrics import Metrics
 from gateway.pipeline import Decision
+from gateway.reasons import Reason
 
 __all__ = ["RequestObserver"]
 
@@ -40,8 +41,13 @@ class RequestObserver:
         status: int,
         decision: Decision | None,
         upstream_status: int | None = None,
+        reason: Reason | None = None,
     ) -> None:
-        """Mark a request as finished: latency by route, and the access log line."""
+        """Mark a request as finished: latency by route, and the access log line.
+
+        `reason` overrides the decision's when the door refused an allowed request itself
+        (an upstream failure, an oversize body).
+        """
         elapsed = self._clock() - started
         self._in_flight.dec()
         route = decision.route.name if decision is not None else "none"
@@ -59,7 +65,8 @@ class RequestObserver:
             "route": route,
             "method": method,
             "status": status,
-            "reason": decision.reason.label if decision is not None else None,
+            "reason": (reason.label if reason is not None
+                       else decision.reason.label if decision is not None else None),
             "user": identity.user_id if identity else None,
             "org": identity.org_id if identity else None,
             "duration_ms": round(elapsed * 1000, 3),

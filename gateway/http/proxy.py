@@ -8,6 +8,7 @@ JSON error body.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -23,6 +24,7 @@ from gateway.config import Settings
 from gateway.http.errors import error_response
 from gateway.http.headers import DECISION, REQUEST_ID, request_id
 from gateway.http.hop import HeaderHygiene
+from gateway.http.observe import RequestObserver
 from gateway.http.websocket import OpenSockets, SocketHandle, relay
 from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, Decision, RequestFacts
@@ -37,10 +39,23 @@ _EMPTY: Mapping[str, str] = {}
 _SMALL_BODY = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
 _SKIP_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
+# The access line's status when the client went away before an answer (nginx's convention).
+_CLIENT_CLOSED = 499
 
 
 class BodyTooLarge(Exception):
     """The client's request body passed the configured limit while streaming."""
+
+
+class _Exchange:
+    """What the access line needs beyond the decision, filled in as the request goes."""
+
+    __slots__ = ("observed", "reason", "upstream_status")
+
+    def __init__(self) -> None:
+        self.upstream_status: int | None = None  # None: the upstream was not reached
+        self.reason: Reason | None = None  # set when the door refused an allowed request
+        self.observed = False  # the WebSocket path writes its line at the upgrade
 
 
 class _BodyState:
@@ -112,7 +127,7 @@ class ProxyHandler:
         self._leeway = settings.leeway_seconds
         self._session: aiohttp.ClientSession | None = None
         self._durations: dict[str, Any] = {}
-        self._in_flight = metrics.in_flight.labels("proxy")
+        self._observer = RequestObserver(metrics, "proxy")
 
     async def start(self) -> None:
         """Open the upstream client: one bounded keep-alive pool, reused by every request."""
@@ -141,9 +156,26 @@ class ProxyHandler:
             self._session = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Authorize the request, then forward it (or relay the WebSocket)."""
+        """Authorize, then forward (or relay the WebSocket), observed for the access log."""
+        started = self._observer.begin()
+        exchange = _Exchange()
+        rid = request_id(request.headers)
+        status = 500
+        try:
+            response = await self._handle(request, rid, started, exchange)
+            status = response.status
+            return response
+        except asyncio.CancelledError:
+            status = _CLIENT_CLOSED
+            raise
+        finally:
+            if not exchange.observed:
+                self._observer.end(started, rid, request.method, status, request.get(DECISION),
+                                   exchange.upstream_status, exchange.reason)
+
+    async def _handle(self, request: web.Request, rid: str, started: float,
+                      exchange: _Exchange) -> web.StreamResponse:
         headers = request.headers
-        rid = request_id(headers)
         upgrade = headers.get(hdrs.UPGRADE)
         websocket = (upgrade is not None and upgrade.lower() == "websocket"
                      and request.method == hdrs.METH_GET)
@@ -163,21 +195,24 @@ class ProxyHandler:
             return error_response(decision.reason, rid, self._realm, decision.retry_after)
         length = request.content_length
         if self._limit and length is not None and length > self._limit:
-            return error_response(Reason.BODY_TOO_LARGE, rid, self._realm)
+            return self._refuse(Reason.BODY_TOO_LARGE, rid, exchange)
         try:
             url = self._target(decision, request.raw_path, websocket)
         except (ValueError, UnicodeError):
-            return error_response(Reason.AMBIGUOUS_PATH, rid, self._realm)
+            return self._refuse(Reason.AMBIGUOUS_PATH, rid, exchange)
         upstream_headers = self._hygiene.upstream_headers(
             headers, client_ip=request.remote, scheme=request.scheme,
             identity=decision.headers, request_id=rid, websocket=websocket)
-        self._in_flight.inc()
-        try:
-            if websocket:
-                return await self._websocket(request, decision, url, upstream_headers, rid)
-            return await self._forward(request, decision.route.name, url, upstream_headers, rid)
-        finally:
-            self._in_flight.dec()
+        if websocket:
+            return await self._websocket(request, decision, url, upstream_headers, rid, started,
+                                         exchange)
+        return await self._forward(request, decision.route.name, url, upstream_headers, rid,
+                                   exchange)
+
+    def _refuse(self, reason: Reason, rid: str, exchange: _Exchange) -> web.Response:
+        """The door's own refusal of a request the pipeline allowed."""
+        exchange.reason = reason
+        return error_response(reason, rid, self._realm)
 
     def _target(self, decision: Decision, raw_path: str, websocket: bool) -> URL:
         upstream = decision.route.upstream
@@ -188,12 +223,15 @@ class ProxyHandler:
         text = f"{base}{decision.path}?{query}" if query else base + decision.path
         return URL(text, encoded=True)
 
-    def _failure(self, exc: BaseException, route: str, rid: str) -> web.Response:
+    def _failure(self, exc: BaseException, route: str, rid: str, exchange: _Exchange
+                 ) -> web.Response:
         kind, reason = classify_failure(exc)
+        if isinstance(exc, aiohttp.WSServerHandshakeError):
+            exchange.upstream_status = exc.status  # reached, but it refused the upgrade
         self._metrics.upstream_errors.labels(route, kind).inc()
         log.warning("upstream request failed", extra={
             "route": route, "kind": kind, "error_type": type(exc).__name__, "request_id": rid})
-        return error_response(reason, rid, self._realm)
+        return self._refuse(reason, rid, exchange)
 
     def _observe(self, route: str, seconds: float) -> None:
         child = self._durations.get(route)
@@ -203,6 +241,7 @@ class ProxyHandler:
 
     async def _forward(
         self, request: web.Request, route: str, url: URL, headers: CIMultiDict[str], rid: str,
+        exchange: _Exchange,
     ) -> web.StreamResponse:
         session = self._session
         assert session is not None, "proxy used before start()"
@@ -214,19 +253,19 @@ class ProxyHandler:
                 request.method, url, headers=headers, data=data, allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError) as exc:
             if state.too_large:
-                return error_response(Reason.BODY_TOO_LARGE, rid, self._realm)
-            return self._failure(exc, route, rid)
+                return self._refuse(Reason.BODY_TOO_LARGE, rid, exchange)
+            return self._failure(exc, route, rid, exchange)
+        exchange.upstream_status = upstream.status
         try:
             self._observe(route, time.perf_counter() - started)
             length = upstream.content_length
             if (length is not None and length <= _SMALL_BODY and request.method != hdrs.METH_HEAD
                     and upstream.status not in _NO_BODY_STATUSES):
-                return await self._small(upstream, rid, route)
+                return await self._small(upstream, rid, route, exchange)
             response = web.StreamResponse(
                 status=upstream.status, reason=upstream.reason,
                 headers=self._hygiene.response_headers(upstream.headers))
-            if REQUEST_ID not in response.headers:
-                response.headers[REQUEST_ID] = rid
+            response.headers[REQUEST_ID] = rid
             try:
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
@@ -235,8 +274,10 @@ class ProxyHandler:
             except ConnectionError:
                 return response  # the client went away; the upstream connection is closed below
             except (aiohttp.ClientError, TimeoutError) as exc:
-                kind = "body_too_large" if state.too_large else classify_failure(exc)[0]
-                if not state.too_large:
+                if state.too_large:
+                    kind, exchange.reason = "body_too_large", Reason.BODY_TOO_LARGE
+                else:
+                    kind, exchange.reason = classify_failure(exc)
                     self._metrics.upstream_errors.labels(route, kind).inc()
                 log.warning("upstream failed mid-response; aborting the client connection",
                             extra={"route": route, "kind": kind, "request_id": rid})
@@ -250,22 +291,21 @@ class ProxyHandler:
             else:
                 upstream.close()
 
-    async def _small(self, upstream: aiohttp.ClientResponse, rid: str, route: str
-                     ) -> web.StreamResponse:
+    async def _small(self, upstream: aiohttp.ClientResponse, rid: str, route: str,
+                     exchange: _Exchange) -> web.StreamResponse:
         """A small body of known length, sent with the headers in one write."""
         try:
             body = await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return self._failure(exc, route, rid)
+            return self._failure(exc, route, rid, exchange)
         response = web.Response(status=upstream.status, reason=upstream.reason, body=body,
                                 headers=self._hygiene.response_headers(upstream.headers))
-        if REQUEST_ID not in response.headers:
-            response.headers[REQUEST_ID] = rid
+        response.headers[REQUEST_ID] = rid
         return response
 
     async def _websocket(
         self, request: web.Request, decision: Decision, url: URL, headers: CIMultiDict[str],
-        rid: str,
+        rid: str, started: float, exchange: _Exchange,
     ) -> web.StreamResponse:
         session = self._session
         assert session is not None, "proxy used before start()"
@@ -274,23 +314,28 @@ class ProxyHandler:
             p.strip() for value in request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
             for p in value.split(",") if p.strip()
         )
-        started = time.perf_counter()
+        connecting = time.perf_counter()
         try:
             upstream = await session.ws_connect(
                 url, headers=headers, protocols=protocols, autoping=False, autoclose=False,
                 max_msg_size=self._ws_max,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0))
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return self._failure(exc, route, rid)
-        self._observe(route, time.perf_counter() - started)
+            return self._failure(exc, route, rid, exchange)
+        self._observe(route, time.perf_counter() - connecting)
+        exchange.upstream_status = 101
         client = web.WebSocketResponse(
             protocols=(upstream.protocol,) if upstream.protocol else (),
             autoping=False, autoclose=False, max_msg_size=self._ws_max)
+        client.headers[REQUEST_ID] = rid
         try:
             await client.prepare(request)
         except BaseException:
             await upstream.close()
             raise
+        # The upgrade is decided: one access line now, not when the socket closes.
+        exchange.observed = True
+        self._observer.end(started, rid, request.method, client.status, decision, 101)
         identity = decision.identity
         handle = SocketHandle(identity.session_id if identity else None,
                               identity.user_id if identity else None)
