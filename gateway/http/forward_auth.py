@@ -8,7 +8,7 @@ from gateway.config import ForwardAuthSettings
 from gateway.http.errors import error_response
 from gateway.http.headers import DECISION, REQUEST_ID, REQUEST_ID_KEY, request_id
 from gateway.http.observe import RequestObserver
-from gateway.pipeline import Authorizer, RequestFacts
+from gateway.pipeline import Authorizer, Decision, RequestFacts
 from gateway.reasons import Reason
 
 __all__ = ["ForwardAuthHandler"]
@@ -79,9 +79,10 @@ class ForwardAuthHandler:
             method, uri, host = self._original(request)
         except ConflictingForwardedRequest:
             authorizer = self._authorizer
-            authorizer.metrics.decision("forward_auth", authorizer.router.default.name,
-                                        Reason.AMBIGUOUS_PATH)
-            return error_response(Reason.AMBIGUOUS_PATH, rid, self._realm)
+            refused = Decision(Reason.AMBIGUOUS_PATH, authorizer.router.default)
+            request[DECISION] = refused
+            authorizer.metrics.decision("forward_auth", refused.route.name, refused.reason)
+            return error_response(refused.reason, rid, self._realm)
         facts = RequestFacts(
             door="forward_auth",
             method=method,
