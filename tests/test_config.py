@@ -192,3 +192,13 @@ def test_serve_refuses_to_start_on_invalid_configuration() -> None:
     result = run_cli("serve", env={"GATEWAY_LISTEN": "127.0.0.1:1"})
     assert result.returncode == 2
     assert "invalid configuration" in result.stderr and "no issuer configured" in result.stderr
+
+
+def test_the_example_configuration_is_valid() -> None:
+    example = Path(__file__).parents[1] / "config" / "gateway.example.yaml"
+    settings = load_settings({}, str(example))
+    assert settings.mode == "proxy"
+    assert [r.name for r in settings.routes] == [
+        "health", "docs", "org-invoices", "user-settings", "reports", "admin"]
+    assert settings.issuers[0].authorized_parties == ("https://app.example.com",)
+    assert settings.proxy.strip_header_prefixes == ("X-Auth-",)
