@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import Gateway, build_admin_app, build_public_app
 from gateway.config import Settings, load_settings
 from gateway.devissuer import DevIssuer
+from tests.proxy_support import Upstream
 
 
 def free_port() -> int:
@@ -31,6 +32,15 @@ async def clerk(aiohttp_server: Any) -> DevIssuer:
     server = await aiohttp_server(issuer.app())
     issuer.issuer = str(server.make_url("")).rstrip("/")
     return issuer
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> Upstream:
+    """A real upstream on loopback that records every request reaching it."""
+    recorder = Upstream()
+    server = await aiohttp_server(recorder.app())
+    recorder.url = str(server.make_url("")).rstrip("/")
+    return recorder
 
 
 @dataclass

@@ -19,15 +19,6 @@ IDENTITY = ("X-User-Id", "X-Org-Id", "X-Role", "X-Org-Slug", "X-Org-Permissions"
             "X-Session-Id", "X-Plan", "X-Features", "X-Actor-Id")
 
 
-@pytest.fixture
-async def upstream(aiohttp_server: Any) -> Upstream:
-    """A recording upstream on loopback."""
-    recorder = Upstream()
-    server = await aiohttp_server(recorder.app())
-    recorder.url = str(server.make_url("")).rstrip("/")
-    return recorder
-
-
 async def proxied(
     make_gateway: GatewayFactory, upstream: Upstream, config: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,

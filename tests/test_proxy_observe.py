@@ -20,15 +20,6 @@ FIELDS = ("request_id", "door", "route", "method", "status", "reason", "user", "
 GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-@pytest.fixture
-async def upstream(aiohttp_server: Any) -> Upstream:
-    """A recording upstream on loopback."""
-    recorder = Upstream()
-    server = await aiohttp_server(recorder.app())
-    recorder.url = str(server.make_url("")).rstrip("/")
-    return recorder
-
-
 async def observed(make_gateway: GatewayFactory, upstream: Upstream) -> Running:
     """A proxy-mode gateway: /admin needs the admin role, /dead goes to a dead upstream."""
     return await make_gateway(env={"GATEWAY_UPSTREAM": upstream.url}, config={"routes": [

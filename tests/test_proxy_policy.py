@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from gateway.devissuer import DevIssuer
@@ -20,15 +18,6 @@ MEMBER = Profile(sub="user_m", org_id="org_1", role="member")
 READER = Profile(sub="user_r", org_id="org_1", role="member",
                  permissions=("org:invoices:read",))
 ADMIN = Profile(sub="user_a", org_id="org_1", role="admin")
-
-
-@pytest.fixture
-async def upstream(aiohttp_server: Any) -> Upstream:
-    """A recording upstream on loopback."""
-    recorder = Upstream()
-    server = await aiohttp_server(recorder.app())
-    recorder.url = str(server.make_url("")).rstrip("/")
-    return recorder
 
 
 @pytest.fixture

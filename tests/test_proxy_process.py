@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -15,15 +14,6 @@ from tests.proxy_support import GatewayProcess, MiB, Upstream, generate, start_g
 
 GiB = 1024 * MiB
 PEAK_RSS_LIMIT_KIB = 200 * 1024
-
-
-@pytest.fixture
-async def upstream(aiohttp_server: Any) -> Upstream:
-    """A recording upstream on loopback, in the test process."""
-    recorder = Upstream()
-    server = await aiohttp_server(recorder.app())
-    recorder.url = str(server.make_url("")).rstrip("/")
-    return recorder
 
 
 async def start(clerk: DevIssuer, upstream: Upstream, tmp_path: Path,

@@ -42,14 +42,6 @@ def status_of(raw: bytes) -> int:
     return int(raw.split()[1]) if raw.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")) else 0
 
 
-@pytest.fixture
-async def upstream(aiohttp_server: Any) -> Upstream:
-    recorder = Upstream()
-    server = await aiohttp_server(recorder.app())
-    recorder.url = str(server.make_url("")).rstrip("/")
-    return recorder
-
-
 async def guarded(app: web.Application) -> tuple[GuardedAppRunner, int]:
     runner = GuardedAppRunner(app, head_timeout=5, realm="clerk-gateway", access_log=None)
     await runner.setup()

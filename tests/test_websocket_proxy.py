@@ -15,15 +15,6 @@ from tests.conftest import GatewayFactory, Running
 from tests.proxy_support import Upstream
 
 
-@pytest.fixture
-async def upstream(aiohttp_server: Any) -> Upstream:
-    """A recording upstream with a WebSocket echo at /ws."""
-    recorder = Upstream()
-    server = await aiohttp_server(recorder.app())
-    recorder.url = str(server.make_url("")).rstrip("/")
-    return recorder
-
-
 async def proxied(make_gateway: GatewayFactory, upstream: Upstream,
                   config: dict[str, Any] | None = None) -> Running:
     return await make_gateway(env={"GATEWAY_UPSTREAM": upstream.url}, config=config)
