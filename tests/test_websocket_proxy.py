@@ -179,3 +179,31 @@ async def test_open_sockets_registry_indexes_and_forgets() -> None:
     assert len(sockets) == 0
     assert sockets.close_session("sess_1") == 0
     assert sockets.close_all() == 0
+
+
+async def test_a_revocation_through_the_admin_api_closes_open_sockets(
+    clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await make_gateway(env={"GATEWAY_UPSTREAM": upstream.url,
+                                 "GATEWAY_ADMIN_TOKEN": "admin-token-for-tests"})
+    revoked = await gw.client.ws_connect(
+        "/ws", headers={"Authorization": f"Bearer {clerk.token(sid='sess_x', sub='user_x')}"})
+    kept = await gw.client.ws_connect(
+        "/ws", headers={"Authorization": f"Bearer {clerk.token(sid='sess_y', sub='user_y')}"})
+    response = await gw.admin.post(
+        "/admin/revocations", json={"kind": "session", "id": "sess_x"},
+        headers={"Authorization": "Bearer admin-token-for-tests"})
+    assert response.status in (200, 201), await response.text()
+    msg = await asyncio.wait_for(revoked.receive(), 5)
+    assert msg.type is WSMsgType.CLOSE and msg.data == CLOSE_REVOKED
+    await kept.send_str("still here")
+    assert (await asyncio.wait_for(kept.receive(), 5)).data == "echo:still here"
+    # A new upgrade with the revoked session is refused before any socket opens.
+    refused = await gw.client.get(
+        "/ws", headers={"Authorization": f"Bearer {clerk.token(sid='sess_x', sub='user_x')}",
+                        "Upgrade": "websocket", "Connection": "Upgrade",
+                        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                        "Sec-WebSocket-Version": "13"})
+    assert refused.status == 401
+    assert (await refused.json())["reason"] == "revoked"
+    await kept.close()
