@@ -6,15 +6,20 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+from aiohttp import web
 
+from gateway.devissuer import DevIssuer
 from gateway.http.proxy import classify_failure
 from gateway.http.upstream import (
     UpstreamConnectError,
     UpstreamPool,
     UpstreamReset,
 )
+from tests.conftest import GatewayFactory, Running
+from tests.proxy_support import Upstream
 
 Answer = Callable[[int, int, str, bytes, asyncio.StreamWriter], Awaitable[bool]]
 
@@ -366,3 +371,85 @@ async def test_newline_in_a_header_is_refused_before_connecting() -> None:
         await p.request(("127.0.0.1", 9), "GET", "/", [("X-Evil", "a\r\nX-Injected: 1")])
     assert p.open_connections == 0
     await p.close()
+
+
+# Through the gateway: both upstream clients keep the proxy's contract.
+
+@pytest.fixture
+async def recorder(aiohttp_server: Any) -> Upstream:
+    """A recording upstream on loopback."""
+    upstream = Upstream()
+    server = await aiohttp_server(upstream.app())
+    upstream.url = str(server.make_url("")).rstrip("/")
+    return upstream
+
+
+def through(make_gateway: GatewayFactory, upstream: Upstream, client: str,
+            **proxy: Any) -> Awaitable[Running]:
+    return make_gateway(env={"GATEWAY_UPSTREAM": upstream.url},
+                        config={"proxy": {"client": client, **proxy}})
+
+
+def clerk_subject(clerk: DevIssuer) -> str:
+    import jwt
+
+    return str(jwt.decode(clerk.token(), options={"verify_signature": False})["sub"])
+
+
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+async def test_both_clients_forward_bodies_heads_and_identity(
+    clerk: DevIssuer, make_gateway: GatewayFactory, recorder: Upstream, client: str
+) -> None:
+    gw = await through(make_gateway, recorder, client)
+    auth = {"Authorization": f"Bearer {clerk.token()}"}
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"abc"
+        yield b"def"
+
+    response = await gw.client.post("/echo?q=1", data=chunks(), headers=auth)
+    assert response.status == 200
+    assert await response.json() == {"path": "/echo?q=1", "bytes": 6}
+    response = await gw.client.head("/echo", headers=auth)
+    assert response.status == 200
+    assert await response.read() == b""
+    response = await gw.client.get("/download?size=100000", headers=auth)
+    assert len(await response.read()) == 100000
+    assert [s.method for s in recorder.seen] == ["POST", "HEAD"]
+    assert recorder.seen[0].body == b"abcdef"
+    assert recorder.seen[0].values("X-User-Id") == [clerk_subject(clerk)]
+
+
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+async def test_both_clients_map_upstream_failures(
+    clerk: DevIssuer, make_gateway: GatewayFactory, recorder: Upstream, client: str
+) -> None:
+    gw = await through(make_gateway, recorder, client, read_timeout_seconds=0.3)
+    auth = {"Authorization": f"Bearer {clerk.token()}"}
+    assert (await gw.client.get("/slow?seconds=2", headers=auth)).status == 504
+    assert (await gw.client.get("/reset", headers=auth)).status == 502
+    kinds = {kind: gw.gateway.registry.get_sample_value(
+        "clerk_gateway_upstream_errors_total", {"route": "default", "kind": kind}) for kind in
+        ("timeout", "reset")}
+    assert kinds == {"timeout": 1.0, "reset": 1.0}
+
+
+async def test_lean_client_keeps_one_connection_for_sequential_requests(
+    clerk: DevIssuer, make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    peers: list[object] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        peers.append(request.transport)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    gw = await make_gateway(env={"GATEWAY_UPSTREAM": str(server.make_url("")).rstrip("/")})
+    auth = {"Authorization": f"Bearer {clerk.token()}"}
+    for _ in range(3):
+        response = await gw.client.get("/x", headers=auth)
+        assert await response.text() == "ok"
+    assert len(peers) == 3
+    assert len({id(p) for p in peers}) == 1

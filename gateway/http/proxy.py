@@ -262,7 +262,8 @@ class ProxyHandler:
             return self._bases[base]
         parts = urlsplit(base)
         parsed = None
-        if parts.scheme == "http" and parts.hostname:
+        if (parts.scheme == "http" and parts.hostname and not parts.query
+                and not parts.fragment and parts.username is None):
             parsed = (parts.hostname, parts.port or 80, parts.path.rstrip("/"))
         self._bases[base] = parsed
         return parsed

@@ -76,6 +76,7 @@ class _Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._write_paused = False
         self._read_paused = False
+        self._sending = False
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._reason = b""
@@ -144,7 +145,10 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if status == 101:
+            self._fail(UpstreamProtocolError("the upstream switched protocols"))
+            return
+        if 100 <= status < 200:
             self._raw = []  # an informational response: the real one follows
             self._reason = b""
             return
@@ -182,8 +186,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     # used by the pool and the response
-    def begin(self, head_only: bool) -> None:
+    def begin(self, head_only: bool, sending: bool) -> None:
         """Prepare for a new request's response."""
+        self._sending = sending
         self._parser = httptools.HttpResponseParser(self)
         self._active = True
         self._head_only = head_only
@@ -217,6 +222,11 @@ class _Connection(asyncio.Protocol):
         """Fail the response in progress (the request body could not be sent)."""
         self._fail(exc)
 
+    def sent(self) -> None:
+        """The request body is sent: the read timeout applies from now on."""
+        self._sending = False
+        self._wake()
+
     def fail_quietly(self) -> None:
         """Never reuse this connection, but let the response be read."""
         self._reusable = False
@@ -244,7 +254,7 @@ class _Connection(asyncio.Protocol):
         while not self._head_done:
             if self._error is not None:
                 raise self._error
-            await self._wait(seconds)
+            await self._wait(0 if self._sending else seconds)  # a long upload is no timeout
         self._reason_text = self._reason.decode("utf-8", "surrogateescape")
 
     async def read_chunk(self, seconds: float) -> bytes:
@@ -271,15 +281,19 @@ class _Connection(asyncio.Protocol):
     def at_eof(self) -> bool:
         return self._done and not self._chunks
 
-    async def drain(self) -> None:
+    async def drain(self, seconds: float) -> None:
+        """Wait while the upstream is not reading; an upstream stalled that long times out."""
         if self.closed:
             raise UpstreamReset("the upstream closed the connection")
         if self._write_paused:
-            self._drain = self.loop.create_future()
+            drain = self._drain = self.loop.create_future()
+            timer = self.loop.call_later(seconds, _expire, drain) if seconds else None
             try:
-                await self._drain
+                await drain
             finally:
                 self._drain = None
+                if timer is not None:
+                    timer.cancel()
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -381,6 +395,7 @@ class UpstreamPool:
                 length_seen = True
         if not host_seen:
             host, port = key
+            host = f"[{host}]" if ":" in host else host
             lines.append(f"Host: {host}:{port}\r\n" if port != 80 else f"Host: {host}\r\n")
         if body is not None and length is None:
             lines.append("Transfer-Encoding: chunked\r\n")
@@ -404,7 +419,7 @@ class UpstreamPool:
     async def _exchange(self, conn: _Connection, head_only: bool, head: bytes,
                         body: AsyncIterable[bytes] | None, length: int | None
                         ) -> UpstreamResponse:
-        conn.begin(head_only)
+        conn.begin(head_only, body is not None)
         assert conn.transport is not None
         writer: asyncio.Task[None] | None = None
         try:
@@ -413,7 +428,7 @@ class UpstreamPool:
             conn.transport.write(head)
             if body is not None:
                 writer = asyncio.get_running_loop().create_task(
-                    _send_body(conn, body, length is None))
+                    _send_body(conn, body, length is None, self.read_timeout))
                 writer.add_done_callback(lambda task: _body_sent(conn, task))
             await conn.wait_head(self.read_timeout)
         except BaseException:
@@ -559,7 +574,8 @@ class UpstreamPool:
         self._wake_waiters()
 
 
-async def _send_body(conn: _Connection, body: AsyncIterable[bytes], chunked: bool) -> None:
+async def _send_body(conn: _Connection, body: AsyncIterable[bytes], chunked: bool,
+                     stall_seconds: float) -> None:
     transport = conn.transport
     assert transport is not None
     async for chunk in body:
@@ -571,7 +587,7 @@ async def _send_body(conn: _Connection, body: AsyncIterable[bytes], chunked: boo
             transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
         else:
             transport.write(chunk)
-        await conn.drain()
+        await conn.drain(stall_seconds)
     if chunked and not conn.closed:
         transport.write(b"0\r\n\r\n")
 
@@ -581,6 +597,7 @@ def _body_sent(conn: _Connection, task: asyncio.Task[None]) -> None:
         return
     exc = task.exception()
     if exc is None:
+        conn.sent()
         return
     if conn.head_done and isinstance(exc, UpstreamError):
         conn.fail_quietly()  # the upstream answered and stopped reading: keep its answer
