@@ -16,8 +16,10 @@ from gateway.http.proxy import classify_failure
 from gateway.http.upstream import (
     UpstreamConnectError,
     UpstreamPool,
+    UpstreamProtocolError,
     UpstreamReset,
 )
+from gateway.reasons import Reason
 from tests.conftest import GatewayFactory, Running
 from tests.proxy_support import Upstream
 
@@ -453,3 +455,72 @@ async def test_lean_client_keeps_one_connection_for_sequential_requests(
         assert await response.text() == "ok"
     assert len(peers) == 3
     assert len({id(p) for p in peers}) == 1
+
+
+async def test_upstream_not_reading_the_upload_times_out() -> None:
+    stalled = asyncio.Event()
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        stalled.set()
+        await asyncio.sleep(5)
+        writer.close()
+
+    server = await asyncio.start_server(never_reads, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def endless() -> AsyncIterator[bytes]:
+        block = b"u" * 1024 * 1024
+        for _ in range(256):
+            yield block
+
+    p = pool(read_timeout=0.3)
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(
+                p.request(("127.0.0.1", port), "POST", "/", [], endless()), 10)
+        assert stalled.is_set()
+        assert p.open_connections == 0
+    finally:
+        server.close()
+        await p.close()
+
+
+async def test_cancelled_request_closes_its_connection() -> None:
+    gate = asyncio.Event()
+
+    async def held(conn: int, req: int, method: str, body: bytes,
+                   w: asyncio.StreamWriter) -> bool:
+        gate.set()
+        await asyncio.sleep(5)
+        return False
+
+    async with raw_server(held) as raw:
+        p = pool()
+        task = asyncio.create_task(get(p, raw))
+        await asyncio.wait_for(gate.wait(), 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert p.open_connections == 0
+        await p.close()
+
+
+async def test_oversized_or_invalid_response_heads_are_refused() -> None:
+    async def huge(conn: int, req: int, method: str, body: bytes,
+                   w: asyncio.StreamWriter) -> bool:
+        if req == 1 and conn == 1:
+            w.write(b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"b" * 100_000 + b"\r\n\r\n")
+        else:
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")
+        await w.drain()
+        return True
+
+    async with raw_server(huge) as raw:
+        p = pool()
+        for _ in range(2):
+            with pytest.raises(UpstreamProtocolError) as failure:
+                await get(p, raw)
+            assert classify_failure(failure.value) == ("other", Reason.UPSTREAM_UNAVAILABLE)
+        assert p.open_connections == 0
+        await p.close()

@@ -25,6 +25,8 @@ __all__ = [
 # Response body bytes buffered before the upstream socket stops being read.
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
+# A response head larger than this is refused (llhttp itself sets no limit).
+_MAX_HEAD = 64 * 1024
 _RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _EMPTY_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -77,6 +79,7 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._sending = False
+        self._head_bytes = 0
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._reason = b""
@@ -138,8 +141,13 @@ class _Connection(asyncio.Protocol):
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
+        if len(self._reason) > _MAX_HEAD:
+            raise UpstreamProtocolError("the upstream's status line is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > _MAX_HEAD:
+            raise UpstreamProtocolError("the upstream's response head is too large")
         self._raw.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -193,6 +201,7 @@ class _Connection(asyncio.Protocol):
         self._active = True
         self._head_only = head_only
         self._got_bytes = self._head_done = self._done = self._until_eof = False
+        self._head_bytes = 0
         self._error = None
         self._chunks.clear()
         self._buffered = 0
