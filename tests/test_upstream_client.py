@@ -455,6 +455,9 @@ async def test_lean_client_keeps_one_connection_for_sequential_requests(
         assert await response.text() == "ok"
     assert len(peers) == 3
     assert len({id(p) for p in peers}) == 1
+    handler = gw.gateway.proxy
+    assert handler is not None and handler._pool is not None  # the lean client is the default
+    assert handler._pool.open_connections == 1
 
 
 async def test_upstream_not_reading_the_upload_times_out() -> None:
@@ -524,3 +527,14 @@ async def test_oversized_or_invalid_response_heads_are_refused() -> None:
             assert classify_failure(failure.value) == ("other", Reason.UPSTREAM_UNAVAILABLE)
         assert p.open_connections == 0
         await p.close()
+
+
+async def test_proxy_client_setting_is_validated(
+    make_gateway: GatewayFactory, recorder: Upstream
+) -> None:
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"proxy\.client.*lean, aiohttp"):
+        await through(make_gateway, recorder, "curl")
+    gw = await through(make_gateway, recorder, "aiohttp")
+    assert gw.settings.proxy.client == "aiohttp"
