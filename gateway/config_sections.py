@@ -120,6 +120,7 @@ class ProxySettings:
     websocket_query_token: str | None = "__clerk_token"
     websocket_close_on_expiry: bool = True
     websocket_max_message_bytes: int = 4 * 1024 * 1024
+    client: str = "lean"  # plain http:// requests: "lean" (llhttp pool) or "aiohttp"
 
 
 def parse_token_sources(reader: Reader) -> tuple[TokenSource, ...]:
@@ -212,6 +213,7 @@ def parse_proxy(reader: Reader) -> ProxySettings:
         websocket_max_message_bytes=reader.integer(
             "websocket_max_message_bytes", d.websocket_max_message_bytes,
             minimum=1024, maximum=1024**3),
+        client=reader.choice("client", d.client, ("lean", "aiohttp")),
     )
     reader.check_unknown()
     return proxy

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from aiohttp import hdrs
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 from gateway.config import Settings
 
@@ -38,7 +38,7 @@ def normalize_name(name: str) -> str:
     return name.replace("_", "-") if "_" in name else name
 
 
-def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
     """The header names listed in every `Connection` header, normalised."""
     values = headers.getall(hdrs.CONNECTION, ())
     if not values:
@@ -123,7 +123,7 @@ class HeaderHygiene:
         return out
 
     @staticmethod
-    def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    def response_headers(headers: MultiMapping[str]) -> CIMultiDict[str]:
         """The upstream's response headers without hop-by-hop ones."""
         named = connection_tokens(headers)
         out: CIMultiDict[str] = CIMultiDict()

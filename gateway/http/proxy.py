@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlsplit
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -25,6 +25,13 @@ from gateway.http.errors import error_response
 from gateway.http.headers import DECISION, REQUEST_ID, request_id
 from gateway.http.hop import HeaderHygiene
 from gateway.http.observe import RequestObserver
+from gateway.http.upstream import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamReset,
+    UpstreamResponse,
+)
 from gateway.http.websocket import OpenSockets, SocketHandle, relay
 from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, Decision, RequestFacts
@@ -82,6 +89,10 @@ def classify_failure(exc: BaseException) -> tuple[str, Reason]:
     """The metric kind and the reason for an upstream failure."""
     if isinstance(exc, TimeoutError):
         return "timeout", Reason.UPSTREAM_TIMEOUT
+    if isinstance(exc, UpstreamConnectError):
+        return "connect", Reason.UPSTREAM_UNAVAILABLE
+    if isinstance(exc, UpstreamReset):
+        return "reset", Reason.UPSTREAM_UNAVAILABLE
     if isinstance(exc, aiohttp.ClientConnectorError):
         return "connect", Reason.UPSTREAM_UNAVAILABLE
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
@@ -126,6 +137,9 @@ class ProxyHandler:
         self._ws_max = proxy.websocket_max_message_bytes
         self._leeway = settings.leeway_seconds
         self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
+        self._lean = proxy.client == "lean"
+        self._bases: dict[str, tuple[str, int, str] | None] = {}
         self._durations: dict[str, Any] = {}
         self._observer = RequestObserver(metrics, "proxy")
 
@@ -148,9 +162,18 @@ class ProxyHandler:
             skip_auto_headers=_SKIP_AUTO_HEADERS,
             trust_env=False,
         )
+        if self._lean:
+            self._pool = UpstreamPool(
+                limit=proxy.max_connections, limit_per_upstream=proxy.max_connections_per_upstream,
+                keepalive_seconds=proxy.keepalive_seconds,
+                connect_timeout=proxy.connect_timeout_seconds,
+                read_timeout=proxy.read_timeout_seconds)
 
     async def close(self) -> None:
         """Close the upstream client and its pooled connections."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -196,6 +219,16 @@ class ProxyHandler:
         length = request.content_length
         if self._limit and length is not None and length > self._limit:
             return self._refuse(Reason.BODY_TOO_LARGE, rid, exchange)
+        if self._pool is not None and not websocket:
+            lean = self._lean_target(decision, request.raw_path)
+            if lean is not None:
+                if not lean[1]:
+                    return self._refuse(Reason.AMBIGUOUS_PATH, rid, exchange)
+                upstream_headers = self._hygiene.upstream_headers(
+                    headers, client_ip=request.remote, scheme=request.scheme,
+                    identity=decision.headers, request_id=rid)
+                return await self._forward_lean(request, decision.route.name, lean[0], lean[1],
+                                                upstream_headers, rid, exchange)
         try:
             url = self._target(decision, request.raw_path, websocket)
         except (ValueError, UnicodeError):
@@ -222,6 +255,32 @@ class ProxyHandler:
             query = _strip_query_param(query, self._ws_param)
         text = f"{base}{decision.path}?{query}" if query else base + decision.path
         return URL(text, encoded=True)
+
+    def _base(self, base: str) -> tuple[str, int, str] | None:
+        """(host, port, path prefix) of an http:// upstream; None for https (aiohttp's)."""
+        if base in self._bases:
+            return self._bases[base]
+        parts = urlsplit(base)
+        parsed = None
+        if (parts.scheme == "http" and parts.hostname and not parts.query
+                and not parts.fragment and parts.username is None):
+            parsed = (parts.hostname, parts.port or 80, parts.path.rstrip("/"))
+        self._bases[base] = parsed
+        return parsed
+
+    def _lean_target(self, decision: Decision, raw_path: str
+                     ) -> tuple[tuple[str, int], str] | None:
+        """The (host, port) and request target for the lean client; "" when unsendable."""
+        upstream = decision.route.upstream
+        parsed = self._base(upstream.rstrip("/") if upstream else self._default)
+        if parsed is None:
+            return None
+        host, port, prefix = parsed
+        query = raw_path.partition("?")[2]
+        target = f"{prefix}{decision.path}?{query}" if query else prefix + decision.path
+        if " " in target or not target.isprintable():
+            target = ""
+        return (host, port), target
 
     def _failure(self, exc: BaseException, route: str, rid: str, exchange: _Exchange
                  ) -> web.Response:
@@ -290,6 +349,73 @@ class ProxyHandler:
                 upstream.release()
             else:
                 upstream.close()
+
+    async def _forward_lean(
+        self, request: web.Request, route: str, key: tuple[str, int], target: str,
+        headers: CIMultiDict[str], rid: str, exchange: _Exchange,
+    ) -> web.StreamResponse:
+        pool = self._pool
+        assert pool is not None, "proxy used before start()"
+        state = _BodyState()
+        data = _stream_body(request.content, self._limit, state) if request.body_exists else None
+        started = time.perf_counter()
+        try:
+            upstream = await pool.request(
+                key, request.method, target, headers.items(), data,
+                request.content_length if data is not None else None)
+        except (UpstreamError, TimeoutError, BodyTooLarge) as exc:
+            if state.too_large:
+                return self._refuse(Reason.BODY_TOO_LARGE, rid, exchange)
+            return self._failure(exc, route, rid, exchange)
+        except ValueError:
+            return self._refuse(Reason.MALFORMED_REQUEST, rid, exchange)
+        exchange.upstream_status = upstream.status
+        try:
+            self._observe(route, time.perf_counter() - started)
+            length = upstream.content_length
+            if (length is not None and length <= _SMALL_BODY and request.method != hdrs.METH_HEAD
+                    and upstream.status not in _NO_BODY_STATUSES):
+                return await self._small_lean(upstream, rid, route, exchange)
+            response = web.StreamResponse(
+                status=upstream.status, reason=upstream.reason,
+                headers=self._hygiene.response_headers(upstream.headers))
+            response.headers[REQUEST_ID] = rid
+            try:
+                await response.prepare(request)
+                async for chunk in upstream.chunks():
+                    await response.write(chunk)
+                await response.write_eof()
+            except ConnectionError:
+                return response  # the client went away; the upstream connection is closed below
+            except (UpstreamError, TimeoutError, BodyTooLarge) as exc:
+                if state.too_large:
+                    kind, exchange.reason = "body_too_large", Reason.BODY_TOO_LARGE
+                else:
+                    kind, exchange.reason = classify_failure(exc)
+                    self._metrics.upstream_errors.labels(route, kind).inc()
+                log.warning("upstream failed mid-response; aborting the client connection",
+                            extra={"route": route, "kind": kind, "request_id": rid})
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            return response
+        finally:
+            if upstream.at_eof:
+                upstream.release()
+            else:
+                upstream.close()
+
+    async def _small_lean(self, upstream: UpstreamResponse, rid: str, route: str,
+                          exchange: _Exchange) -> web.StreamResponse:
+        """A small body of known length, sent with the headers in one write."""
+        try:
+            body = await upstream.read()
+        except (UpstreamError, TimeoutError, BodyTooLarge) as exc:
+            return self._failure(exc, route, rid, exchange)
+        response = web.Response(status=upstream.status, reason=upstream.reason, body=body,
+                                headers=self._hygiene.response_headers(upstream.headers))
+        response.headers[REQUEST_ID] = rid
+        return response
 
     async def _small(self, upstream: aiohttp.ClientResponse, rid: str, route: str,
                      exchange: _Exchange) -> web.StreamResponse:
