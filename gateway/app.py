@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +36,7 @@ from gateway.routing import Router
 __all__ = ["GATEWAY", "WORKER_HEADER", "Gateway", "build_admin_app", "build_public_app"]
 
 RESERVED_PREFIX = "/_gateway/"
+METRICS_FLUSH_SECONDS = 0.25
 WORKER_HEADER = "X-Gateway-Worker"
 
 
@@ -77,7 +79,8 @@ class Gateway:
         self.webhooks = ClerkWebhooks(
             settings.webhook_secret, self.revocation, revocation, self.metrics, clock)
         self.admin_api = AdminApi(settings.admin_token, self.revocation)
-        self.admin = AdminHandlers(self.keys, lambda: self.scrape_registry())
+        self.admin = AdminHandlers(self.keys, self._registry_to_scrape)
+        self._flusher: asyncio.Task[None] | None = None
         if redis_url:
             self.admin.add_check("redis", lambda: self.revocation.ready)
         self._reload_lock = asyncio.Lock()
@@ -92,8 +95,20 @@ class Gateway:
         async with self._reload_lock:
             return await apply_settings(self, settings)
 
+    def _registry_to_scrape(self) -> CollectorRegistry:
+        """The registry a scrape reads, after adding this process's batched counts."""
+        self.metrics.flush()
+        return self.scrape_registry()
+
+    async def _flush_metrics(self) -> None:
+        """Add batched counts every quarter second, for scrapes by other workers."""
+        while True:
+            await asyncio.sleep(METRICS_FLUSH_SECONDS)
+            self.metrics.flush()
+
     async def start(self) -> None:
         """Open the HTTP client, fetch every issuer's keys once, start the refreshers."""
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_metrics())
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=32, ttl_dns_cache=300),
             headers={"User-Agent": "clerk-gateway"},
@@ -111,6 +126,11 @@ class Gateway:
 
     async def close(self) -> None:
         """Stop the proxy, refreshers, the revocation store and the HTTP client."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        self.metrics.flush()
         if self.proxy is not None:
             await self.proxy.close()
         for keys in self.keys.values():

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.reasons import Reason
@@ -16,11 +20,34 @@ _LATENCY_BUCKETS = (
 )
 
 
+class _FlushFirst(Collector):
+    """Registered before every instrument: a scrape first adds the batched counts."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        """Flush the batch; contributes no metric of its own."""
+        self._metrics.flush()
+        return ()
+
+
 class Metrics:
-    """The gateway's instruments; label values come from closed sets only."""
+    """The gateway's instruments; label values come from closed sets only.
+
+    The counters touched on every request (decisions, cache lookups, revocation checks) and
+    the in-flight gauges are batched as plain numbers and added to Prometheus when the
+    registry is collected (so a scrape is exact) and by `flush()`, which the gateway also
+    calls periodically so that other worker processes' scrapes see them within a moment.
+    Each Prometheus increment takes a lock; batching keeps them off the hot path.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._pending: dict[Any, float] = {}
+        self._in_flight_now: dict[str, int] = {}
+        self._in_flight_children: dict[str, Gauge] = {}
+        registry.register(_FlushFirst(self))
         ns = "clerk_gateway"
         self.decisions = Counter(
             "decisions", "Authorization decisions by door, route, outcome and reason.",
@@ -72,6 +99,27 @@ class Metrics:
         self._hit = self.token_cache_lookups.labels("hit")
         self._miss = self.token_cache_lookups.labels("miss")
 
+    def count(self, child: Counter) -> None:
+        """Add one to a counter child, batched (for counters touched on every request)."""
+        pending = self._pending
+        pending[child] = pending.get(child, 0.0) + 1.0
+
+    def in_flight_change(self, door: str, delta: int) -> None:
+        """Move the in-flight count of a door, batched like the counters."""
+        now = self._in_flight_now
+        now[door] = now.get(door, 0) + delta
+
+    def flush(self) -> None:
+        """Add every batched count to its Prometheus instrument."""
+        pending, self._pending = self._pending, {}
+        for child, amount in pending.items():
+            child.inc(amount)
+        for door, value in self._in_flight_now.items():
+            gauge = self._in_flight_children.get(door)
+            if gauge is None:
+                gauge = self._in_flight_children[door] = self.in_flight.labels(door)
+            gauge.set(value)
+
     def decision(self, door: str, route: str, reason: Reason) -> None:
         """Count one decision (children cached: this is on every request)."""
         key = (door, route, reason)
@@ -80,8 +128,8 @@ class Metrics:
             outcome = "allow" if reason.allowed else ("error" if reason.status >= 500 else "deny")
             child = self.decisions.labels(door, route, outcome, reason.label)
             self._decision_children[key] = child
-        child.inc()
+        self.count(child)
 
     def cache_lookup(self, hit: bool) -> None:
         """Count one verified-token cache lookup."""
-        (self._hit if hit else self._miss).inc()
+        self.count(self._hit if hit else self._miss)

@@ -70,6 +70,11 @@ def _all_listen(workers: list[int], port: int) -> bool:
         _socket_inodes(pid) & listening for pid in workers)
 
 
+DECISIONS = re.compile(
+    r'^clerk_gateway_decisions_total\{door="proxy",outcome="allow",reason="ok",'
+    r'route="default"\} (\S+)$', re.M)
+
+
 async def test_two_workers_share_the_port_and_metrics_sum_across_them(
     clerk: DevIssuer, upstream: Upstream, tmp_path: Path
 ) -> None:
@@ -93,17 +98,25 @@ async def test_two_workers_share_the_port_and_metrics_sum_across_them(
             for _ in range(40):
                 async with session.get(f"{gateway.admin_url}/healthz") as response:
                     answered_by.add(response.headers["X-Gateway-Worker"])
+            # Each worker adds its batched counts every 0.25 s: wait (bounded) for the
+            # totals to settle, then every scrape, whichever worker answers, must agree.
+            settle_deadline = asyncio.get_running_loop().time() + 5
+            while True:
+                async with session.get(f"{gateway.admin_url}/metrics") as response:
+                    text = await response.text()
+                settled = DECISIONS.search(text)
+                if settled and float(settled.group(1)) == requests:
+                    break
+                assert asyncio.get_running_loop().time() < settle_deadline, text[:2000]
+                await asyncio.sleep(0.1)
             scrapes = []
             for _ in range(6):
                 async with session.get(f"{gateway.admin_url}/metrics") as response:
                     scrapes.append(await response.text())
         assert answered_by == {str(pid) for pid in workers}, (answered_by, workers)
         assert len(upstream.seen) == requests
-        pattern = re.compile(
-            r'^clerk_gateway_decisions_total\{door="proxy",outcome="allow",reason="ok",'
-            r'route="default"\} (\S+)$', re.M)
         for text in scrapes:  # whichever worker answers, the totals cover both
-            match = pattern.search(text)
+            match = DECISIONS.search(text)
             assert match, text[:2000]
             assert float(match.group(1)) == requests
         assert "clerk_gateway_upstream_duration_seconds_count" in scrapes[0]

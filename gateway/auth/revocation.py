@@ -200,12 +200,12 @@ class RevocationChecker:
                 self._remember_introspected(identity.session_id)
             if reason is not None:
                 return self._count(source, reason)
-        self._counters[(source, "clear")].inc()
+        self._metrics.count(self._counters[(source, "clear")])
         return None
 
     def _count(self, source: str, reason: Reason) -> Reason:
         label = "revoked" if reason is Reason.REVOKED else "unavailable"
-        self._counters[(source, label)].inc()
+        self._metrics.count(self._counters[(source, label)])
         return reason
 
     async def _check_stale(self, keys: list[str]) -> Reason | None:

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Histogram
 
 from gateway.metrics import Metrics
 from gateway.pipeline import Decision
@@ -25,12 +25,12 @@ class RequestObserver:
         self._metrics = metrics
         self._door = door
         self._clock = clock
-        self._in_flight: Gauge = metrics.in_flight.labels(door)
+        metrics.in_flight_change(door, 0)  # the series exists from the start
         self._durations: dict[str, Histogram] = {}
 
     def begin(self) -> float:
         """Mark a request as started; returns its start time."""
-        self._in_flight.inc()
+        self._metrics.in_flight_change(self._door, 1)
         return self._clock()
 
     def end(
@@ -49,7 +49,7 @@ class RequestObserver:
         (an upstream failure, an oversize body).
         """
         elapsed = self._clock() - started
-        self._in_flight.dec()
+        self._metrics.in_flight_change(self._door, -1)
         route = decision.route.name if decision is not None else "none"
         histogram = self._durations.get(route)
         if histogram is None:
