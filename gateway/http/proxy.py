@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote_plus, urlsplit
 
 import aiohttp
@@ -30,7 +30,6 @@ from gateway.http.upstream import (
     UpstreamError,
     UpstreamPool,
     UpstreamReset,
-    UpstreamResponse,
 )
 from gateway.http.websocket import OpenSockets, SocketHandle, relay
 from gateway.metrics import Metrics
@@ -108,6 +107,81 @@ def _strip_query_param(query: str, name: str) -> str:
         if part and unquote_plus(part.partition("=")[0]) != name
     ]
     return "&".join(kept)
+
+
+_UPSTREAM_ERRORS = (aiohttp.ClientError, UpstreamError, TimeoutError, BodyTooLarge)
+
+
+class _Upstream(Protocol):
+    """What the relay needs of an upstream response, from either client."""
+
+    @property
+    def status(self) -> int:
+        """The response status."""
+
+    @property
+    def reason(self) -> str | None:
+        """The response reason phrase."""
+
+    @property
+    def headers(self) -> Any:
+        """The response headers."""
+
+    @property
+    def content_length(self) -> int | None:
+        """The declared body length, if any."""
+
+    @property
+    def at_eof(self) -> bool:
+        """True once the body was read to its end."""
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body, as it arrives."""
+
+    async def read(self) -> bytes:
+        """The whole (small) body."""
+
+    def release(self) -> None:
+        """Give a cleanly finished connection back."""
+
+    def close(self) -> None:
+        """Drop the connection."""
+
+
+class _AiohttpUpstream:
+    """aiohttp's client response seen through the relay's interface."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.reason = response.reason
+        self.headers = response.headers
+
+    @property
+    def content_length(self) -> int | None:
+        """The declared body length, if any."""
+        return self._response.content_length
+
+    @property
+    def at_eof(self) -> bool:
+        """True once the body was read to its end."""
+        return self._response.content.at_eof()
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body, as it arrives."""
+        return self._response.content.iter_any()
+
+    async def read(self) -> bytes:
+        """The whole (small) body."""
+        return await self._response.read()
+
+    def release(self) -> None:
+        """Give the connection back to aiohttp's pool."""
+        self._response.release()
+
+    def close(self) -> None:
+        """Drop the connection."""
+        self._response.close()
 
 
 class ProxyHandler:
@@ -302,18 +376,52 @@ class ProxyHandler:
         self, request: web.Request, route: str, url: URL, headers: CIMultiDict[str], rid: str,
         exchange: _Exchange,
     ) -> web.StreamResponse:
+        """Send through aiohttp's client (https upstreams, or `proxy.client: aiohttp`)."""
         session = self._session
         assert session is not None, "proxy used before start()"
         state = _BodyState()
         data = _stream_body(request.content, self._limit, state) if request.body_exists else None
         started = time.perf_counter()
         try:
-            upstream = await session.request(
+            response = await session.request(
                 request.method, url, headers=headers, data=data, allow_redirects=False)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            if state.too_large:
-                return self._refuse(Reason.BODY_TOO_LARGE, rid, exchange)
-            return self._failure(exc, route, rid, exchange)
+        except _UPSTREAM_ERRORS as exc:
+            return self._send_failed(exc, state, route, rid, exchange)
+        upstream = _AiohttpUpstream(response)
+        return await self._relay(request, upstream, started, state, route, rid, exchange)
+
+    async def _forward_lean(
+        self, request: web.Request, route: str, key: tuple[str, int], target: str,
+        headers: CIMultiDict[str], rid: str, exchange: _Exchange,
+    ) -> web.StreamResponse:
+        """Send through the lean keep-alive pool (plain http upstreams)."""
+        pool = self._pool
+        assert pool is not None, "proxy used before start()"
+        state = _BodyState()
+        data = _stream_body(request.content, self._limit, state) if request.body_exists else None
+        started = time.perf_counter()
+        try:
+            upstream = await pool.request(
+                key, request.method, target, headers.items(), data,
+                request.content_length if data is not None else None)
+        except _UPSTREAM_ERRORS as exc:
+            return self._send_failed(exc, state, route, rid, exchange)
+        except ValueError:
+            return self._refuse(Reason.MALFORMED_REQUEST, rid, exchange)
+        return await self._relay(request, upstream, started, state, route, rid, exchange)
+
+    def _send_failed(self, exc: BaseException, state: _BodyState, route: str, rid: str,
+                     exchange: _Exchange) -> web.Response:
+        """The answer when the request could not be sent or no response head came back."""
+        if state.too_large:
+            return self._refuse(Reason.BODY_TOO_LARGE, rid, exchange)
+        return self._failure(exc, route, rid, exchange)
+
+    async def _relay(
+        self, request: web.Request, upstream: _Upstream, started: float, state: _BodyState,
+        route: str, rid: str, exchange: _Exchange,
+    ) -> web.StreamResponse:
+        """Stream the upstream's response to the client (small bodies in one write)."""
         exchange.upstream_status = upstream.status
         try:
             self._observe(route, time.perf_counter() - started)
@@ -327,67 +435,12 @@ class ProxyHandler:
             response.headers[REQUEST_ID] = rid
             try:
                 await response.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-                await response.write_eof()
-            except ConnectionError:
-                return response  # the client went away; the upstream connection is closed below
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                if state.too_large:
-                    kind, exchange.reason = "body_too_large", Reason.BODY_TOO_LARGE
-                else:
-                    kind, exchange.reason = classify_failure(exc)
-                    self._metrics.upstream_errors.labels(route, kind).inc()
-                log.warning("upstream failed mid-response; aborting the client connection",
-                            extra={"route": route, "kind": kind, "request_id": rid})
-                if request.transport is not None:
-                    request.transport.abort()
-                return response
-            return response
-        finally:
-            if upstream.content.at_eof():
-                upstream.release()
-            else:
-                upstream.close()
-
-    async def _forward_lean(
-        self, request: web.Request, route: str, key: tuple[str, int], target: str,
-        headers: CIMultiDict[str], rid: str, exchange: _Exchange,
-    ) -> web.StreamResponse:
-        pool = self._pool
-        assert pool is not None, "proxy used before start()"
-        state = _BodyState()
-        data = _stream_body(request.content, self._limit, state) if request.body_exists else None
-        started = time.perf_counter()
-        try:
-            upstream = await pool.request(
-                key, request.method, target, headers.items(), data,
-                request.content_length if data is not None else None)
-        except (UpstreamError, TimeoutError, BodyTooLarge) as exc:
-            if state.too_large:
-                return self._refuse(Reason.BODY_TOO_LARGE, rid, exchange)
-            return self._failure(exc, route, rid, exchange)
-        except ValueError:
-            return self._refuse(Reason.MALFORMED_REQUEST, rid, exchange)
-        exchange.upstream_status = upstream.status
-        try:
-            self._observe(route, time.perf_counter() - started)
-            length = upstream.content_length
-            if (length is not None and length <= _SMALL_BODY and request.method != hdrs.METH_HEAD
-                    and upstream.status not in _NO_BODY_STATUSES):
-                return await self._small_lean(upstream, rid, route, exchange)
-            response = web.StreamResponse(
-                status=upstream.status, reason=upstream.reason,
-                headers=self._hygiene.response_headers(upstream.headers))
-            response.headers[REQUEST_ID] = rid
-            try:
-                await response.prepare(request)
                 async for chunk in upstream.chunks():
                     await response.write(chunk)
                 await response.write_eof()
             except ConnectionError:
                 return response  # the client went away; the upstream connection is closed below
-            except (UpstreamError, TimeoutError, BodyTooLarge) as exc:
+            except _UPSTREAM_ERRORS as exc:
                 if state.too_large:
                     kind, exchange.reason = "body_too_large", Reason.BODY_TOO_LARGE
                 else:
@@ -405,24 +458,12 @@ class ProxyHandler:
             else:
                 upstream.close()
 
-    async def _small_lean(self, upstream: UpstreamResponse, rid: str, route: str,
-                          exchange: _Exchange) -> web.StreamResponse:
-        """A small body of known length, sent with the headers in one write."""
-        try:
-            body = await upstream.read()
-        except (UpstreamError, TimeoutError, BodyTooLarge) as exc:
-            return self._failure(exc, route, rid, exchange)
-        response = web.Response(status=upstream.status, reason=upstream.reason, body=body,
-                                headers=self._hygiene.response_headers(upstream.headers))
-        response.headers[REQUEST_ID] = rid
-        return response
-
-    async def _small(self, upstream: aiohttp.ClientResponse, rid: str, route: str,
+    async def _small(self, upstream: _Upstream, rid: str, route: str,
                      exchange: _Exchange) -> web.StreamResponse:
         """A small body of known length, sent with the headers in one write."""
         try:
             body = await upstream.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except _UPSTREAM_ERRORS as exc:
             return self._failure(exc, route, rid, exchange)
         response = web.Response(status=upstream.status, reason=upstream.reason, body=body,
                                 headers=self._hygiene.response_headers(upstream.headers))
