@@ -158,6 +158,23 @@ def _read_yaml(path: str, problems: list[str]) -> dict[str, Any]:
     return data
 
 
+def _env_number(env: Mapping[str, str], name: str, default: float, low: float, high: float,
+                problems: list[str], *, whole: bool = False) -> float:
+    """A number from the environment (overriding the file's), within bounds."""
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = int(text) if whole else float(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        kind = "a whole number" if whole else "a number"
+        problems.append(f"{name}: {text!r} must be {kind} from {low:g} to {high:g}")
+        return default
+    return float(value)
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     config_path: str | None = None,
@@ -227,24 +244,10 @@ def load_settings(
         problems.append(f"log format: {log_format!r} must be json or text")
     logging_reader.check_unknown()
 
-    workers_text = env.get("GATEWAY_WORKERS")
-    workers = root.integer("workers", 0, minimum=0, maximum=256)
-    if workers_text:
-        if workers_text.isdigit() and 0 <= int(workers_text) <= 256:
-            workers = int(workers_text)
-        else:
-            problems.append(f"GATEWAY_WORKERS: {workers_text!r} must be a number from 0 to 256")
-    shutdown_timeout = root.number("shutdown_timeout_seconds", 30.0, minimum=0, maximum=3600)
-    shutdown_text = env.get("GATEWAY_SHUTDOWN_TIMEOUT")
-    if shutdown_text:
-        try:
-            shutdown_timeout = float(shutdown_text)
-            if not 0 <= shutdown_timeout <= 3600:
-                raise ValueError(shutdown_text)
-        except ValueError:
-            problems.append(
-                f"GATEWAY_SHUTDOWN_TIMEOUT: {shutdown_text!r} must be seconds from 0 to 3600")
-            shutdown_timeout = 30.0
+    workers = int(_env_number(env, "GATEWAY_WORKERS", root.integer(
+        "workers", 0, minimum=0, maximum=256), 0, 256, problems, whole=True))
+    shutdown_timeout = _env_number(env, "GATEWAY_SHUTDOWN_TIMEOUT", root.number(
+        "shutdown_timeout_seconds", 30.0, minimum=0, maximum=3600), 0, 3600, problems)
     proxy = parse_proxy(root.child("proxy"))
 
     realm = root.text("realm", "clerk-gateway") or "clerk-gateway"

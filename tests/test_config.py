@@ -202,3 +202,23 @@ def test_the_example_configuration_is_valid() -> None:
         "health", "docs", "org-invoices", "user-settings", "reports", "admin"]
     assert settings.issuers[0].authorized_parties == ("https://app.example.com",)
     assert settings.proxy.strip_header_prefixes == ("X-Auth-",)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("GATEWAY_WORKERS", "-1"), ("GATEWAY_WORKERS", "2.5"), ("GATEWAY_WORKERS", "many"),
+    ("GATEWAY_WORKERS", "257"), ("GATEWAY_SHUTDOWN_TIMEOUT", "soon"),
+    ("GATEWAY_SHUTDOWN_TIMEOUT", "-1"), ("GATEWAY_SHUTDOWN_TIMEOUT", "4000"),
+])
+def test_bad_numbers_in_the_environment(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"CLERK_ISSUER": "https://x.example", name: value})
+    assert f"{name}: {value!r} must be" in str(info.value)
+
+
+def test_numbers_in_the_environment_override_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text("workers: 4\nshutdown_timeout_seconds: 10\n")
+    settings = load_settings({"CLERK_ISSUER": "https://x.example", "GATEWAY_WORKERS": "2",
+                              "GATEWAY_SHUTDOWN_TIMEOUT": "2.5"}, str(path))
+    assert settings.workers == 2 and settings.shutdown_timeout_seconds == 2.5
+    assert load_settings({"CLERK_ISSUER": "https://x.example"}, str(path)).workers == 4
