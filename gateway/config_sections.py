@@ -19,6 +19,7 @@ __all__ = [
     "ProxySettings",
     "RevocationSettings",
     "TokenSource",
+    "address_in",
     "parse_forward_auth",
     "parse_identity_headers",
     "parse_limits",
@@ -78,13 +79,7 @@ class ForwardAuthSettings:
 
     def trusts(self, address: str | None) -> bool:
         """True when this caller may say which request it forwards (all, when none listed)."""
-        if not self.trusted_callers:
-            return True
-        try:
-            ip = ip_address(address or "")
-        except ValueError:
-            return False
-        return any(ip in network for network in self.trusted_callers)
+        return not self.trusted_callers or address_in(address, self.trusted_callers)
 
 
 @dataclass(frozen=True)
@@ -115,7 +110,7 @@ class ProxySettings:
     preserve_host: bool = True
     forward_authorization: bool = True
     forward_cookies: bool = True
-    trusted_proxies: tuple[str, ...] = ()
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     strip_header_prefixes: tuple[str, ...] = ()
     websocket_query_token: str | None = "__clerk_token"
     websocket_close_on_expiry: bool = True
@@ -173,12 +168,7 @@ def parse_identity_headers(reader: Reader) -> dict[str, str]:
 def parse_proxy(reader: Reader) -> ProxySettings:
     """Read the `proxy` section."""
     d = ProxySettings()
-    trusted = reader.str_list("trusted_proxies")
-    for cidr in trusted:
-        try:
-            ip_network(cidr, strict=False)
-        except ValueError:
-            reader.problem(f"{cidr!r} is not an IP address or CIDR network", "trusted_proxies")
+    trusted = parse_networks(reader, "trusted_proxies")
     prefixes = reader.str_list("strip_header_prefixes")
     for prefix in prefixes:
         reader.header_name("strip_header_prefixes", prefix)
@@ -276,6 +266,15 @@ def parse_revocation(
         reader.problems.append("GATEWAY_REDIS_URL: must be a redis:// or rediss:// URL")
     reader.check_unknown()
     return settings
+
+
+def address_in(address: str | None, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    """True when the address lies in one of the networks (False when it is no address)."""
+    try:
+        ip = ip_address(address or "")
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 def parse_networks(reader: Reader, key: str) -> tuple[IPv4Network | IPv6Network, ...]:

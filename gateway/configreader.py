@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["Reader", "check_key_url", "is_loopback_host"]
+__all__ = ["Reader", "Secret", "check_key_url", "is_loopback_host"]
 
 @dataclass(frozen=True)
 class Secret:

@@ -8,7 +8,6 @@ client can neither spoof an identity header nor make the proxy drop an injected 
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -16,6 +15,7 @@ from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 from gateway.config import Settings
+from gateway.config_sections import address_in
 
 __all__ = ["HOP_BY_HOP", "HeaderHygiene", "connection_tokens", "normalize_name"]
 
@@ -65,17 +65,9 @@ class HeaderHygiene:
             *(normalize_name(p) for p in proxy.strip_header_prefixes), *_FORWARDED, "proxy-",
         )
         self._preserve_host = proxy.preserve_host
-        self._trusted = tuple(
-            ipaddress.ip_network(cidr, strict=False) for cidr in proxy.trusted_proxies
-        )
-        self._is_trusted = lru_cache(maxsize=4096)(self._check_trusted)
-
-    def _check_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self._trusted)
+        self._trusted = proxy.trusted_proxies
+        self._is_trusted = lru_cache(maxsize=4096)(
+            lambda address: address_in(address, self._trusted))
 
     def upstream_headers(
         self,
