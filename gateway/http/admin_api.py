@@ -20,7 +20,8 @@ from aiohttp import hdrs, web
 from gateway.auth.revocation import RevocationChecker
 from gateway.auth.revocation_store import KINDS, StoreUnavailable
 from gateway.config import Secret
-from gateway.http.headers import REQUEST_ID, request_id
+from gateway.http.errors import json_response
+from gateway.http.headers import request_id
 
 __all__ = ["AdminApi", "valid_id"]
 
@@ -36,16 +37,8 @@ def valid_id(value: Any) -> bool:
             and value.isprintable() and " " not in value and "," not in value)
 
 
-def _json(status: int, rid: str, body: dict[str, Any],
-          headers: dict[str, str] | None = None) -> web.Response:
-    body["request_id"] = rid
-    return web.Response(status=status, text=json.dumps(body), content_type="application/json",
-                        headers={hdrs.CACHE_CONTROL: "no-store", REQUEST_ID: rid,
-                                 **(headers or {})})
-
-
 def _unavailable(rid: str) -> web.Response:
-    return _json(503, rid, {"error": "store_unavailable",
+    return json_response(503, rid, {"error": "store_unavailable",
                             "message": "The revocation store is unreachable; retry later."},
                  {hdrs.RETRY_AFTER: "1"})
 
@@ -65,11 +58,11 @@ class AdminApi:
 
     def _refuse(self, request: web.Request, rid: str) -> web.Response | None:
         if self._token is None:
-            return _json(403, rid, {"error": "forbidden", "message": "admin API disabled"})
+            return json_response(403, rid, {"error": "forbidden", "message": "admin API disabled"})
         scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
                                                                  self._token):
-            return _json(401, rid, {"error": "unauthorized",
+            return json_response(401, rid, {"error": "unauthorized",
                                     "message": "A valid admin bearer token is required."},
                          {hdrs.WWW_AUTHENTICATE: 'Bearer realm="clerk-gateway-admin"'})
         return None
@@ -81,29 +74,29 @@ class AdminApi:
         if refused is not None:
             return refused
         if request.content_length is not None and request.content_length > _MAX_BODY:
-            return _json(413, rid, {"error": "body_too_large",
+            return json_response(413, rid, {"error": "body_too_large",
                                     "message": f"The body exceeds {_MAX_BODY} bytes."})
         raw = await request.content.read(_MAX_BODY + 1)
         if len(raw) > _MAX_BODY:
-            return _json(413, rid, {"error": "body_too_large",
+            return json_response(413, rid, {"error": "body_too_large",
                                     "message": f"The body exceeds {_MAX_BODY} bytes."})
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            return _json(400, rid, {"error": "invalid_request",
+            return json_response(400, rid, {"error": "invalid_request",
                                     "problems": ["the body must be a JSON object"]})
         problems, kind, ident = self._validate(body)
         if problems:
-            return _json(400, rid, {"error": "invalid_request", "problems": problems})
+            return json_response(400, rid, {"error": "invalid_request", "problems": problems})
         entry = self._checker.make_entry(kind, ident, ttl=body.get("ttl_seconds"),
                                          reason=body.get("reason") or "", source="admin")
         try:
             await self._checker.revoke(entry)
         except StoreUnavailable:
             return _unavailable(rid)
-        return _json(201, rid, {"revocation": entry.to_dict()})
+        return json_response(201, rid, {"revocation": entry.to_dict()})
 
     @staticmethod
     def _validate(body: dict[str, Any]) -> tuple[list[str], str, str]:
@@ -146,13 +139,13 @@ class AdminApi:
             return refused
         kind = request.query.get("kind")
         if kind is not None and kind not in KINDS:
-            return _json(400, rid, {"error": "invalid_request",
+            return json_response(400, rid, {"error": "invalid_request",
                                     "problems": [f"kind: must be one of {', '.join(KINDS)}"]})
         try:
             entries = await self._checker.list()
         except StoreUnavailable:
             return _unavailable(rid)
-        return _json(200, rid, {"revocations": [
+        return json_response(200, rid, {"revocations": [
             e.to_dict() for e in entries if kind is None or e.kind == kind]})
 
     async def remove(self, request: web.Request) -> web.Response:
@@ -170,11 +163,11 @@ class AdminApi:
         elif kind == "membership" and ":" not in ident:
             problems.append("id: a membership is given as org_id:user_id")
         if problems:
-            return _json(400, rid, {"error": "invalid_request", "problems": problems})
+            return json_response(400, rid, {"error": "invalid_request", "problems": problems})
         try:
             removed = await self._checker.unrevoke(kind, ident)
         except StoreUnavailable:
             return _unavailable(rid)
         if not removed:
-            return _json(404, rid, {"error": "not_found", "message": "No such revocation."})
-        return _json(200, rid, {"removed": {"kind": kind, "id": ident}})
+            return json_response(404, rid, {"error": "not_found", "message": "No such revocation."})
+        return json_response(200, rid, {"removed": {"kind": kind, "id": ident}})

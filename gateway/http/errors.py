@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aiohttp import hdrs, web
 
+from gateway.http.headers import REQUEST_ID
 from gateway.reasons import Category, Reason
 
-__all__ = ["MESSAGES", "error_response"]
+__all__ = ["MESSAGES", "error_body", "error_response", "json_response"]
 
 MESSAGES: dict[Reason, str] = {
     Reason.MISSING_TOKEN: "A session token is required.",
@@ -62,6 +64,28 @@ def _challenge(reason: Reason, realm: str) -> str | None:
     return None
 
 
+def json_response(status: int, request_id: str, body: dict[str, Any],
+                  headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer carrying the request id, never cached."""
+    body["request_id"] = request_id
+    return web.Response(
+        status=status, text=json.dumps(body), content_type="application/json",
+        headers={hdrs.CACHE_CONTROL: "no-store", REQUEST_ID: request_id, **(headers or {})})
+
+
+def error_body(reason: Reason) -> dict[str, Any]:
+    """The JSON body of a refusal (the request id is added when it is sent)."""
+    category = reason.category
+    error = "unauthorized" if category is Category.NO_TOKEN else category.value
+    if category in (Category.PROXY, Category.PROTOCOL):
+        error = reason.label
+    return {
+        "error": error,
+        "reason": reason.label,
+        "message": MESSAGES.get(reason, "The request was refused."),
+    }
+
+
 def error_response(
     reason: Reason,
     request_id: str,
@@ -69,25 +93,10 @@ def error_response(
     retry_after: int | None = None,
 ) -> web.Response:
     """The JSON error response for a reason: never the token, never a stack trace."""
-    category = reason.category
-    error = "unauthorized" if category is Category.NO_TOKEN else category.value
-    if category in (Category.PROXY, Category.PROTOCOL):
-        error = reason.label
-    body = {
-        "error": error,
-        "reason": reason.label,
-        "message": MESSAGES.get(reason, "The request was refused."),
-        "request_id": request_id,
-    }
-    headers = {hdrs.CACHE_CONTROL: "no-store", "X-Request-Id": request_id}
+    headers: dict[str, str] = {}
     challenge = _challenge(reason, realm)
     if challenge:
         headers[hdrs.WWW_AUTHENTICATE] = challenge
     if reason.status == 503:
         headers[hdrs.RETRY_AFTER] = str(max(1, retry_after or 1))
-    return web.Response(
-        status=reason.status,
-        text=json.dumps(body),
-        content_type="application/json",
-        headers=headers,
-    )
+    return json_response(reason.status, request_id, error_body(reason), headers)

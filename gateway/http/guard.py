@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from typing import Any
 
 from aiohttp import web
@@ -23,7 +22,8 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from gateway.http.errors import error_response
+from gateway.http.errors import error_body, error_response
+from gateway.http.headers import new_request_id
 from gateway.reasons import Reason
 
 __all__ = ["GuardedAppRunner", "GuardedRequestHandler"]
@@ -33,12 +33,10 @@ _LINGER_SECONDS = 1.0
 
 
 def _timeout_response() -> bytes:
-    body = json.dumps({
-        "error": Reason.REQUEST_TIMEOUT.label,
-        "reason": Reason.REQUEST_TIMEOUT.label,
-        "message": "The request headers did not arrive in time.",
-        "request_id": uuid.uuid4().hex,
-    }).encode()
+    """A whole 408 response as bytes: the request head never arrived, so no aiohttp request
+    exists to answer through."""
+    body = json.dumps({**error_body(Reason.REQUEST_TIMEOUT),
+                       "request_id": new_request_id()}).encode()
     head = (f"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
     return head + body
@@ -117,7 +115,7 @@ class GuardedRequestHandler(RequestHandler):
                 "reason": reason.label, "error_type": type(exc).__name__ if exc else None})
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; closing the connection")
-        response = error_response(reason, uuid.uuid4().hex, self._realm)
+        response = error_response(reason, new_request_id(), self._realm)
         response.force_close()
         return response
 

@@ -20,7 +20,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from gateway.auth.revocation import RevocationChecker
 from gateway.auth.revocation_store import RevocationEntry, StoreUnavailable
 from gateway.config import RevocationSettings, Secret
-from gateway.http.headers import REQUEST_ID, request_id
+from gateway.http.errors import json_response
+from gateway.http.headers import request_id
 from gateway.metrics import Metrics
 
 __all__ = ["EVENT_TYPES", "WEBHOOK_PATH", "ClerkWebhooks"]
@@ -36,12 +37,6 @@ EVENT_TYPES = (
     "organizationMembership.deleted", "organization.deleted",
 )
 _MAX_ID = 256
-
-
-def _json(code: int, rid: str, /, **body: Any) -> web.Response:
-    body["request_id"] = rid
-    return web.Response(status=code, text=json.dumps(body), content_type="application/json",
-                        headers={hdrs.CACHE_CONTROL: "no-store", REQUEST_ID: rid})
 
 
 def _text(data: Any, *path: str) -> str | None:
@@ -83,7 +78,7 @@ class ClerkWebhooks:
 
     def _reject(self, status: int, rid: str, error: str, message: str) -> web.Response:
         self._count("other", "rejected")
-        return _json(status, rid, error=error, message=message)
+        return json_response(status, rid, {"error": error, "message": message})
 
     async def _read(self, request: web.Request) -> bytes | None:
         """The raw body, or None when it exceeds the cap (read no further than the cap)."""
@@ -100,8 +95,9 @@ class ClerkWebhooks:
         """Verify one delivery, then apply it once."""
         rid = request_id(request.headers)
         if self._webhook is None:
-            return _json(404, rid, error="not_found",
-                         message="Webhooks are not enabled (CLERK_WEBHOOK_SIGNING_SECRET).")
+            return json_response(404, rid, {
+                "error": "not_found",
+                "message": "Webhooks are not enabled (CLERK_WEBHOOK_SIGNING_SECRET)."})
         if request.method != hdrs.METH_POST:
             response = self._reject(405, rid, "method_not_allowed", "Use POST.")
             response.headers[hdrs.ALLOW] = hdrs.METH_POST
@@ -164,17 +160,17 @@ class ClerkWebhooks:
                      data: dict[str, Any]) -> web.Response:
         if event_type not in EVENT_TYPES:
             self._count(event_type, "ignored")
-            return _json(200, rid, status="ignored", type=event_type[:100])
+            return json_response(200, rid, {"status": "ignored", "type": event_type[:100]})
         try:
             entries = self._entries(event_type, data)
         except _BadEvent as exc:
             self._count(event_type, "rejected")
-            return _json(400, rid, error="bad_payload", message=str(exc))
+            return json_response(400, rid, {"error": "bad_payload", "message": str(exc)})
         store = self._checker.store
         try:
             if not await store.claim(msg_id, MARKER_TTL_SECONDS):
                 self._count(event_type, "duplicate")
-                return _json(200, rid, status="duplicate", type=event_type)
+                return json_response(200, rid, {"status": "duplicate", "type": event_type})
             try:
                 for entry in entries:
                     await self._checker.revoke(entry)
@@ -184,9 +180,11 @@ class ClerkWebhooks:
         except StoreUnavailable:
             self._count(event_type, "rejected")
             log.warning("webhook not applied: revocation store unavailable")
-            return _json(503, rid, error="store_unavailable",
-                         message="The revocation store is unreachable; retry later.")
+            return json_response(503, rid, {
+                "error": "store_unavailable",
+                "message": "The revocation store is unreachable; retry later."})
         self._count(event_type, "applied")
         log.info("webhook applied", extra={"type": event_type, "svix_id": msg_id})
-        return _json(200, rid, status="applied", type=event_type,
-                     revoked=[{"kind": e.kind, "id": e.id} for e in entries])
+        return json_response(200, rid, {
+            "status": "applied", "type": event_type,
+            "revoked": [{"kind": e.kind, "id": e.id} for e in entries]})
