@@ -12,10 +12,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.auth.extract import TokenExtractor, effective_sources
 from gateway.auth.introspection import SessionIntrospector
 from gateway.auth.jwks import IssuerKeys
-from gateway.auth.revocation import RevocationChecker, SocketCloser
+from gateway.auth.revocation import RevocationChecker, SocketCloser, clerk_issuers
 from gateway.auth.revocation_store import build_store
 from gateway.auth.verify import Verifier
 from gateway.config import Settings
@@ -28,10 +27,9 @@ from gateway.http.proxy import ProxyHandler
 from gateway.http.webhooks import WEBHOOK_PATH, ClerkWebhooks
 from gateway.http.websocket import OpenSockets
 from gateway.metrics import Metrics
-from gateway.pipeline import Authorizer
+from gateway.pipeline import Authorizer, extractor_for, router_for
 from gateway.reasons import Reason
 from gateway.reload import ReloadResult, apply_settings
-from gateway.routing import Router
 
 __all__ = ["GATEWAY", "WORKER_HEADER", "Gateway", "build_admin_app", "build_public_app"]
 
@@ -67,11 +65,10 @@ class Gateway:
         redis_url = settings.redis_url.value if settings.redis_url else None
         self.revocation = RevocationChecker(
             revocation, build_store(redis_url, revocation, clock), self.metrics, clock,
-            introspector, frozenset(i.issuer for i in settings.issuers if i.preset == "clerk"))
+            introspector, clerk_issuers(settings))
         self.authorizer = Authorizer(
-            Router(settings.routes, settings.route_options),
-            TokenExtractor(effective_sources(
-                settings.token_sources, settings.upstream, settings.proxy.websocket_query_token)),
+            router_for(settings),
+            extractor_for(settings),
             self.verifier,
             self.metrics,
             revocation=self.revocation,

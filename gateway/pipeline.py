@@ -9,14 +9,18 @@ from typing import Protocol
 from multidict import CIMultiDictProxy
 
 from gateway.auth.claims import Identity
-from gateway.auth.extract import AmbiguousToken, EmptyToken, TokenExtractor
+from gateway.auth.extract import AmbiguousToken, EmptyToken, TokenExtractor, effective_sources
 from gateway.auth.jwks import KeysUnavailable
 from gateway.auth.verify import TokenRejected, Verifier
+from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.reasons import Reason
 from gateway.routing import AmbiguousPath, Route, Router, normalize_path
 
-__all__ = ["Authorizer", "Decision", "NoRevocation", "RequestFacts", "RevocationCheck"]
+__all__ = [
+    "Authorizer", "Decision", "NoRevocation", "RequestFacts", "RevocationCheck", "extractor_for",
+    "router_for",
+]
 
 
 @dataclass(slots=True)
@@ -65,6 +69,17 @@ class NoRevocation:
     async def check(self, identity: Identity) -> Reason | None:
         """Nothing is ever revoked."""
         return None
+
+
+def router_for(settings: Settings) -> Router:
+    """The route table the settings declare."""
+    return Router(settings.routes, settings.route_options)
+
+
+def extractor_for(settings: Settings) -> TokenExtractor:
+    """The token sources the settings declare (plus the WebSocket query in proxy mode)."""
+    return TokenExtractor(effective_sources(
+        settings.token_sources, settings.upstream, settings.proxy.websocket_query_token))
 
 
 class Authorizer:

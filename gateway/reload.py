@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.auth.extract import TokenExtractor, effective_sources
 from gateway.auth.jwks import IssuerKeys
+from gateway.auth.revocation import clerk_issuers
 from gateway.auth.verify import Verifier
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.routing import Router
+from gateway.pipeline import extractor_for, router_for
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -88,9 +88,9 @@ async def apply_settings(gateway: Gateway, new: Settings) -> ReloadResult:
     if any(getattr(old, f) != getattr(settings, f) for f in _VERIFIER_FIELDS) or fresh:
         gateway.verifier = Verifier(settings, gateway.keys, gateway.metrics, gateway.clock)
         authorizer.verifier = gateway.verifier
-    authorizer.extractor = TokenExtractor(effective_sources(
-        settings.token_sources, settings.upstream, settings.proxy.websocket_query_token))
-    authorizer.router = Router(settings.routes, settings.route_options)
+    authorizer.extractor = extractor_for(settings)
+    authorizer.router = router_for(settings)
+    gateway.revocation.introspect_issuers = clerk_issuers(settings)
     gateway.settings = settings
     for keys in fresh.values():
         keys.start()

@@ -28,7 +28,7 @@ from gateway.auth.revocation_store import (
     StoreUnavailable,
     entry_key,
 )
-from gateway.config import RevocationSettings
+from gateway.config import RevocationSettings, Settings
 from gateway.metrics import Metrics
 from gateway.reasons import Reason
 
@@ -37,6 +37,7 @@ __all__ = [
     "RevocationListener",
     "SocketCloser",
     "SocketRegistry",
+    "clerk_issuers",
     "identity_keys",
 ]
 
@@ -83,6 +84,11 @@ class SocketCloser:
                 close_matching(lambda identity: entry_matches(entry, identity))
 
 
+def clerk_issuers(settings: Settings) -> frozenset[str]:
+    """The issuers whose sessions Clerk's Backend API knows (introspection asks only them)."""
+    return frozenset(i.issuer for i in settings.issuers if i.preset == "clerk")
+
+
 def identity_keys(identity: Identity) -> list[str]:
     """Every local key that would revoke this identity."""
     keys = [entry_key("user", identity.user_id)]
@@ -121,7 +127,7 @@ class RevocationChecker:
         introspect_issuers: frozenset[str] = frozenset(),
     ) -> None:
         self.settings = settings
-        self._introspect_issuers = introspect_issuers
+        self.introspect_issuers = introspect_issuers
         self.store = store
         self.introspector = introspector
         self._metrics = metrics
@@ -193,7 +199,7 @@ class RevocationChecker:
             if reason is not None:
                 return self._count(source, reason)
         if (self.introspector is not None and identity.session_id
-                and identity.issuer in self._introspect_issuers):
+                and identity.issuer in self.introspect_issuers):
             cached, reason = await self.introspector.check(identity.session_id)
             source = "introspection_cache" if cached else "introspection"
             if reason is Reason.REVOKED:
