@@ -207,3 +207,41 @@ async def test_a_revocation_through_the_admin_api_closes_open_sockets(
     assert refused.status == 401
     assert (await refused.json())["reason"] == "revoked"
     await kept.close()
+
+
+@pytest.mark.parametrize("body", [
+    {"kind": "organization", "id": "org_a"},
+    {"kind": "membership", "org_id": "org_a", "user_id": "user_m"},
+])
+async def test_organization_and_membership_revocations_close_sockets(
+    clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Upstream, body: dict[str, str],
+) -> None:
+    gw = await make_gateway(env={"GATEWAY_UPSTREAM": upstream.url,
+                                 "GATEWAY_ADMIN_TOKEN": "admin-token-for-tests"})
+    member = await gw.client.ws_connect("/ws", headers={
+        "Authorization": f"Bearer {clerk.token(sub='user_m', sid='sess_m', org_id='org_a')}"})
+    outsider = await gw.client.ws_connect("/ws", headers={
+        "Authorization": f"Bearer {clerk.token(sub='user_o', sid='sess_o', org_id='org_b')}"})
+    response = await gw.admin.post("/admin/revocations", json=body,
+                                   headers={"Authorization": "Bearer admin-token-for-tests"})
+    assert response.status == 201, await response.text()
+    msg = await asyncio.wait_for(member.receive(), 5)
+    assert msg.type is WSMsgType.CLOSE and msg.data == CLOSE_REVOKED
+    await outsider.send_str("other org")
+    assert (await asyncio.wait_for(outsider.receive(), 5)).data == "echo:other org"
+    await outsider.close()
+
+
+async def test_a_token_revocation_closes_the_socket_it_opened(
+    clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await make_gateway(env={"GATEWAY_UPSTREAM": upstream.url,
+                                 "GATEWAY_ADMIN_TOKEN": "admin-token-for-tests"})
+    ws = await gw.client.ws_connect("/ws", headers={
+        "Authorization": f"Bearer {clerk.token(jti='jti_closing')}"})
+    response = await gw.admin.post(
+        "/admin/revocations", json={"kind": "token", "id": "jti_closing"},
+        headers={"Authorization": "Bearer admin-token-for-tests"})
+    assert response.status == 201
+    msg = await asyncio.wait_for(ws.receive(), 5)
+    assert msg.type is WSMsgType.CLOSE and msg.data == CLOSE_REVOKED

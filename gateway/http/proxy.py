@@ -505,7 +505,7 @@ class ProxyHandler:
         self._observer.end(started, rid, request.method, client.status, decision, 101)
         identity = decision.identity
         handle = SocketHandle(identity.session_id if identity else None,
-                              identity.user_id if identity else None)
+                              identity.user_id if identity else None, identity)
         expires_in = None
         if identity is not None and self._ws_expiry:
             expires_in = identity.expires_at + self._leeway - self._clock()

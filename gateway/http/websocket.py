@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
+
+from gateway.auth.claims import Identity
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -34,11 +37,13 @@ _NOT_SENDABLE = frozenset({1004, 1005, 1006, 1015})
 class SocketHandle:
     """One relayed socket: who opened it, and a way to ask the relay to close it."""
 
-    __slots__ = ("_request", "session_id", "user_id")
+    __slots__ = ("_request", "identity", "session_id", "user_id")
 
-    def __init__(self, session_id: str | None, user_id: str | None) -> None:
+    def __init__(self, session_id: str | None, user_id: str | None,
+                 identity: Identity | None = None) -> None:
         self.session_id = session_id
         self.user_id = user_id
+        self.identity = identity
         self._request: asyncio.Future[tuple[int, str]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -92,6 +97,13 @@ class OpenSockets:
                    reason: str = "session revoked") -> int:
         """Close every socket opened by this user; returns how many."""
         return self._close(self._by_user.get(user_id, ()), code, reason)
+
+    def close_matching(self, matches: Callable[[Identity], bool], code: int = CLOSE_REVOKED,
+                       reason: str = "session revoked") -> int:
+        """Close every socket whose opening identity matches (organization, membership and
+        token revocations); returns how many."""
+        return self._close({h for h in self._all if h.identity is not None
+                            and matches(h.identity)}, code, reason)
 
     def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "gateway shutting down") -> int:
         """Close every socket (shutdown); returns how many."""
