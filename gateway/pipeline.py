@@ -11,7 +11,7 @@ from multidict import CIMultiDictProxy
 from gateway.auth.claims import Identity
 from gateway.auth.extract import AmbiguousToken, EmptyToken, TokenExtractor, effective_sources
 from gateway.auth.jwks import KeysUnavailable
-from gateway.auth.verify import TokenRejected, Verifier
+from gateway.auth.verify import TokenRejected, Verified, Verifier
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.reasons import Reason
@@ -56,11 +56,24 @@ class Decision:
         return self.reason.allowed
 
 
+@dataclass(frozen=True, slots=True)
+class _Located:
+    """A request routed to a rule that needs a token, and the token it carries."""
+
+    route: Route
+    path: str
+    params: Mapping[str, str]
+    token: str
+
+
 class RevocationCheck(Protocol):
     """Decides whether a verified identity has been revoked since its token was issued."""
 
     async def check(self, identity: Identity) -> Reason | None:
         """None when still valid, else REVOKED or REVOCATION_UNAVAILABLE."""
+
+    def check_now(self, identity: Identity) -> tuple[bool, Reason | None]:
+        """(settled, reason) from what is known locally; settled is False when I/O is needed."""
 
 
 class NoRevocation:
@@ -69,6 +82,10 @@ class NoRevocation:
     async def check(self, identity: Identity) -> Reason | None:
         """Nothing is ever revoked."""
         return None
+
+    def check_now(self, identity: Identity) -> tuple[bool, Reason | None]:
+        """Nothing is ever revoked, and that is always known."""
+        return True, None
 
 
 def router_for(settings: Settings) -> Router:
@@ -105,7 +122,43 @@ class Authorizer:
         self.metrics.decision(facts.door, decision.route.name, decision.reason)
         return decision
 
+    def authorize_now(self, facts: RequestFacts) -> Decision | None:
+        """Decide one request without waiting, and count it; None when that needs I/O.
+
+        This is `authorize` for the requests every caller repeats: a token already verified
+        and a revocation status already known locally. Anything else (a token not seen yet,
+        a revocation status to fetch) returns None, uncounted, for `authorize` to decide.
+        """
+        located = self._locate(facts)
+        if isinstance(located, _Located):
+            verified = self.verifier.verified_now(located.token)
+            if verified is None:
+                return None
+            settled, revoked = self.revocation.check_now(verified.identity)
+            if not settled:
+                return None
+            decision = self._settle(located, verified, revoked)
+        else:
+            decision = located
+        self.metrics.decision(facts.door, decision.route.name, decision.reason)
+        return decision
+
     async def _decide(self, facts: RequestFacts) -> Decision:
+        located = self._locate(facts)
+        if not isinstance(located, _Located):
+            return located
+        try:
+            verified = await self.verifier.verify(located.token)
+        except TokenRejected as exc:
+            return Decision(exc.reason, located.route, path=located.path, detail=exc.detail)
+        except KeysUnavailable as exc:
+            return Decision(Reason.KEYS_UNAVAILABLE, located.route, path=located.path,
+                            retry_after=exc.retry_after)
+        revoked = await self.revocation.check(verified.identity)
+        return self._settle(located, verified, revoked)
+
+    def _locate(self, facts: RequestFacts) -> Decision | _Located:
+        """Normalise, route and extract: a Decision when no token needs verifying."""
         router = self.router  # read once: a reload may swap it while this request waits
         try:
             path = normalize_path(facts.uri)
@@ -127,19 +180,18 @@ class Authorizer:
         if token is None:
             reason = Reason.ANONYMOUS if access == "optional" else Reason.MISSING_TOKEN
             return Decision(reason, route, path=path, params=match.params)
-        try:
-            verified = await self.verifier.verify(token)
-        except TokenRejected as exc:
-            return Decision(exc.reason, route, path=path, detail=exc.detail)
-        except KeysUnavailable as exc:
-            return Decision(Reason.KEYS_UNAVAILABLE, route, path=path,
-                            retry_after=exc.retry_after)
+        return _Located(route, path, match.params, token)
+
+    @staticmethod
+    def _settle(located: _Located, verified: Verified, revoked: Reason | None) -> Decision:
+        """The decision for a verified token: revoked, refused by the route's rule, or OK."""
         identity = verified.identity
-        revoked = await self.revocation.check(identity)
+        route = located.route
         if revoked is not None:
-            return Decision(revoked, route, identity=identity, path=path, retry_after=1)
-        unmet = route.rule.check(identity, match.params)
+            return Decision(revoked, route, identity=identity, path=located.path, retry_after=1)
+        unmet = route.rule.check(identity, located.params)
         if unmet is not None:
-            return Decision(unmet.reason, route, identity=identity, path=path,
-                            detail=unmet.requirement, params=match.params)
-        return Decision(Reason.OK, route, identity, verified.headers, path, params=match.params)
+            return Decision(unmet.reason, route, identity=identity, path=located.path,
+                            detail=unmet.requirement, params=located.params)
+        return Decision(Reason.OK, route, identity, verified.headers, located.path,
+                        params=located.params)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Literal
 from urllib.parse import quote
 
 import aiohttp
@@ -98,6 +99,13 @@ class SessionIntrospector:
                 answer = self._answers[session_id]
                 return False, None if answer.active else Reason.REVOKED
         return self._fallback(self._answers.get(session_id), self._clock())
+
+    def answer_now(self, session_id: str) -> Reason | Literal[False] | None:
+        """A fresh cached answer (None or REVOKED), or False when `check` must ask."""
+        answer = self._answers.get(session_id)
+        if answer is None or self._clock() - answer.fetched_at >= self._ttl:
+            return False
+        return None if answer.active else Reason.REVOKED
 
     def _fallback(self, answer: _Answer | None, now: float) -> tuple[bool, Reason | None]:
         if answer is not None and now - answer.fetched_at <= self._ttl + self._grace:

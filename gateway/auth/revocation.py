@@ -107,6 +107,9 @@ def entry_matches(entry: RevocationEntry, identity: Identity) -> bool:
     return entry.key in identity_keys(identity)
 
 
+_REVOKED_LOCALLY: list[str] = []  # identity, not equality: see RevocationChecker._stale_keys
+
+
 @dataclass(slots=True)
 class _Local:
     entry: RevocationEntry | None
@@ -179,34 +182,66 @@ class RevocationChecker:
 
     async def check(self, identity: Identity) -> Reason | None:
         """None when the identity is still valid, else REVOKED or REVOCATION_UNAVAILABLE."""
-        now = self._clock()
-        keys = identity_keys(identity)
-        stale: list[str] | None = None
-        local = self._local
-        resync_at = self._resync_at
-        for key in keys:
-            item = local.get(key)
-            if item is None or now - item.fetched_at >= self._ttl or item.fetched_at < resync_at:
-                (stale := stale or []).append(key)
-            elif item.entry is not None and item.entry.expires_at > now:
-                return self._count("local", Reason.REVOKED)
-        if stale is None:
-            reason: Reason | None = None
-            source = "local"
-        else:
+        stale = self._stale_keys(identity)
+        if stale is _REVOKED_LOCALLY:
+            return self._count("local", Reason.REVOKED)
+        source = "local"
+        if stale:
             source = "store"
             reason = await self._check_stale(stale)
             if reason is not None:
                 return self._count(source, reason)
-        if (self.introspector is not None and identity.session_id
-                and identity.issuer in self.introspect_issuers):
-            cached, reason = await self.introspector.check(identity.session_id)
+        introspector = self._introspector_for(identity)
+        if introspector is not None and identity.session_id:
+            cached, reason = await introspector.check(identity.session_id)
             source = "introspection_cache" if cached else "introspection"
             if reason is Reason.REVOKED:
                 self._remember_introspected(identity.session_id)
             if reason is not None:
                 return self._count(source, reason)
         self._metrics.count(self._counters[(source, "clear")])
+        return None
+
+    def check_now(self, identity: Identity) -> tuple[bool, Reason | None]:
+        """`check` answered from local state only: (False, None) when it would need I/O."""
+        stale = self._stale_keys(identity)
+        if stale is _REVOKED_LOCALLY:
+            return True, self._count("local", Reason.REVOKED)
+        if stale:
+            return False, None
+        source = "local"
+        introspector = self._introspector_for(identity)
+        if introspector is not None and identity.session_id:
+            answer = introspector.answer_now(identity.session_id)
+            if answer is False:
+                return False, None
+            source = "introspection_cache"
+            if answer is Reason.REVOKED:
+                self._remember_introspected(identity.session_id)
+                return True, self._count(source, answer)
+        self._metrics.count(self._counters[(source, "clear")])
+        return True, None
+
+    def _stale_keys(self, identity: Identity) -> list[str]:
+        """The identity's keys whose local state is too old; _REVOKED_LOCALLY when one is
+        revoked by what is known locally."""
+        now = self._clock()
+        stale: list[str] = []
+        local = self._local
+        resync_at = self._resync_at
+        ttl = self._ttl
+        for key in identity_keys(identity):
+            item = local.get(key)
+            if item is None or now - item.fetched_at >= ttl or item.fetched_at < resync_at:
+                stale.append(key)
+            elif item.entry is not None and item.entry.expires_at > now:
+                return _REVOKED_LOCALLY
+        return stale
+
+    def _introspector_for(self, identity: Identity) -> SessionIntrospector | None:
+        """The introspector when Clerk's Backend API is asked about this identity's session."""
+        if identity.session_id and identity.issuer in self.introspect_issuers:
+            return self.introspector
         return None
 
     def _count(self, source: str, reason: Reason) -> Reason:

@@ -139,6 +139,19 @@ class Verifier:
         self._metrics.token_cache_entries.set(len(self.cache))
         return verified
 
+    def verified_now(self, token: str) -> Verified | None:
+        """The cached verification of a still-valid token; None (uncounted) for `verify`."""
+        if len(token) > self._max_bytes:
+            return None
+        cached = self.cache.get(TokenCache.key(token))
+        if cached is None:
+            return None
+        verified, expires_at = cached
+        if self._clock() > expires_at + self._leeway:
+            return None
+        self._metrics.cache_lookup(True)
+        return verified
+
     async def _verify_uncached(self, token: str, now: float) -> Verified:
         parts = token.split(".")
         if len(parts) != 3:
