@@ -30,13 +30,14 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding
 from cryptography.hazmat.primitives.hashes import SHA256
 from prometheus_client import CollectorRegistry
 
-from gateway.app import Gateway, build_public_app
+from gateway.app import Gateway
 from gateway.auth.claims import identity_from_claims
 from gateway.auth.jwks import IssuerKeys
 from gateway.auth.verify import Verified, Verifier
 from gateway.config import Settings, load_settings
 from gateway.devissuer import DevIssuer, SigningKey
 from gateway.metrics import Metrics
+from gateway.server import public_runner
 
 __all__ = ["main"]
 
@@ -211,6 +212,9 @@ class _MemoryTransport(asyncio.Transport):
     def close(self) -> None:
         pass
 
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
     def pause_reading(self) -> None:
         pass
 
@@ -224,9 +228,8 @@ class _MemoryTransport(asyncio.Transport):
         return 0
 
 
-async def _request_cost(app: web.Application, raw: bytes, n: int, reps: int
+async def _request_cost(runner: web.AppRunner, raw: bytes, n: int, reps: int
                         ) -> tuple[list[float], bytes]:
-    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     server = runner.server
     assert server is not None
@@ -265,17 +268,33 @@ async def http_cost(n: int, reps: int) -> dict[str, Any]:
            f"Authorization: Bearer {token}\r\n\r\n").encode()
     settings = load_settings({"CLERK_JWT_KEY": key.public_pem(), "CLERK_ISSUER": ISSUER})
     out: dict[str, Any] = {"requests_per_rep": n, "reps": reps}
-    for _ in range(2):  # alternate: bare, gateway, bare, gateway
-        apps = (("bare", bare_app()), ("gateway_fa", build_public_app(Gateway(settings))))
-        for name, app in apps:
-            costs, response = await _request_cost(app, raw, n, reps)
+    slow_door = load_settings(
+        {"CLERK_JWT_KEY": key.public_pem(), "CLERK_ISSUER": ISSUER}, _no_fast_path())
+    for _ in range(2):  # alternate: bare, gateway, gateway without the fast door, ...
+        runners = (
+            ("bare", web.AppRunner(bare_app(), access_log=None)),
+            ("gateway_fa", public_runner(Gateway(settings))),
+            ("gateway_fa_aiohttp_door", public_runner(Gateway(slow_door))),
+        )
+        for name, runner in runners:
+            costs, response = await _request_cost(runner, raw, n, reps)
             if not response.startswith(b"HTTP/1.1 200"):
                 raise RuntimeError(f"{name} answered {response[:40]!r}")
             out.setdefault(name, []).extend(costs)
-    for name in ("bare", "gateway_fa"):
+    for name in ("bare", "gateway_fa", "gateway_fa_aiohttp_door"):
         out[f"{name}_us"] = {"min": min(out[name]), "median": statistics.median(out[name])}
     out["gateway_over_bare"] = out["gateway_fa_us"]["min"] / out["bare_us"]["min"]
+    out["aiohttp_door_over_bare"] = (
+        out["gateway_fa_aiohttp_door_us"]["min"] / out["bare_us"]["min"])
     return out
+
+
+def _no_fast_path() -> str:
+    """A config file that turns the fast door off (the aiohttp door answers every request)."""
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write("forward_auth:\n  fast_path: false\n")
+    return handle.name
 
 
 def main(argv: list[str] | None = None) -> int:

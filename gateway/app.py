@@ -84,8 +84,12 @@ class Gateway:
         self.sockets = OpenSockets()
         self.revocation.subscribe(SocketCloser(self.sockets))
         self.proxy: ProxyHandler | None = None
+        self.forward_auth: ForwardAuthHandler | None = None
         if settings.upstream:
             self.proxy = ProxyHandler(settings, self.authorizer, self.metrics, self.sockets, clock)
+        else:
+            self.forward_auth = ForwardAuthHandler(
+                self.authorizer, settings.realm, settings.forward_auth)
 
     async def reload(self, settings: Settings) -> ReloadResult:
         """Swap routes, issuers, token sources and identity headers for validated settings."""
@@ -164,12 +168,9 @@ def build_public_app(gateway: Gateway) -> web.Application:
     app.router.add_route("*", WEBHOOK_PATH, gateway.webhooks.handle)
     app.router.add_route("*", RESERVED_PREFIX + r"{tail:[\s\S]*}", _reserved_not_found)
 
-    if gateway.proxy is not None:
-        app.router.add_route("*", r"/{tail:[\s\S]*}", gateway.proxy.handle)
-    else:
-        forward_auth = ForwardAuthHandler(
-            gateway.authorizer, gateway.settings.realm, gateway.settings.forward_auth)
-        app.router.add_route("*", r"/{tail:[\s\S]*}", forward_auth.handle)
+    door = gateway.proxy or gateway.forward_auth
+    assert door is not None  # one of the two, by construction
+    app.router.add_route("*", r"/{tail:[\s\S]*}", door.handle)
     return app
 
 

@@ -76,6 +76,7 @@ class ForwardAuthSettings:
     trusted_callers: tuple[IPv4Network | IPv6Network, ...] = ()
     path_prefix: str = ""
     uri_source: str = "auto"
+    fast_path: bool = True  # repeat decisions answered by the fast door (http/fast_door.py)
 
     def trusts(self, address: str | None) -> bool:
         """True when this caller may say which request it forwards (all, when none listed)."""
@@ -295,7 +296,8 @@ def parse_forward_auth(reader: Reader) -> ForwardAuthSettings:
         reader.problem(f"{prefix!r} must start with /", "path_prefix")
         prefix = ""
     source = reader.choice("uri_source", "auto", ("auto", "forwarded", "original"))
-    settings = ForwardAuthSettings(parse_networks(reader, "trusted_callers"), prefix, source)
+    settings = ForwardAuthSettings(parse_networks(reader, "trusted_callers"), prefix, source,
+                                   reader.flag("fast_path", True))
     reader.check_unknown()
     return settings
 

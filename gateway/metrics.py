@@ -52,6 +52,9 @@ class Metrics:
         self.decisions = Counter(
             "decisions", "Authorization decisions by door, route, outcome and reason.",
             ["door", "route", "outcome", "reason"], namespace=ns, registry=registry)
+        self.fast_path = Counter(
+            "forward_auth_fast_path", "Forward-auth requests the fast door answered, or handed "
+            "to the aiohttp door and why.", ["result"], namespace=ns, registry=registry)
         self.request_duration = Histogram(
             "request_duration_seconds", "Time to answer a request, by door and route.",
             ["door", "route"], namespace=ns, registry=registry, buckets=_LATENCY_BUCKETS)

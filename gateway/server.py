@@ -12,17 +12,20 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from gateway.app import Gateway, build_admin_app, build_public_app
 from gateway.config import Settings
+from gateway.http.fast_door import FastDoor
 from gateway.http.guard import GuardedAppRunner
 from gateway.reload import reload_from_sources
 
-__all__ = ["serve"]
+__all__ = ["KEEPALIVE_SECONDS", "public_runner", "serve"]
 
 log = logging.getLogger("gateway.server")
+KEEPALIVE_SECONDS = 75.0  # idle keep-alive connections close after this (aiohttp's run_app)
 
 
 async def _reload(gateway: Gateway, path: str | None) -> None:
@@ -32,6 +35,29 @@ async def _reload(gateway: Gateway, path: str | None) -> None:
         await reload_from_sources(gateway, os.environ, path)
     except Exception:  # a reload bug must not take the serving process down
         log.exception("configuration reload failed; the running configuration stays in force")
+
+
+def public_runner(gateway: Gateway, app: web.Application | None = None,
+                  **kwargs: Any) -> GuardedAppRunner:
+    """The public listener's runner: guarded connections, behind the fast door when on."""
+    settings = gateway.settings
+    limits = settings.limits
+    front = None
+    if gateway.forward_auth is not None and settings.forward_auth.fast_path:
+        front = FastDoor(
+            gateway.forward_auth, gateway.metrics, max_head_bytes=limits.max_header_bytes,
+            max_headers=limits.max_headers, head_timeout=limits.header_timeout_seconds,
+            keepalive_timeout=KEEPALIVE_SECONDS)
+    return GuardedAppRunner(
+        app or build_public_app(gateway), head_timeout=limits.header_timeout_seconds,
+        realm=settings.realm, front=front, access_log=None, handle_signals=False,
+        keepalive_timeout=KEEPALIVE_SECONDS,
+        max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes,
+        max_headers=limits.max_headers,
+        # In proxy mode a client that disconnects cancels its upstream request.
+        handler_cancellation=settings.mode == "proxy",
+        **kwargs,
+    )
 
 
 async def serve(
@@ -46,15 +72,7 @@ async def serve(
     """Serve the public and admin listeners until a stop signal arrives."""
     gateway = gateway or Gateway(settings)
     drain = settings.shutdown_timeout_seconds if shutdown_timeout is None else shutdown_timeout
-    limits = settings.limits
-    public = GuardedAppRunner(
-        build_public_app(gateway), head_timeout=limits.header_timeout_seconds,
-        realm=settings.realm, access_log=None, shutdown_timeout=drain, handle_signals=False,
-        max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes,
-        max_headers=limits.max_headers,
-        # In proxy mode a client that disconnects cancels its upstream request.
-        handler_cancellation=settings.mode == "proxy",
-    )
+    public = public_runner(gateway, shutdown_timeout=drain)
     admin = web.AppRunner(build_admin_app(gateway), access_log=None, handle_signals=False,
                           shutdown_timeout=1.0)
     stop = asyncio.Event()

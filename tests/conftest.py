@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import Gateway, build_admin_app, build_public_app
 from gateway.config import Settings, load_settings
 from gateway.devissuer import DevIssuer
+from gateway.server import public_runner
 from tests.proxy_support import Upstream
 
 
@@ -85,11 +86,23 @@ async def make_gateway(
         settings = load_settings(environ, str(path) if path else None)
         kwargs = {"clock": clock} if clock else {}
         gateway = Gateway(settings, **kwargs)
-        client = await aiohttp_client(build_public_app(gateway))
+        client = await aiohttp_client(PublicServer(gateway))
         admin = await aiohttp_client(build_admin_app(gateway))
         return Running(settings, gateway, client, admin)
 
     yield factory
+
+
+class PublicServer(TestServer):
+    """A TestServer running the public listener as `serve` does: the fast door in front."""
+
+    def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
+        super().__init__(build_public_app(gateway), host="127.0.0.1", **kwargs)
+        self.gateway = gateway
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        kwargs.pop("handler_cancellation", None)  # the gateway's runner decides
+        return public_runner(self.gateway, self.app, **kwargs)
 
 
 async def serve_app(app: web.Application, port: int | None = None) -> TestServer:

@@ -10,7 +10,12 @@ from aiohttp import hdrs, web
 from gateway.http.headers import REQUEST_ID
 from gateway.reasons import Category, Reason
 
-__all__ = ["MESSAGES", "error_body", "error_response", "json_response"]
+__all__ = [
+    "JSON_CONTENT_TYPE", "MESSAGES", "error_body", "error_response", "json_response",
+    "refusal_parts",
+]
+
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
 MESSAGES: dict[Reason, str] = {
     Reason.MISSING_TOKEN: "A session token is required.",
@@ -86,6 +91,24 @@ def error_body(reason: Reason) -> dict[str, Any]:
     }
 
 
+def refusal_parts(
+    reason: Reason,
+    request_id: str,
+    realm: str,
+    retry_after: int | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and JSON body of the refusal for a reason (shared by every door)."""
+    headers = {hdrs.CACHE_CONTROL: "no-store", REQUEST_ID: request_id}
+    challenge = _challenge(reason, realm)
+    if challenge:
+        headers[hdrs.WWW_AUTHENTICATE] = challenge
+    if reason.status == 503:
+        headers[hdrs.RETRY_AFTER] = str(max(1, retry_after or 1))
+    body = error_body(reason)
+    body["request_id"] = request_id
+    return reason.status, headers, json.dumps(body).encode()
+
+
 def error_response(
     reason: Reason,
     request_id: str,
@@ -93,10 +116,6 @@ def error_response(
     retry_after: int | None = None,
 ) -> web.Response:
     """The JSON error response for a reason: never the token, never a stack trace."""
-    headers: dict[str, str] = {}
-    challenge = _challenge(reason, realm)
-    if challenge:
-        headers[hdrs.WWW_AUTHENTICATE] = challenge
-    if reason.status == 503:
-        headers[hdrs.RETRY_AFTER] = str(max(1, retry_after or 1))
-    return json_response(reason.status, request_id, error_body(reason), headers)
+    status, headers, body = refusal_parts(reason, request_id, realm, retry_after)
+    headers[hdrs.CONTENT_TYPE] = JSON_CONTENT_TYPE
+    return web.Response(status=status, body=body, headers=headers)

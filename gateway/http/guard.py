@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
@@ -26,7 +27,7 @@ from gateway.http.errors import error_body, error_response
 from gateway.http.headers import new_request_id
 from gateway.reasons import Reason
 
-__all__ = ["GuardedAppRunner", "GuardedRequestHandler"]
+__all__ = ["ConnectionFront", "GuardedAppRunner", "GuardedRequestHandler", "refuse_late_head"]
 
 log = logging.getLogger("gateway.guard")
 _LINGER_SECONDS = 1.0
@@ -40,6 +41,18 @@ def _timeout_response() -> bytes:
     head = (f"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
     return head + body
+
+
+def refuse_late_head(transport: asyncio.WriteTransport, loop: asyncio.AbstractEventLoop,
+                     close: Callable[[], None]) -> None:
+    """Answer 408 to a connection whose request head is overdue, then close it."""
+    log.info("request head not received in time; closing the connection")
+    transport.write(_timeout_response())
+    if transport.can_write_eof():
+        transport.write_eof()
+    # Linger before closing: closing with unread input would reset the connection and
+    # the client could lose the 408.
+    loop.call_later(_LINGER_SECONDS, close)
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -90,14 +103,8 @@ class GuardedRequestHandler(RequestHandler):
         transport = self.transport
         if transport is None or self._request_in_progress:
             return
-        log.info("request head not received in time; closing the connection")
         self._expired = True  # from now on, bytes that still arrive are read and dropped
-        transport.write(_timeout_response())
-        if transport.can_write_eof():
-            transport.write_eof()
-        # Linger before closing: closing with unread input would reset the connection and
-        # the client could lose the 408.
-        self._loop.call_later(_LINGER_SECONDS, self.force_close)
+        refuse_late_head(transport, self._loop, self.force_close)
 
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None, message: str | None = None,
@@ -120,20 +127,52 @@ class GuardedRequestHandler(RequestHandler):
         return response
 
 
-class _GuardedServer:
-    """Wraps aiohttp's Server so every connection gets a GuardedRequestHandler."""
+class ConnectionFront(Protocol):
+    """A protocol that sees each connection first and may hand it to the guarded handler."""
 
-    def __init__(self, server: web.Server, head_timeout: float, realm: str) -> None:
+    def protocol(self, fallback: Callable[[], asyncio.Protocol]) -> asyncio.Protocol:
+        """The protocol for one new connection; `fallback` makes the guarded handler."""
+
+    def close_idle(self) -> None:
+        """Close the connections it holds between requests (on shutdown)."""
+
+    async def drain(self, seconds: float) -> None:
+        """Wait (up to `seconds`) for the answers it is still deciding."""
+
+
+class _GuardedServer:
+    """Wraps aiohttp's Server so every connection gets a GuardedRequestHandler (behind the
+    front, when there is one)."""
+
+    def __init__(self, server: web.Server, head_timeout: float, realm: str,
+                 front: ConnectionFront | None) -> None:
         self._server = server
         self._head_timeout = head_timeout
         self._realm = realm
-        self._expired = False
+        self._front = front
 
-    def __call__(self) -> GuardedRequestHandler:
+    def __call__(self) -> asyncio.Protocol:
+        if self._front is not None:
+            return self._front.protocol(self._guarded)
+        return self._guarded()
+
+    def _guarded(self) -> GuardedRequestHandler:
         server = self._server
         return GuardedRequestHandler(
             server, loop=server._loop, head_timeout=self._head_timeout, realm=self._realm,
             **server._kwargs)
+
+    def pre_shutdown(self) -> None:
+        """Stop idle connections, the front's included, before draining the rest."""
+        if self._front is not None:
+            self._front.close_idle()
+        self._server.pre_shutdown()
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (aiohttp)
+        """Let in-flight requests finish (the front's too), then close every connection."""
+        if self._front is not None:
+            await self._front.drain(timeout or 0.0)
+        await self._server.shutdown(timeout)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)
@@ -143,12 +182,13 @@ class GuardedAppRunner(web.AppRunner):
     """An AppRunner whose connections are guarded (head deadline, JSON parser errors)."""
 
     def __init__(self, app: web.Application, *, head_timeout: float, realm: str,
-                 **kwargs: Any) -> None:
+                 front: ConnectionFront | None = None, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._head_timeout = head_timeout
         self._realm = realm
-        self._expired = False
+        self._front = front
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        return _GuardedServer(server, self._head_timeout, self._realm)  # type: ignore[return-value]
+        return _GuardedServer(  # type: ignore[return-value]
+            server, self._head_timeout, self._realm, self._front)

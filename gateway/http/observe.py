@@ -48,8 +48,21 @@ class RequestObserver:
         `reason` overrides the decision's when the door refused an allowed request itself
         (an upstream failure, an oversize body).
         """
-        elapsed = self._clock() - started
         self._metrics.in_flight_change(self._door, -1)
+        self.observe(started, request_id, method, status, decision, upstream_status, reason)
+
+    def observe(
+        self,
+        started: float,
+        request_id: str,
+        method: str,
+        status: int,
+        decision: Decision | None,
+        upstream_status: int | None = None,
+        reason: Reason | None = None,
+    ) -> None:
+        """Latency by route and the access log line (the in-flight count untouched)."""
+        elapsed = self._clock() - started
         route = decision.route.name if decision is not None else "none"
         histogram = self._durations.get(route)
         if histogram is None:
