@@ -83,7 +83,10 @@ def evaluate(results: Result) -> list[Result]:
             "cross-check, in-process: gateway_fa / bare (1 / CPU per request)", ratio,
             ">= 0.85x", ratio >= 0.85,
             f"{http['gateway_fa_us']['min']:.1f} vs {http['bare_us']['min']:.1f} us CPU per "
-            "request, sockets excluded (min of reps)"))
+            "request, sockets excluded (min of reps)" + (
+                f"; the same gateway with the fast door off (`forward_auth.fast_path: false`): "
+                f"{http['gateway_fa_aiohttp_door_us']['min']:.1f} us"
+                if "gateway_fa_aiohttp_door_us" in http else "")))
     verify = results.get("verify")
     if verify:
         ratio = verify["first_seen_over_bare"]["median"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import pwd
 import shutil
@@ -21,12 +22,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.app import Gateway, build_public_app
+from gateway.app import Gateway
 from gateway.config import load_settings
-from gateway.http.headers import DECISION
-from tests.conftest import free_port, serve_app
+from gateway.pipeline import Decision
+from tests.conftest import PublicServer, free_port, serve_app
 
 __all__ = [
     "IDENTITY_HEADERS",
@@ -34,6 +35,7 @@ __all__ = [
     "PeerProcess",
     "Upstream",
     "caddyfile",
+    "fast_door_answers",
     "fetch",
     "nginx_conf",
     "require_binary",
@@ -129,31 +131,49 @@ class GatewayUnderTest:
 
 
 @contextlib.asynccontextmanager
-async def run_gateway(env: Mapping[str, str]) -> AsyncIterator[GatewayUnderTest]:
-    """Serve the public app on loopback; a middleware records each request and its Decision."""
-    gateway = Gateway(load_settings(dict(env), None))
-    app = build_public_app(gateway)
+async def run_gateway(env: Mapping[str, str], *, fast_path: bool = True,
+                      ) -> AsyncIterator[GatewayUnderTest]:
+    """Serve the public listener as `serve` does (fast door in front unless `fast_path` is
+    False) and record each request the forward-auth handler sees, whichever door it took."""
+    settings = load_settings(dict(env), None)
+    if not fast_path:
+        settings = dataclasses.replace(settings, forward_auth=dataclasses.replace(
+            settings.forward_auth, fast_path=False))
+    gateway = Gateway(settings)
+    handler = gateway.forward_auth
+    assert handler is not None
     seen: list[dict[str, Any]] = []
+    facts, observe = handler.facts, handler.observer.observe
 
-    @web.middleware
-    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
-        response: web.StreamResponse = await handler(request)
-        decision = request.get(DECISION)
-        seen.append({
-            "path": request.path_qs,
-            "headers": CIMultiDict(request.headers),
-            "status": response.status,
-            "decision_path": decision.path if decision else None,
-            "reason": decision.reason.label if decision else None,
-        })
-        return response
+    def record_facts(method: str, own_path: str, remote: str | None,
+                     headers: CIMultiDictProxy[str], cookies: Mapping[str, str]) -> Any:
+        seen.append({"path": own_path, "headers": CIMultiDict(headers)})
+        return facts(method, own_path, remote, headers, cookies)
 
-    app.middlewares.append(record)
-    server = await serve_app(app)
+    def record_answer(started: float, rid: str, method: str, status: int,
+                      decision: Decision | None, *args: Any) -> None:
+        seen[-1].update(status=status, decision_path=decision.path if decision else None,
+                        reason=decision.reason.label if decision else None)
+        observe(started, rid, method, status, decision, *args)
+
+    handler.facts = record_facts  # type: ignore[method-assign]
+    handler.observer.observe = record_answer  # type: ignore[method-assign]
+    server = PublicServer(gateway, port=free_port())
+    await server.start_server()
     try:
         yield GatewayUnderTest(gateway, server, seen)
     finally:
         await server.close()
+
+
+def fast_door_answers(running: GatewayUnderTest) -> int:
+    """How many requests the fast door answered itself (at once or after I/O)."""
+    running.gateway.metrics.flush()
+    registry = running.gateway.registry
+    return int(sum(
+        registry.get_sample_value("clerk_gateway_forward_auth_fast_path_total",
+                                  {"result": result}) or 0
+        for result in ("answered", "answered_after_io")))
 
 
 # ----------------------------------------------------------------------------- processes

@@ -14,6 +14,7 @@ from tests.peer_support import (
     GatewayUnderTest,
     PeerProcess,
     Upstream,
+    fast_door_answers,
     fetch,
     run_gateway,
     run_nginx,
@@ -29,10 +30,13 @@ async def upstream() -> AsyncIterator[Upstream]:
         yield running
 
 
-@pytest.fixture
-async def gw(clerk: DevIssuer) -> AsyncIterator[GatewayUnderTest]:
-    async with run_gateway({"CLERK_ISSUER": clerk.issuer}) as running:
+@pytest.fixture(params=["fast_door", "aiohttp_door"])
+async def gw(clerk: DevIssuer, request: pytest.FixtureRequest) -> AsyncIterator[GatewayUnderTest]:
+    """The gateway behind the peer, once with the fast door in front and once without."""
+    fast_path = request.param == "fast_door"
+    async with run_gateway({"CLERK_ISSUER": clerk.issuer}, fast_path=fast_path) as running:
         yield running
+        assert fast_door_answers(running) == (len(running.seen) if fast_path else 0)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ answers with the same ForwardAuthHandler pieces as the aiohttp door:
 
 A request the fast door does not fully understand is handed over, bytes untouched, to
 aiohttp's guarded protocol, which then serves the connection for the rest of its life: a
-body, a pipelined request, HTTP/1.0, an upgrade, a reserved or percent-encoded path,
+body, a pipelined request, HTTP/2 or 0.9, an upgrade, a reserved or percent-encoded path,
 anything larger than the configured limits or refused by the parser. Handing over is always
 safe: the aiohttp door is the reference both doors are tested against.
 """
@@ -55,7 +55,11 @@ _SINGLETONS = frozenset((
     b"content-length", b"content-location", b"content-range", b"content-type", b"etag",
     b"host", b"max-forwards", b"server", b"transfer-encoding", b"user-agent",
 ))
-_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+# Answers carry the request's version, as aiohttp's do.
+_STATUS_LINES = {
+    (version, s.value): f"HTTP/{version} {s.value} {s.phrase}\r\n".encode()
+    for version in ("1.0", "1.1") for s in HTTPStatus
+}
 _SERVER = f"Server: {SERVER_SOFTWARE}\r\n\r\n".encode()
 _EMPTY: dict[str, str] = {}
 
@@ -94,11 +98,13 @@ class _HttpDate:
 class _Request:
     """One parsed request on its way to an answer."""
 
-    __slots__ = ("facts", "keep_alive", "method", "rid", "started")
+    __slots__ = ("facts", "keep_alive", "method", "rid", "started", "version")
 
-    def __init__(self, method: str, rid: str, keep_alive: bool, started: float) -> None:
+    def __init__(self, method: str, rid: str, version: str, keep_alive: bool,
+                 started: float) -> None:
         self.method = method
         self.rid = rid
+        self.version = version
         self.keep_alive = keep_alive
         self.started = started
         self.facts: RequestFacts | None = None
@@ -152,11 +158,12 @@ class FastDoor:
         self._metrics.count(self._handed[cause])
 
     def begin(self, method: str, target: str, headers: CIMultiDictProxy[str],
-              remote: str | None, keep_alive: bool) -> tuple[_Request, bytes | None]:
+              remote: str | None, version: str, keep_alive: bool,
+              ) -> tuple[_Request, bytes | None]:
         """Start one request: its answer when no I/O is needed, else None for `finish`."""
         started = self._clock()
         handler = self._handler
-        request = _Request(method, request_id(headers), keep_alive, started)
+        request = _Request(method, request_id(headers), version, keep_alive, started)
         cookie = headers.get(hdrs.COOKIE)
         cookies = handler.cookies(cookie) if cookie is not None else _EMPTY
         try:
@@ -201,12 +208,15 @@ class FastDoor:
             headers[hdrs.CONTENT_TYPE] = JSON_CONTENT_TYPE
             lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
         lines.append(f"Content-Length: {len(body)}\r\n")
-        if not request.keep_alive:
-            lines.append("Connection: close\r\n")
+        if request.version == "1.1":
+            if not request.keep_alive:
+                lines.append("Connection: close\r\n")
+        elif request.keep_alive:
+            lines.append("Connection: keep-alive\r\n")
         if request.method == "HEAD":
             body = b""  # the length a GET would get, without the body
         handler.observer.observe(request.started, rid, request.method, status, decision)
-        return b"".join((_STATUS_LINES[status], "".join(lines).encode("latin-1"),
+        return b"".join((_STATUS_LINES[request.version, status], "".join(lines).encode("latin-1"),
                          self._date.line(), _SERVER, body))
 
 
@@ -284,18 +294,19 @@ class FastDoorProtocol(asyncio.Protocol):
                 self._last_active = self._loop.time()
                 self._rearm()
             return
-        if self._version != "1.1":
+        version = self._version
+        if version != "1.1" and version != "1.0":
             self._hand_over(pending, "version")
             return
         headers = CIMultiDictProxy(CIMultiDict(self._headers))
-        if hdrs.HOST not in headers:
+        if version == "1.1" and hdrs.HOST not in headers:
             self._hand_over(pending, "malformed")  # aiohttp refuses HTTP/1.1 without Host
             return
         self._pending = b""
         self._begun = self._complete = 0
         request, answer = self._door.begin(
             parser.get_method().decode("ascii"), self._target.decode("ascii"), headers,
-            self._remote, self._keep_alive)
+            self._remote, version, self._keep_alive)
         if answer is not None:
             self._send(answer, request.keep_alive)
             return
