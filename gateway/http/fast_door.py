@@ -38,7 +38,7 @@ from prometheus_client import Counter
 from gateway.http.errors import JSON_CONTENT_TYPE, refusal_parts
 from gateway.http.forward_auth import ConflictingForwardedRequest, ForwardAuthHandler
 from gateway.http.guard import refuse_late_head
-from gateway.http.headers import request_id
+from gateway.http.headers import new_request_id, request_id
 from gateway.metrics import Metrics
 from gateway.pipeline import Decision, RequestFacts
 from gateway.reasons import Reason
@@ -193,6 +193,11 @@ class FastDoor:
         finally:
             metrics.in_flight_change("forward_auth", -1)
 
+    def failure(self, version: str) -> bytes:
+        """A 500 JSON answer that closes the connection, for a request that broke a door."""
+        request = _Request("GET", new_request_id(), version, False, self._clock())
+        return self._respond(request, None)
+
     def _respond(self, request: _Request, decision: Decision | None) -> bytes:
         """The whole HTTP response for a decision (None: an internal error), observed."""
         handler = self._handler
@@ -207,7 +212,8 @@ class FastDoor:
             status, headers, body = refusal_parts(reason, rid, handler.realm, retry_after)
             headers[hdrs.CONTENT_TYPE] = JSON_CONTENT_TYPE
             lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
-        lines.append(f"Content-Length: {len(body)}\r\n")
+        if body or request.method != "HEAD":  # as aiohttp: no `Content-Length: 0` on HEAD
+            lines.append(f"Content-Length: {len(body)}\r\n")
         if request.version == "1.1":
             if not request.keep_alive:
                 lines.append("Connection: close\r\n")
@@ -304,9 +310,14 @@ class FastDoorProtocol(asyncio.Protocol):
             return
         self._pending = b""
         self._begun = self._complete = 0
-        request, answer = self._door.begin(
-            parser.get_method().decode("ascii"), self._target.decode("ascii"), headers,
-            self._remote, version, self._keep_alive)
+        try:
+            request, answer = self._door.begin(
+                parser.get_method().decode("ascii"), self._target.decode("ascii"), headers,
+                self._remote, version, self._keep_alive)
+        except Exception:  # a bug must cost one 500 JSON answer, not the connection's reset
+            log.exception("forward-auth decision failed")
+            self._send(self._door.failure(version), keep_alive=False)
+            return
         if answer is not None:
             self._send(answer, request.keep_alive)
             return
