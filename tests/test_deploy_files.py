@@ -40,6 +40,7 @@ _COUNTERS = (
     "introspection_calls_total",
     "webhook_events_total",
     "fail_open_total",
+    "forward_auth_fast_path_total",
 )
 _GAUGES = (
     "in_flight_requests",

@@ -222,7 +222,8 @@ class FastDoor:
         if request.method == "HEAD":
             body = b""  # the length a GET would get, without the body
         handler.observer.observe(request.started, rid, request.method, status, decision)
-        return b"".join((_STATUS_LINES[request.version, status], "".join(lines).encode("latin-1"),
+        # UTF-8, as aiohttp encodes header text (a configured realm may be non-ASCII).
+        return b"".join((_STATUS_LINES[request.version, status], "".join(lines).encode(),
                          self._date.line(), _SERVER, body))
 
 
@@ -417,6 +418,8 @@ class FastDoorProtocol(asyncio.Protocol):
         transport.write(answer)
         self._served += 1
         self._last_active = self._loop.time()
+        if self._served == 1:
+            self._rearm()  # from the head deadline to the keep-alive timeout
         if not keep_alive or self._closing:
             self._close()
 
