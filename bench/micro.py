@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import json
+import logging
+import os
 import statistics
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ from gateway.auth.jwks import IssuerKeys
 from gateway.auth.verify import Verified, Verifier
 from gateway.config import Settings, load_settings
 from gateway.devissuer import DevIssuer, SigningKey
+from gateway.logs import setup_logging
 from gateway.metrics import Metrics
 from gateway.server import public_runner
 
@@ -270,23 +275,44 @@ async def http_cost(n: int, reps: int) -> dict[str, Any]:
     out: dict[str, Any] = {"requests_per_rep": n, "reps": reps}
     slow_door = load_settings(
         {"CLERK_JWT_KEY": key.public_pem(), "CLERK_ISSUER": ISSUER}, _no_fast_path())
-    for _ in range(2):  # alternate: bare, gateway, gateway without the fast door, ...
-        runners = (
-            ("bare", web.AppRunner(bare_app(), access_log=None)),
-            ("gateway_fa", public_runner(Gateway(settings))),
-            ("gateway_fa_aiohttp_door", public_runner(Gateway(slow_door))),
+    names = ("bare", "gateway_fa", "gateway_fa_aiohttp_door", "gateway_fa_access_log")
+    for _ in range(2):  # alternate: bare, gateway, its variants, bare, gateway, ...
+        makers: tuple[Callable[[], web.AppRunner], ...] = (
+            lambda: web.AppRunner(bare_app(), access_log=None),
+            lambda: public_runner(Gateway(settings)),
+            lambda: public_runner(Gateway(slow_door)),
+            lambda: public_runner(Gateway(settings)),
         )
-        for name, runner in runners:
-            costs, response = await _request_cost(runner, raw, n, reps)
+        for name, make in zip(names, makers, strict=True):
+            gc.collect()  # each measured with only its own objects alive
+            with _access_log(name == "gateway_fa_access_log"):
+                costs, response = await _request_cost(make(), raw, n, reps)
             if not response.startswith(b"HTTP/1.1 200"):
                 raise RuntimeError(f"{name} answered {response[:40]!r}")
             out.setdefault(name, []).extend(costs)
-    for name in ("bare", "gateway_fa", "gateway_fa_aiohttp_door"):
+    for name in names:
         out[f"{name}_us"] = {"min": min(out[name]), "median": statistics.median(out[name])}
     out["gateway_over_bare"] = out["gateway_fa_us"]["min"] / out["bare_us"]["min"]
     out["aiohttp_door_over_bare"] = (
         out["gateway_fa_aiohttp_door_us"]["min"] / out["bare_us"]["min"])
     return out
+
+
+@contextlib.contextmanager
+def _access_log(enabled: bool) -> Iterator[None]:
+    """The gateway's JSON access log at INFO (written to /dev/null) while enabled."""
+    if not enabled:
+        yield
+        return
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    with open(os.devnull, "w") as sink:
+        setup_logging("INFO", "json", sink)
+        try:
+            yield
+        finally:
+            root.handlers[:], level = saved
+            root.setLevel(level)
 
 
 def _no_fast_path() -> str:

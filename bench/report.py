@@ -86,7 +86,10 @@ def evaluate(results: Result) -> list[Result]:
             "request, sockets excluded (min of reps)" + (
                 f"; the same gateway with the fast door off (`forward_auth.fast_path: false`): "
                 f"{http['gateway_fa_aiohttp_door_us']['min']:.1f} us"
-                if "gateway_fa_aiohttp_door_us" in http else "")))
+                if "gateway_fa_aiohttp_door_us" in http else "") + (
+                f"; with the JSON access log at INFO (to /dev/null): "
+                f"{http['gateway_fa_access_log_us']['min']:.1f} us"
+                if "gateway_fa_access_log_us" in http else "")))
     verify = results.get("verify")
     if verify:
         ratio = verify["first_seen_over_bare"]["median"]

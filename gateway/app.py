@@ -26,6 +26,7 @@ from gateway.http.headers import request_id
 from gateway.http.proxy import ProxyHandler
 from gateway.http.webhooks import WEBHOOK_PATH, ClerkWebhooks
 from gateway.http.websocket import OpenSockets
+from gateway.logs import flush_logs
 from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, extractor_for, router_for
 from gateway.reasons import Reason
@@ -102,10 +103,12 @@ class Gateway:
         return self.scrape_registry()
 
     async def _flush_metrics(self) -> None:
-        """Add batched counts every quarter second, for scrapes by other workers."""
+        """Every quarter second: add batched counts (for scrapes by other workers) and write
+        batched access lines."""
         while True:
             await asyncio.sleep(METRICS_FLUSH_SECONDS)
             self.metrics.flush()
+            flush_logs()
 
     async def start(self) -> None:
         """Open the HTTP client, fetch every issuer's keys once, start the refreshers."""
@@ -132,6 +135,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         self.metrics.flush()
+        flush_logs()
         if self.proxy is not None:
             await self.proxy.close()
         for keys in self.keys.values():

@@ -8,29 +8,58 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["JsonFormatter", "setup_logging"]
+__all__ = ["ACCESS_LOGGER", "BatchedStreamHandler", "JsonFormatter", "flush_logs",
+           "setup_logging", "write_access"]
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+ACCESS_LOGGER = "gateway.access"
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_BATCH_BYTES = 64 * 1024
+_LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
+           logging.ERROR: "error", logging.CRITICAL: "critical"}
+_encode = json.JSONEncoder(default=str, separators=(",", ":")).encode
+_ROOT = logging.getLogger()
+_ACCESS = logging.getLogger(ACCESS_LOGGER)
 
 
 class JsonFormatter(logging.Formatter):
     """Formats a record and its `extra` fields as one JSON line."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
+    def _timestamp(self, created: float, msecs: float) -> str:
+        """ISO 8601 UTC with milliseconds (the seconds part formatted once per second)."""
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        return f"{self._stamp}.{int(msecs):03d}Z"
+
+    def access_line(self, fields: dict[str, Any]) -> str:
+        """The line `format` writes for an access record with these fields, made directly."""
+        now = time.time()
+        entry = {"ts": self._timestamp(now, (now - int(now)) * 1000), "level": "info",
+                 "logger": ACCESS_LOGGER, "msg": "request"}
+        entry.update(fields)
+        return _encode(entry)
+
     def format(self, record: logging.LogRecord) -> str:
         """The record as JSON."""
+        fields = vars(record)
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
+            "ts": self._timestamp(record.created, record.msecs),
+            "level": _LEVELS.get(record.levelno) or record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in vars(record).items():
+        for key, value in fields.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             entry["error_type"] = record.exc_info[0].__name__
-        return json.dumps(entry, default=str, separators=(",", ":"))
+        return _encode(entry)
 
 
 class TextFormatter(logging.Formatter):
@@ -47,11 +76,89 @@ class TextFormatter(logging.Formatter):
         return line.rstrip()
 
 
+class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes access lines in batches, every other line at once.
+
+    An access line per request written and flushed one by one cost more than the decision
+    itself, so access lines are kept until 64 KiB are pending, another line is written, or
+    `flush_logs` runs (the gateway calls it every quarter second, and logging at exit).
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._pending_bytes = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Format the record; keep an access line, write anything else at once."""
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._pending.append(line)
+        self._pending_bytes += len(line) + 1
+        if record.name != ACCESS_LOGGER or self._pending_bytes >= _BATCH_BYTES:
+            self._write()
+
+    def add_access_line(self, line: str) -> None:
+        """Keep an access line made without a LogRecord (see `write_access`)."""
+        with self.lock:  # type: ignore[union-attr]
+            self._pending.append(line)
+            self._pending_bytes += len(line) + 1
+            if self._pending_bytes >= _BATCH_BYTES:
+                self._write()
+
+    def flush(self) -> None:
+        """Write the pending lines."""
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+
+    def _write(self) -> None:
+        if self._pending:
+            text = "\n".join(self._pending) + "\n"
+            self._pending.clear()
+            self._pending_bytes = 0
+            try:
+                self.stream.write(text)
+            except Exception:  # a closed or broken stream must not fail a request
+                return
+        super().flush()
+
+
+def write_access(fields: dict[str, Any]) -> None:
+    """One access line (the caller checked the level): straight to the JSON handler that
+    `setup_logging` installed when it is the only destination, else through logging.
+
+    A LogRecord and the handler chain cost more per request than the line itself; custom
+    handlers, filters, the text format and tests that capture logs take the logging path.
+    """
+    handlers = _ROOT.handlers
+    if len(handlers) == 1 and not _ACCESS.handlers and not _ACCESS.filters:
+        handler = handlers[0]
+        formatter = handler.formatter
+        if type(handler) is BatchedStreamHandler and type(formatter) is JsonFormatter:
+            handler.add_access_line(formatter.access_line(fields))
+            return
+    _ACCESS.info("request", extra=fields)
+
+
+def flush_logs() -> None:
+    """Write every batched log line now."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
 def setup_logging(level: str, fmt: str, stream: Any = None) -> None:
     """Send every gateway log line to stderr in the chosen format."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = BatchedStreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").disabled = True
+    # No line shows the caller's file, thread or process: skip collecting them per record.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False

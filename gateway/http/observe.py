@@ -8,13 +8,14 @@ from collections.abc import Callable
 
 from prometheus_client import Histogram
 
+from gateway.logs import ACCESS_LOGGER, write_access
 from gateway.metrics import Metrics
 from gateway.pipeline import Decision
 from gateway.reasons import Reason
 
 __all__ = ["RequestObserver"]
 
-access_log = logging.getLogger("gateway.access")
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 
 class RequestObserver:
@@ -72,7 +73,7 @@ class RequestObserver:
         if not access_log.isEnabledFor(logging.INFO):
             return
         identity = decision.identity if decision is not None else None
-        access_log.info("request", extra={
+        write_access({
             "request_id": request_id,
             "door": self._door,
             "route": route,
