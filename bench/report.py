@@ -71,6 +71,12 @@ def evaluate(results: Result) -> list[Result]:
             detail = note or detail
         targets.append(_target(f"{top} / {bottom} (req/s)", ratio, f">= {goal:g}x",
                                None if ratio is None else ratio >= goal, detail))
+    ratio = _ratio(results, "gateway_fa_logged", "bare")
+    cpu = _cpu_ratio(results, "gateway_fa_logged", "bare")
+    targets.append(_target(
+        "gateway_fa_logged / bare (req/s)", ratio, "report", None,
+        "forward-auth with one JSON access line per request written to a file" + (
+            f"; by server CPU per request: {cpu:.2f}x" if cpu else "")))
     ratio = _ratio(results, "gateway_proxy", "nginx_proxy")
     cpu = _cpu_ratio(results, "gateway_proxy", "nginx_proxy")
     targets.append(_target("gateway_proxy / nginx_proxy (req/s)", ratio, "report",

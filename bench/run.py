@@ -44,11 +44,13 @@ __all__ = ["main"]
 ISSUER = "https://bench.clerk.accounts.dev"
 PATH = "/api/hello"
 STATIC_BODY = '{"upstream":"static","ok":true}'
-CONTENDERS = ("bare", "naive", "gateway_fa", "nginx_proxy", "aiohttp_proxy", "gateway_proxy")
+CONTENDERS = ("bare", "naive", "gateway_fa", "gateway_fa_logged", "nginx_proxy", "aiohttp_proxy",
+              "gateway_proxy")
 TITLES = {
     "bare": "1. bare aiohttp, 200 on every path",
     "naive": "2. naive aiohttp + jwt.decode per request",
     "gateway_fa": "3. clerk-gateway forward-auth, cached token",
+    "gateway_fa_logged": "3b. the same, JSON access log on (to a file)",
     "nginx_proxy": "4. nginx proxy_pass -> static upstream",
     "aiohttp_proxy": "5. plain aiohttp reverse proxy, no auth",
     "gateway_proxy": "6. clerk-gateway proxy mode, cached token",
@@ -212,6 +214,12 @@ class Bench:
             env, port, admin = self._gateway_env()
             c["gateway_fa"].pid = self._start_gateway("gateway_fa", env, admin, cpus).pid
             c["gateway_fa"].url = f"http://127.0.0.1:{port}{PATH}"
+        if "gateway_fa_logged" in only:
+            env, port, admin = self._gateway_env(
+                extra={"GATEWAY_LOG_LEVEL": "INFO", "GATEWAY_LOG_FORMAT": "json"})
+            c["gateway_fa_logged"].pid = self._start_gateway(
+                "gateway_fa_logged", env, admin, cpus).pid
+            c["gateway_fa_logged"].url = f"http://127.0.0.1:{port}{PATH}"
         if "nginx_proxy" in only:
             port, proc = self._start_nginx("nginx_proxy", upstream_port, cpus)
             c["nginx_proxy"].pid = proc.pid
@@ -238,9 +246,10 @@ class Bench:
         problem = ""
         if status != 200:
             problem = f"answered {status} to a valid token"
-        elif key in ("naive", "gateway_fa", "gateway_proxy") and anon_status != 401:
+        elif key in ("naive", "gateway_fa", "gateway_fa_logged", "gateway_proxy") and (
+                anon_status != 401):
             problem = f"answered {anon_status} without a token (expected 401)"
-        elif key == "gateway_fa" and headers.get("X-User-Id") != "user_2demo":
+        elif key.startswith("gateway_fa") and headers.get("X-User-Id") != "user_2demo":
             problem = "no X-User-Id identity header"
         elif key in ("nginx_proxy", "aiohttp_proxy", "gateway_proxy") and (
                 body.decode(errors="replace").strip() != STATIC_BODY):
