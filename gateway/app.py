@@ -20,7 +20,7 @@ from gateway.auth.verify import Verifier
 from gateway.config import Settings
 from gateway.http.admin import AdminHandlers
 from gateway.http.admin_api import AdminApi
-from gateway.http.errors import error_response
+from gateway.http.errors import error_response, json_errors
 from gateway.http.forward_auth import ForwardAuthHandler
 from gateway.http.headers import request_id
 from gateway.http.proxy import ProxyHandler
@@ -149,14 +149,13 @@ GATEWAY = web.AppKey("gateway", Gateway)
 
 
 async def _reserved_not_found(request: web.Request) -> web.Response:
-    response = error_response(Reason.ACCESS_DENIED, request_id(request.headers), "clerk-gateway")
-    response.set_status(404)
-    return response
+    """Paths under /_gateway/ are the gateway's own, never decisions or proxied requests."""
+    return error_response(Reason.NOT_FOUND, request_id(request.headers), realm="")
 
 
 def build_public_app(gateway: Gateway) -> web.Application:
     """The public listener: forward-auth decisions (or the proxy), plus reserved paths."""
-    app = web.Application(client_max_size=1024**2)
+    app = web.Application(client_max_size=1024**2, middlewares=[json_errors])
     app[GATEWAY] = gateway
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
@@ -180,7 +179,7 @@ def build_public_app(gateway: Gateway) -> web.Application:
 
 def build_admin_app(gateway: Gateway) -> web.Application:
     """The admin listener: /healthz, /readyz, /metrics, the admin API and the webhook."""
-    app = web.Application()
+    app = web.Application(middlewares=[json_errors])
     app[GATEWAY] = gateway
     gateway.admin.register(app)
     gateway.admin_api.register(app)

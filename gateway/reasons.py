@@ -68,6 +68,8 @@ class Reason(enum.Enum):
     UPSTREAM_TIMEOUT = ("upstream_timeout", Category.PROXY, 504)
 
     MALFORMED_REQUEST = ("malformed_request", Category.PROTOCOL, 400)
+    NOT_FOUND = ("not_found", Category.PROTOCOL, 404)
+    UNSUPPORTED_METHOD = ("unsupported_method", Category.PROTOCOL, 405)
     REQUEST_TIMEOUT = ("request_timeout", Category.PROTOCOL, 408)
     HEADERS_TOO_LARGE = ("headers_too_large", Category.PROTOCOL, 431)
     INTERNAL_ERROR = ("internal_error", Category.PROTOCOL, 500)

@@ -455,7 +455,7 @@ async def test_an_unusual_http_version_is_handed_over(
 
 
 TARGETS = {
-    "reserved_path": ("/_gateway/x", 404, "access_denied"),
+    "reserved_path": ("/_gateway/x", 404, "not_found"),
     "reserved_prefix": ("/_gatewayish", 401, "missing_token"),
     "percent_encoded": ("/a%2Fb", 400, "ambiguous_path"),
     "dot_segment": ("/a/./b", 401, "missing_token"),

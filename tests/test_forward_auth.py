@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from gateway.devissuer import DevIssuer
@@ -159,6 +160,32 @@ async def test_reserved_paths_are_not_decisions(
     response = await gw.get("/_gateway/nothing-here", clerk.token())
     assert response.status == 404
     assert "X-User-Id" not in response.headers
+    assert (await response.json())["reason"] == "not_found"
+
+
+async def test_a_target_no_route_can_match_gets_a_json_404(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.server.port)
+    writer.write(b"OPTIONS * HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404 ")
+    assert b"application/json" in head
+    assert json.loads(body)["reason"] == "not_found"
+
+
+async def test_the_admin_listener_refuses_unknown_paths_and_methods_with_json(
+    make_gateway: GatewayFactory
+) -> None:
+    gw = await make_gateway()
+    missing = await gw.admin.get("/nope")
+    assert missing.status == 404
+    assert (await missing.json())["reason"] == "not_found"
+    wrong = await gw.admin.post("/healthz")
+    assert wrong.status == 405
+    assert (await wrong.json())["reason"] == "unsupported_method"
+    assert "GET" in wrong.headers["Allow"]
 
 
 async def test_every_method_is_answered_without_redirects(

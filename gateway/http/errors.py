@@ -6,13 +6,14 @@ import json
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 
-from gateway.http.headers import REQUEST_ID
+from gateway.http.headers import REQUEST_ID, request_id
 from gateway.reasons import Category, Reason
 
 __all__ = [
-    "JSON_CONTENT_TYPE", "MESSAGES", "error_body", "error_response", "json_response",
-    "refusal_parts",
+    "JSON_CONTENT_TYPE", "MESSAGES", "error_body", "error_response", "json_errors",
+    "json_response", "refusal_parts",
 ]
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
@@ -53,6 +54,8 @@ MESSAGES: dict[Reason, str] = {
     Reason.UPSTREAM_UNAVAILABLE: "The upstream service is unavailable.",
     Reason.UPSTREAM_TIMEOUT: "The upstream service did not answer in time.",
     Reason.MALFORMED_REQUEST: "The request is not valid HTTP.",
+    Reason.NOT_FOUND: "Nothing is served at this path.",
+    Reason.UNSUPPORTED_METHOD: "This method is not supported at this path.",
     Reason.REQUEST_TIMEOUT: "The request headers did not arrive in time.",
     Reason.HEADERS_TOO_LARGE: "The request headers are too large.",
     Reason.INTERNAL_ERROR: "The gateway could not handle the request.",
@@ -89,6 +92,21 @@ def error_body(reason: Reason) -> dict[str, Any]:
         "reason": reason.label,
         "message": MESSAGES.get(reason, "The request was refused."),
     }
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (no such path, wrong method) as JSON like every other one."""
+    # Protocol refusals carry no WWW-Authenticate challenge, so no realm is needed.
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return error_response(Reason.NOT_FOUND, request_id(request.headers), realm="")
+    except web.HTTPMethodNotAllowed as exc:
+        response = error_response(
+            Reason.UNSUPPORTED_METHOD, request_id(request.headers), realm="")
+        response.headers[hdrs.ALLOW] = ",".join(sorted(exc.allowed_methods))
+        return response
 
 
 def refusal_parts(
