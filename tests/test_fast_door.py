@@ -635,15 +635,21 @@ async def test_a_second_head_that_stops_halfway_gets_408(make_gateway: GatewayFa
     assert since(before, gw.gateway) == {"answered": 1}
 
 
-async def test_an_idle_kept_alive_connection_is_closed_without_an_answer(
-    clerk: DevIssuer
-) -> None:
+def with_deadlines(clerk: DevIssuer, head: float, keepalive: float) -> tuple[Gateway,
+                                                                             GuardedAppRunner]:
+    """A forward-auth gateway whose fast door has these head and keep-alive deadlines."""
     gateway = Gateway(load_settings({"CLERK_ISSUER": clerk.issuer}))
     assert gateway.forward_auth is not None
     door = FastDoor(gateway.forward_auth, gateway.metrics, max_head_bytes=8190, max_headers=100,
-                    head_timeout=0.3, keepalive_timeout=0.6)
-    runner = GuardedAppRunner(build_public_app(gateway), head_timeout=0.3, realm="clerk-gateway",
-                              front=door, access_log=None)
+                    head_timeout=head, keepalive_timeout=keepalive)
+    return gateway, GuardedAppRunner(build_public_app(gateway), head_timeout=head,
+                                     realm="clerk-gateway", front=door, access_log=None)
+
+
+async def test_an_idle_kept_alive_connection_is_closed_without_an_answer(
+    clerk: DevIssuer
+) -> None:
+    gateway, runner = with_deadlines(clerk, head=0.3, keepalive=0.6)
     async with listening(runner) as port, connect(port) as conn:
         assert (await conn.ask(request())).status == 401
         assert await conn.rest() == b""  # closed when idle: no 408, the request was answered
@@ -653,12 +659,7 @@ async def test_an_idle_kept_alive_connection_is_closed_without_an_answer(
 async def test_the_keep_alive_timeout_applies_after_an_answer_even_below_the_head_deadline(
     clerk: DevIssuer
 ) -> None:
-    gateway = Gateway(load_settings({"CLERK_ISSUER": clerk.issuer}))
-    assert gateway.forward_auth is not None
-    door = FastDoor(gateway.forward_auth, gateway.metrics, max_head_bytes=8190, max_headers=100,
-                    head_timeout=30, keepalive_timeout=0.3)
-    runner = GuardedAppRunner(build_public_app(gateway), head_timeout=30, realm="clerk-gateway",
-                              front=door, access_log=None)
+    _, runner = with_deadlines(clerk, head=30, keepalive=0.3)
     async with listening(runner) as port, connect(port) as conn:
         assert (await conn.ask(request())).status == 401
         # closed after the 0.3 s keep-alive, long before the 30 s head deadline
