@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import statistics
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -273,8 +274,11 @@ async def http_cost(n: int, reps: int) -> dict[str, Any]:
            f"Authorization: Bearer {token}\r\n\r\n").encode()
     settings = load_settings({"CLERK_JWT_KEY": key.public_pem(), "CLERK_ISSUER": ISSUER})
     out: dict[str, Any] = {"requests_per_rep": n, "reps": reps}
-    slow_door = load_settings(
-        {"CLERK_JWT_KEY": key.public_pem(), "CLERK_ISSUER": ISSUER}, _no_fast_path())
+    with tempfile.TemporaryDirectory() as tmp:
+        off = Path(tmp) / "fast-path-off.yaml"  # the aiohttp door answers every request
+        off.write_text("forward_auth:\n  fast_path: false\n")
+        slow_door = load_settings(
+            {"CLERK_JWT_KEY": key.public_pem(), "CLERK_ISSUER": ISSUER}, str(off))
     names = ("bare", "gateway_fa", "gateway_fa_aiohttp_door", "gateway_fa_access_log")
     for _ in range(2):  # alternate: bare, gateway, its variants, bare, gateway, ...
         makers: tuple[Callable[[], web.AppRunner], ...] = (
@@ -313,14 +317,6 @@ def _access_log(enabled: bool) -> Iterator[None]:
         finally:
             root.handlers[:], level = saved
             root.setLevel(level)
-
-
-def _no_fast_path() -> str:
-    """A config file that turns the fast door off (the aiohttp door answers every request)."""
-    import tempfile
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        handle.write("forward_auth:\n  fast_path: false\n")
-    return handle.name
 
 
 def main(argv: list[str] | None = None) -> int:
