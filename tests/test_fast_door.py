@@ -666,18 +666,20 @@ async def test_the_keep_alive_timeout_applies_after_an_answer_even_below_the_hea
         assert await asyncio.wait_for(conn.reader.read(), 3) == b""
 
 
+@pytest.mark.parametrize("step", ["authorize_now", "authorize"])
 async def test_a_failing_decision_costs_one_500_json_answer_and_the_connection(
-    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch,
+    step: str, clerk: DevIssuer, make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A bug while deciding, at once (authorize_now) or after I/O (authorize, a new token)."""
     gw = await make_gateway()
 
     def broken(facts: Any) -> None:
         raise RuntimeError("injected fault with a secret inside")
 
-    monkeypatch.setattr(gw.gateway.authorizer, "authorize_now", broken)
+    monkeypatch.setattr(gw.gateway.authorizer, step, broken)
     async with connect(port_of(gw)) as conn:
-        answer = await conn.ask(request())
+        answer = await conn.ask(request(headers=bearer(clerk.token(sub="user_broken"))))
         assert await conn.rest() == b""  # the connection closes after the 500
     assert answer.status == 500
     assert answer.json()["reason"] == "internal_error"

@@ -189,6 +189,7 @@ class FastDoor:
             return self._respond(request, decision)
         except Exception:  # never a stack trace to the caller; the log has it
             log.exception("forward-auth decision failed")
+            request.keep_alive = False  # a broken decision ends the connection too
             return self._respond(request, None)
         finally:
             metrics.in_flight_change("forward_auth", -1)
