@@ -231,8 +231,48 @@ def _markdown(results: Result) -> str:
     return "\n".join(out) + "\n"
 
 
+def _http_cost_section(http: Result) -> list[str]:
+    """Where a forward-auth request's CPU goes, in one process without sockets."""
+    rows = [("bare aiohttp, 200 on every path", "bare_us"),
+            ("gateway forward-auth, fast door (the default)", "gateway_fa_us"),
+            ("gateway forward-auth, `forward_auth.fast_path: false` (aiohttp door)",
+             "gateway_fa_aiohttp_door_us"),
+            ("gateway forward-auth, fast door, JSON access log at INFO",
+             "gateway_fa_access_log_us")]
+    out = [
+        "## Forward-auth: where the time goes (in-process)",
+        "",
+        "Raw request bytes fed to each server's own connection protocol over an in-memory "
+        "transport, the same cached token every time: CPU per request without sockets or wrk "
+        f"({http['requests_per_rep']:,} requests x {http['reps']} reps, two alternating "
+        "passes; min and median of reps).",
+        "",
+        "| server | min us | median us |",
+        "|---|---:|---:|",
+    ]
+    for title, key in rows:
+        if key in http:
+            out.append(f"| {title} | {http[key]['min']:.1f} | {http[key]['median']:.1f} |")
+    out += [
+        "",
+        "aiohttp's per-request machinery (request and response objects, a handler task, the "
+        "router) costs more than the decision itself, so the gateway's forward-auth listener "
+        "parses heads with llhttp and answers cached decisions without it (the fast door, "
+        "README \"Forward-auth mode\"). What remains per request: the request id, reading the "
+        "forwarded headers, path normalisation and route match, the cached-token look-up, the "
+        "local revocation check, the rule, batched counters and the latency histogram.",
+        "",
+        f"Command: `{http.get('command', 'python -m bench.micro http-cost')}`",
+        "",
+    ]
+    return out
+
+
 def _side_sections(results: Result) -> list[str]:
     out: list[str] = []
+    http = results.get("http_cost")
+    if http and "gateway_fa_aiohttp_door_us" in http:
+        out += _http_cost_section(http)
     verify = results.get("verify")
     if verify:
         out += [
