@@ -96,18 +96,21 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
-        self._pending.append(line)
-        self._pending_bytes += len(line) + 1
-        if record.name != ACCESS_LOGGER or self._pending_bytes >= _BATCH_BYTES:
+        self._keep(line)
+        if record.name != ACCESS_LOGGER:
             self._write()
 
     def add_access_line(self, line: str) -> None:
         """Keep an access line made without a LogRecord (see `write_access`)."""
         with self.lock:  # type: ignore[union-attr]
-            self._pending.append(line)
-            self._pending_bytes += len(line) + 1
-            if self._pending_bytes >= _BATCH_BYTES:
-                self._write()
+            self._keep(line)
+
+    def _keep(self, line: str) -> None:
+        """Add a line to the batch; write the batch once it is full."""
+        self._pending.append(line)
+        self._pending_bytes += len(line) + 1
+        if self._pending_bytes >= _BATCH_BYTES:
+            self._write()
 
     def flush(self) -> None:
         """Write the pending lines."""
@@ -145,7 +148,7 @@ def write_access(fields: dict[str, Any]) -> None:
 
 def flush_logs() -> None:
     """Write every batched log line now."""
-    for handler in logging.getLogger().handlers:
+    for handler in _ROOT.handlers:
         handler.flush()
 
 

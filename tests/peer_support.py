@@ -26,6 +26,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.app import Gateway
 from gateway.config import load_settings
+from gateway.devissuer import DevIssuer
 from gateway.pipeline import Decision
 from tests.conftest import PublicServer, free_port, serve_app
 
@@ -38,6 +39,8 @@ __all__ = [
     "fast_door_answers",
     "fetch",
     "nginx_conf",
+    "peer_gateway",
+    "peer_upstream",
     "require_binary",
     "run_caddy",
     "run_gateway",
@@ -146,9 +149,9 @@ async def run_gateway(env: Mapping[str, str], *, fast_path: bool = True,
     facts, observe = handler.facts, handler.observer.observe
 
     def record_facts(method: str, own_path: str, remote: str | None,
-                     headers: CIMultiDictProxy[str], cookies: Mapping[str, str]) -> Any:
+                     headers: CIMultiDictProxy[str]) -> Any:
         seen.append({"path": own_path, "headers": CIMultiDict(headers)})
-        return facts(method, own_path, remote, headers, cookies)
+        return facts(method, own_path, remote, headers)
 
     def record_answer(started: float, rid: str, method: str, status: int,
                       decision: Decision | None, *args: Any) -> None:
@@ -174,6 +177,24 @@ def fast_door_answers(running: GatewayUnderTest) -> int:
         registry.get_sample_value("clerk_gateway_forward_auth_fast_path_total",
                                   {"result": result}) or 0
         for result in ("answered", "answered_after_io")))
+
+
+@pytest.fixture(name="upstream")
+async def peer_upstream() -> AsyncIterator[Upstream]:
+    """The upstream behind the peer (a fixture named `upstream` where it is imported)."""
+    async with run_upstream() as running:
+        yield running
+
+
+@pytest.fixture(name="gw", params=["fast_door", "aiohttp_door"])
+async def peer_gateway(clerk: DevIssuer, request: pytest.FixtureRequest,
+                       ) -> AsyncIterator[GatewayUnderTest]:
+    """The gateway behind the peer, once with the fast door in front and once without
+    (a fixture named `gw` where it is imported)."""
+    fast_path = request.param == "fast_door"
+    async with run_gateway({"CLERK_ISSUER": clerk.issuer}, fast_path=fast_path) as running:
+        yield running
+        assert fast_door_answers(running) == (len(running.seen) if fast_path else 0)
 
 
 # ----------------------------------------------------------------------------- processes

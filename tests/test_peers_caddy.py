@@ -14,11 +14,11 @@ from tests.peer_support import (
     GatewayUnderTest,
     PeerProcess,
     Upstream,
-    fast_door_answers,
     fetch,
+    peer_gateway,  # noqa: F401 (the `gw` fixture)
+    peer_upstream,  # noqa: F401 (the `upstream` fixture)
     run_caddy,
     run_gateway,
-    run_upstream,
 )
 
 pytestmark = pytest.mark.peers
@@ -34,21 +34,6 @@ def absent(received: list[list[str]], name: str) -> bool:
     """
     values = [v for k, v in received if k.lower() == name.lower()]
     return values in ([], [f"{{http.reverse_proxy.header.{name}}}"])
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    async with run_upstream() as running:
-        yield running
-
-
-@pytest.fixture(params=["fast_door", "aiohttp_door"])
-async def gw(clerk: DevIssuer, request: pytest.FixtureRequest) -> AsyncIterator[GatewayUnderTest]:
-    """The gateway behind the peer, once with the fast door in front and once without."""
-    fast_path = request.param == "fast_door"
-    async with run_gateway({"CLERK_ISSUER": clerk.issuer}, fast_path=fast_path) as running:
-        yield running
-        assert fast_door_answers(running) == (len(running.seen) if fast_path else 0)
 
 
 @pytest.fixture

@@ -378,11 +378,8 @@ async def test_newline_in_a_header_is_refused_before_connecting() -> None:
 # Through the gateway: both upstream clients keep the proxy's contract.
 
 @pytest.fixture
-async def recorder(aiohttp_server: Any) -> Upstream:
-    """A recording upstream on loopback."""
-    upstream = Upstream()
-    server = await aiohttp_server(upstream.app())
-    upstream.url = str(server.make_url("")).rstrip("/")
+def recorder(upstream: Upstream) -> Upstream:
+    """The recording upstream (conftest's), under the name these tests give it."""
     return upstream
 
 

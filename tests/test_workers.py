@@ -7,7 +7,6 @@ import os
 import re
 import signal
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -16,15 +15,6 @@ from gateway.devissuer import DevIssuer
 from gateway.workers import worker_count, worker_index
 from tests.conftest import free_port
 from tests.proxy_support import Upstream, start_gateway_process
-
-
-@pytest.fixture
-async def upstream(aiohttp_server: Any) -> Upstream:
-    """A recording upstream on loopback."""
-    recorder = Upstream()
-    server = await aiohttp_server(recorder.app())
-    recorder.url = str(server.make_url("")).rstrip("/")
-    return recorder
 
 
 def _children(pid: int) -> list[int]:

@@ -86,11 +86,10 @@ class SessionIntrospector:
 
     async def check(self, session_id: str) -> tuple[bool, Reason | None]:
         """(answered from cache, None | REVOKED | REVOCATION_UNAVAILABLE)."""
-        now = self._clock()
-        answer = self._answers.get(session_id)
-        if answer is not None and now - answer.fetched_at < self._ttl:
-            return True, None if answer.active else Reason.REVOKED
-        if now >= self.blocked_until:
+        fresh = self.answer_now(session_id)
+        if fresh is not False:
+            return True, fresh
+        if self._clock() >= self.blocked_until:
             task = self._inflight.get(session_id)
             if task is None:
                 task = asyncio.create_task(self._fetch(session_id))

@@ -107,9 +107,6 @@ def entry_matches(entry: RevocationEntry, identity: Identity) -> bool:
     return entry.key in identity_keys(identity)
 
 
-_REVOKED_LOCALLY: list[str] = []  # identity, not equality: see RevocationChecker._stale_keys
-
-
 @dataclass(slots=True)
 class _Local:
     entry: RevocationEntry | None
@@ -182,8 +179,8 @@ class RevocationChecker:
 
     async def check(self, identity: Identity) -> Reason | None:
         """None when the identity is still valid, else REVOKED or REVOCATION_UNAVAILABLE."""
-        stale = self._stale_keys(identity)
-        if stale is _REVOKED_LOCALLY:
+        revoked, stale = self._local_state(identity)
+        if revoked:
             return self._count("local", Reason.REVOKED)
         source = "local"
         if stale:
@@ -204,8 +201,8 @@ class RevocationChecker:
 
     def check_now(self, identity: Identity) -> tuple[bool, Reason | None]:
         """`check` answered from local state only: (False, None) when it would need I/O."""
-        stale = self._stale_keys(identity)
-        if stale is _REVOKED_LOCALLY:
+        revoked, stale = self._local_state(identity)
+        if revoked:
             return True, self._count("local", Reason.REVOKED)
         if stale:
             return False, None
@@ -222,9 +219,9 @@ class RevocationChecker:
         self._metrics.count(self._counters[(source, "clear")])
         return True, None
 
-    def _stale_keys(self, identity: Identity) -> list[str]:
-        """The identity's keys whose local state is too old; _REVOKED_LOCALLY when one is
-        revoked by what is known locally."""
+    def _local_state(self, identity: Identity) -> tuple[bool, list[str]]:
+        """(revoked by what is known locally, the identity's keys whose local state is too
+        old to tell)."""
         now = self._clock()
         stale: list[str] = []
         local = self._local
@@ -235,8 +232,8 @@ class RevocationChecker:
             if item is None or now - item.fetched_at >= ttl or item.fetched_at < resync_at:
                 stale.append(key)
             elif item.entry is not None and item.entry.expires_at > now:
-                return _REVOKED_LOCALLY
-        return stale
+                return True, stale
+        return False, stale
 
     def _introspector_for(self, identity: Identity) -> SessionIntrospector | None:
         """The introspector when Clerk's Backend API is asked about this identity's session."""

@@ -24,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 
 import httptools
 from aiohttp import hdrs
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_parser import SINGLETON_HEADERS
 from aiohttp.tcp_helpers import tcp_keepalive
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from prometheus_client import Counter
@@ -51,17 +52,13 @@ log = logging.getLogger("gateway.fast_door")
 HANDOVER_CAUSES = ("pipelined", "body", "upgrade", "version", "target", "oversize", "malformed")
 _BODY_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"))
 # aiohttp refuses a second copy of these (and so must every door).
-_SINGLETONS = frozenset((
-    b"content-length", b"content-location", b"content-range", b"content-type", b"etag",
-    b"host", b"max-forwards", b"server", b"transfer-encoding", b"user-agent",
-))
+_SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
 # Answers carry the request's version, as aiohttp's do.
 _STATUS_LINES = {
     (version, s.value): f"HTTP/{version} {s.value} {s.phrase}\r\n".encode()
     for version in ("1.0", "1.1") for s in HTTPStatus
 }
 _SERVER = f"Server: {SERVER_SOFTWARE}\r\n\r\n".encode()
-_EMPTY: dict[str, str] = {}
 
 
 def unsafe_target(target: bytes) -> bool:
@@ -164,10 +161,8 @@ class FastDoor:
         started = self._clock()
         handler = self._handler
         request = _Request(method, request_id(headers), version, keep_alive, started)
-        cookie = headers.get(hdrs.COOKIE)
-        cookies = handler.cookies(cookie) if cookie is not None else _EMPTY
         try:
-            facts = handler.facts(method, target, remote, headers, cookies)
+            facts = handler.facts(method, target, remote, headers)
         except ConflictingForwardedRequest:
             decision: Decision | None = handler.refuse_conflict()
         else:
@@ -203,16 +198,17 @@ class FastDoor:
         """The whole HTTP response for a decision (None: an internal error), observed."""
         handler = self._handler
         rid = request.rid
+        pairs: Iterable[tuple[str, str]]
         if decision is not None and decision.allowed:
             status, body = 200, b""
             pairs = handler.allow_headers(decision, rid)
-            lines = [f"{name}: {value}\r\n" for name, value in pairs]
         else:
             reason = decision.reason if decision is not None else Reason.INTERNAL_ERROR
             retry_after = decision.retry_after if decision is not None else None
             status, headers, body = refusal_parts(reason, rid, handler.realm, retry_after)
             headers[hdrs.CONTENT_TYPE] = JSON_CONTENT_TYPE
-            lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
+            pairs = headers.items()
+        lines = [f"{name}: {value}\r\n" for name, value in pairs]
         if body or request.method != "HEAD":  # as aiohttp: no `Content-Length: 0` on HEAD
             lines.append(f"Content-Length: {len(body)}\r\n")
         if request.version == "1.1":

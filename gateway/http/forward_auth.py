@@ -25,6 +25,11 @@ X_ORIGINAL_METHOD = istr("X-Original-Method")
 X_ORIGINAL_URI = istr("X-Original-URI")
 
 
+def _cookies(header: str) -> Mapping[str, str]:
+    """The cookies of a Cookie header, parsed as aiohttp parses `request.cookies`."""
+    return {name: morsel.value for name, morsel in parse_cookie_header(header)}
+
+
 class ConflictingForwardedRequest(Exception):
     """X-Forwarded-* and X-Original-* describe different requests: one of them is spoofed."""
 
@@ -75,16 +80,13 @@ class ForwardAuthHandler:
         return method.upper(), forwarded[1] or original[1] or own_path, host
 
     def facts(self, method: str, own_path: str, remote: str | None,
-              headers: CIMultiDictProxy[str], cookies: Mapping[str, str]) -> RequestFacts:
+              headers: CIMultiDictProxy[str]) -> RequestFacts:
         """The facts of the forwarded request; raises ConflictingForwardedRequest."""
         method, uri, host = self._original(method, own_path, remote, headers)
+        cookie = headers.get(hdrs.COOKIE)
+        cookies = _cookies(cookie) if cookie is not None else _EMPTY
         return RequestFacts(door="forward_auth", method=method, uri=uri, host=host,
                             headers=headers, cookies=cookies, client_ip=remote)
-
-    @staticmethod
-    def cookies(header: str) -> Mapping[str, str]:
-        """The cookies of a Cookie header, parsed as aiohttp parses `request.cookies`."""
-        return {name: morsel.value for name, morsel in parse_cookie_header(header)}
 
     def refuse_conflict(self) -> Decision:
         """The (counted) refusal of a request whose two header families disagree."""
@@ -113,11 +115,8 @@ class ForwardAuthHandler:
     async def _decide(self, request: web.Request) -> web.StreamResponse:
         headers = request.headers
         rid = request[REQUEST_ID_KEY] = request_id(headers)
-        cookie = headers.get(hdrs.COOKIE)
-        cookies = self.cookies(cookie) if cookie is not None else _EMPTY
         try:
-            facts = self.facts(request.method, request.raw_path, request.remote, headers,
-                               cookies)
+            facts = self.facts(request.method, request.raw_path, request.remote, headers)
         except ConflictingForwardedRequest:
             decision = self.refuse_conflict()
         else:
