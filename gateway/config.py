@@ -31,11 +31,13 @@ from gateway.config_sections import (
     DEFAULT_TOKEN_SOURCES,
     IDENTITY_FIELDS,
     ForwardAuthSettings,
+    HasuraSettings,
     LimitSettings,
     ProxySettings,
     RevocationSettings,
     TokenSource,
     parse_forward_auth,
+    parse_hasura,
     parse_identity_headers,
     parse_limits,
     parse_proxy,
@@ -52,6 +54,7 @@ __all__ = [
     "ClaimPaths",
     "ConfigError",
     "ForwardAuthSettings",
+    "HasuraSettings",
     "IssuerSettings",
     "KeySettings",
     "LimitSettings",
@@ -122,6 +125,8 @@ class Settings:
     clerk_api_url: str = DEFAULT_API_URL
     revocation: RevocationSettings = field(default_factory=RevocationSettings)
     source_path: str | None = None
+    workos_webhook_secret: Secret | None = None
+    hasura: HasuraSettings = field(default_factory=HasuraSettings)
 
     @property
     def mode(self) -> str:
@@ -205,11 +210,16 @@ def load_settings(
             issuer_readers.append(replacement)
         else:
             issuer_readers[issuer_readers.index(clerk_reader)] = replacement
+    workos_client_id = (env.get("WORKOS_CLIENT_ID") or "").strip()
+    if workos_client_id and not any(r.data.get("name") == "workos" for r in issuer_readers):
+        issuer_readers.append(Reader(
+            {"name": "workos", "preset": "workos", "client_id": workos_client_id},
+            "issuers[workos] (from WORKOS_CLIENT_ID)", problems))
     issuers = [i for i in (parse_issuer(r, env, api_url) for r in issuer_readers) if i]
     if not issuer_readers:
         problems.append(
-            "no issuer configured: set CLERK_PUBLISHABLE_KEY, CLERK_ISSUER or CLERK_JWT_KEY, "
-            "or declare issuers in the config file")
+            "no issuer configured: set CLERK_PUBLISHABLE_KEY, CLERK_ISSUER, CLERK_JWT_KEY or "
+            "WORKOS_CLIENT_ID, or declare issuers in the config file")
     names = [i.name for i in issuers]
     for name in {n for n in names if names.count(n) > 1}:
         problems.append(f"issuers: name {name!r} is used more than once")
@@ -262,6 +272,7 @@ def load_settings(
     revocation = parse_revocation(root.child("revocation"), env, issuers, leeway, api_url)
     forward_auth = parse_forward_auth(root.child("forward_auth"))
     limits = parse_limits(root.child("limits"))
+    hasura = parse_hasura(root.child("hasura"))
     for route in routes:
         if route.upstream and not route.upstream.startswith(("http://", "https://")):
             problems.append(
@@ -308,4 +319,6 @@ def load_settings(
         clerk_api_url=api_url,
         revocation=revocation,
         source_path=path,
+        workos_webhook_secret=secret("WORKOS_WEBHOOK_SECRET"),
+        hasura=hasura,
     )

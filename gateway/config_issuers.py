@@ -14,6 +14,7 @@ from gateway.configreader import Reader, Secret, check_key_url
 __all__ = [
     "ALLOWED_ALGORITHMS",
     "DEFAULT_API_URL",
+    "WORKOS_API_URL",
     "ClaimPaths",
     "IssuerSettings",
     "KeySettings",
@@ -21,12 +22,15 @@ __all__ = [
     "issuer_from_publishable_key",
     "parse_issuer",
     "parse_keys",
+    "workos_urls",
 ]
 
 ALLOWED_ALGORITHMS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 )
 DEFAULT_API_URL = "https://api.clerk.com"
+WORKOS_API_URL = "https://api.workos.com"
+PRESETS = ("clerk", "oidc", "workos")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class ClaimPaths:
     plan: str | None = None
     features: str | None = None
     actor_id: str | None = "/act/sub"
+    roles: str | None = None
 
 @dataclass(frozen=True)
 class IssuerSettings:
@@ -61,6 +66,7 @@ class IssuerSettings:
     claims: ClaimPaths = field(default_factory=ClaimPaths)
     accept_pending_sessions: bool = False
     max_token_lifetime: float | None = None
+    client_id: str | None = None
 
     @property
     def key_source(self) -> str:
@@ -101,6 +107,12 @@ def issuer_from_publishable_key(key: str) -> str:
         raise ValueError("does not encode a Frontend API host")
     return f"https://{decoded[:-1]}"
 
+def workos_urls(api_url: str, client_id: str) -> tuple[str, str]:
+    """A WorkOS client's issuer and key set URL (AuthKit access tokens)."""
+    base = api_url.rstrip("/")
+    return f"{base}/user_management/{client_id}", f"{base}/sso/jwks/{client_id}"
+
+
 def env_issuer_overrides(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
     """The `clerk` issuer's settings that come from the environment."""
     out: dict[str, Any] = {}
@@ -135,11 +147,16 @@ def parse_claim_paths(reader: Reader) -> ClaimPaths:
 def parse_issuer(reader: Reader, env: Mapping[str, str], api_url: str) -> IssuerSettings | None:
     """Read one `issuers` entry (None when it names no issuer)."""
     name = reader.text("name", required=True) or "?"
-    issuer = reader.text("issuer", required=True)
-    preset = reader.choice("preset", "clerk", ("clerk", "oidc"))
+    preset = reader.choice("preset", "clerk", PRESETS)
+    client_id = reader.text("client_id") if preset == "workos" else None
+    issuer = reader.text("issuer", required=preset != "workos")
     jwks_url = reader.text("jwks_url")
     jwt_key = reader.text("jwt_key")
     key_file = reader.text("jwt_key_file")
+    if preset == "workos":
+        issuer, derived_jwks = _workos_defaults(reader, client_id, issuer)
+        if not (jwks_url or jwt_key or key_file):
+            jwks_url = derived_jwks
     discovery = reader.flag("discovery", preset == "oidc" and not (jwks_url or jwt_key or key_file))
     backend_api = reader.flag("backend_api", False)
     if key_file:
@@ -186,9 +203,28 @@ def parse_issuer(reader: Reader, env: Mapping[str, str], api_url: str) -> Issuer
         claims=parse_claim_paths(reader.child("claims")),
         accept_pending_sessions=reader.flag("accept_pending_sessions", False),
         max_token_lifetime=max_lifetime or None,
+        client_id=client_id,
     )
     reader.check_unknown()
     return settings if issuer else None
+
+def _workos_defaults(reader: Reader, client_id: str | None,
+                     issuer: str | None) -> tuple[str | None, str | None]:
+    """The issuer and key URL of a `preset: workos` entry (derived from its client_id)."""
+    api_url = reader.text("api_url", WORKOS_API_URL) or WORKOS_API_URL
+    if check_key_url(api_url):
+        reader.problem(check_key_url(api_url) or "", "api_url")
+    if not client_id:
+        if not issuer:
+            reader.problem("preset workos needs client_id (client_...) or an issuer", "client_id")
+        return issuer, None
+    if not client_id.isprintable() or "/" in client_id or not client_id.isascii() \
+            or " " in client_id:
+        reader.problem("must be a WorkOS client id (client_...)", "client_id")
+        return issuer, None
+    derived_issuer, derived_jwks = workos_urls(api_url, client_id)
+    return issuer or derived_issuer, derived_jwks
+
 
 def parse_keys(reader: Reader) -> KeySettings:
     """Read the `keys` section."""

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
 from gateway.config_issuers import IssuerSettings
 from gateway.configreader import Reader, check_key_url
 
 __all__ = [
+    "DEFAULT_HASURA_VARIABLES",
     "DEFAULT_IDENTITY_HEADERS",
     "DEFAULT_TOKEN_SOURCES",
     "FAILURE_MODES",
+    "HASURA_ROLE_VARIABLE",
     "IDENTITY_FIELDS",
     "ForwardAuthSettings",
+    "HasuraSettings",
     "LimitSettings",
     "ProxySettings",
     "RevocationSettings",
     "TokenSource",
     "address_in",
     "parse_forward_auth",
+    "parse_hasura",
     "parse_identity_headers",
     "parse_limits",
     "parse_networks",
@@ -31,7 +35,7 @@ __all__ = [
 
 IDENTITY_FIELDS = (
     "user_id", "org_id", "org_role", "org_slug", "org_permissions", "session_id",
-    "plan", "features", "actor_id", "issuer", "token_id",
+    "plan", "features", "actor_id", "issuer", "token_id", "roles",
 )
 DEFAULT_IDENTITY_HEADERS: Mapping[str, str] = {
     "user_id": "X-User-Id",
@@ -323,3 +327,77 @@ def parse_limits(reader: Reader) -> LimitSettings:
     )
     reader.check_unknown()
     return limits
+
+
+HASURA_ROLE_VARIABLE = "X-Hasura-Role"
+DEFAULT_HASURA_VARIABLES: Mapping[str, str] = {
+    "X-Hasura-User-Id": "user_id",
+    "X-Hasura-Org-Id": "org_id",
+}
+
+
+@dataclass(frozen=True)
+class HasuraSettings:
+    """Hasura / PromptQL auth-webhook mode at /_gateway/hasura (YAML `hasura:`)."""
+
+    enabled: bool = False
+    path: str = "/v1/graphql"
+    default_role: str = "user"
+    anonymous_role: str | None = None
+    variables: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_HASURA_VARIABLES))
+    max_cache_seconds: int = 10
+    cache_control_in_body: bool = True
+    max_body_bytes: int = 1024**2
+
+
+def _hasura_role(reader: Reader, key: str, default: str | None) -> str | None:
+    role = reader.text(key, default)
+    if role is not None and (not role or not role.isascii() or not role.isprintable()
+                             or "," in role or " " in role):
+        reader.problem("must be a Hasura role name (printable ASCII, no spaces or commas)", key)
+        return default
+    return role
+
+
+def _hasura_variables(reader: Reader) -> dict[str, str]:
+    mapping = reader.child("variables")
+    if not reader.has("variables"):
+        return dict(DEFAULT_HASURA_VARIABLES)
+    variables: dict[str, str] = {}
+    for name in list(mapping.data):
+        value = mapping.raw(name)
+        if not isinstance(name, str) or not name.lower().startswith("x-hasura-"):
+            mapping.problem("session variables are named X-Hasura-<name>", str(name))
+        elif not mapping.header_name(name, name):
+            continue
+        elif name.lower() == HASURA_ROLE_VARIABLE.lower():
+            mapping.problem("X-Hasura-Role is chosen by the gateway, not mapped", name)
+        elif value not in IDENTITY_FIELDS:
+            mapping.problem(f"must be an identity field ({', '.join(IDENTITY_FIELDS)})", name)
+        else:
+            variables[name] = value
+    mapping.check_unknown()
+    return variables
+
+
+def parse_hasura(reader: Reader) -> HasuraSettings:
+    """Read the `hasura` section."""
+    d = HasuraSettings()
+    path = reader.text("path", d.path) or d.path
+    if not path.startswith("/"):
+        reader.problem("must be a path starting with /", "path")
+        path = d.path
+    settings = HasuraSettings(
+        enabled=reader.flag("enabled", d.enabled),
+        path=path,
+        default_role=_hasura_role(reader, "default_role", d.default_role) or d.default_role,
+        anonymous_role=_hasura_role(reader, "anonymous_role", None),
+        variables=_hasura_variables(reader),
+        max_cache_seconds=reader.integer(
+            "max_cache_seconds", d.max_cache_seconds, minimum=0, maximum=86400),
+        cache_control_in_body=reader.flag("cache_control_in_body", d.cache_control_in_body),
+        max_body_bytes=reader.integer(
+            "max_body_bytes", d.max_body_bytes, minimum=1024, maximum=64 * 1024**2),
+    )
+    reader.check_unknown()
+    return settings

@@ -1,5 +1,8 @@
 """A local Clerk-like issuer: RSA keys, JWKS, discovery, Backend API stubs, token minting.
 
+It also plays WorkOS AuthKit: access tokens under `<url>/user_management/<client_id>`, keys
+at `<url>/sso/jwks/<client_id>`, and `WorkOS-Signature`-signed webhook deliveries.
+
 Used by `clerk-gateway demo` and by the tests (where it is the fake identity provider): it is
 a real aiohttp server that counts its hits, can rotate keys and can be told to fail.
 """
@@ -7,7 +10,9 @@ a real aiohttp server that counts its hits, can rotate keys and can be told to f
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
+import json
 import time
 import uuid
 from collections import Counter
@@ -60,6 +65,7 @@ class DevIssuer:
         self.sessions: dict[str, str] = {}
         self.session_fail_status: int | None = None
         self.retry_after: int | None = None
+        self.workos_client_id = "client_01DEVISSUERWORKOS"
 
     @property
     def key(self) -> SigningKey:
@@ -133,9 +139,65 @@ class DevIssuer:
         """Mint a signed session token (see `claims` for the options)."""
         return self.sign(self.claims(**kwargs))
 
+    @property
+    def workos_issuer(self) -> str:
+        """The `iss` of WorkOS-shaped tokens (api_url + /user_management/<client_id>)."""
+        return f"{self.issuer}/user_management/{self.workos_client_id}"
+
+    def workos_claims(
+        self,
+        *,
+        sub: str = "user_01DEMO",
+        sid: str | None = "session_01DEMO",
+        org_id: str | None = None,
+        role: str | None = None,
+        roles: list[str] | None = None,
+        permissions: list[str] | None = None,
+        entitlements: list[str] | None = None,
+        feature_flags: list[str] | None = None,
+        act: dict[str, str] | None = None,
+        lifetime: int = 300,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """WorkOS AuthKit access-token claims with times relative to now."""
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.workos_issuer, "sub": sub, "sid": sid, "jti": uuid.uuid4().hex[:26],
+            "org_id": org_id, "role": role, "roles": roles, "permissions": permissions,
+            "entitlements": entitlements, "feature_flags": feature_flags, "act": act,
+            "iat": now, "exp": now + lifetime,
+        }
+        claims.update(extra)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def workos_token(self, **kwargs: Any) -> str:
+        """Mint a signed WorkOS-shaped access token (see `workos_claims`)."""
+        return self.sign(self.workos_claims(**kwargs))
+
+    @staticmethod
+    def workos_delivery(
+        secret: str,
+        event: str,
+        data: dict[str, Any],
+        *,
+        event_id: str | None = None,
+        timestamp_ms: int | None = None,
+    ) -> tuple[bytes, dict[str, str]]:
+        """A WorkOS webhook body and its `WorkOS-Signature` header, signed as WorkOS signs."""
+        body = json.dumps({
+            "id": event_id or f"event_{uuid.uuid4().hex[:26].upper()}", "event": event,
+            "data": data, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            "object": "event"}).encode()
+        stamp = str(int(time.time() * 1000) if timestamp_ms is None else timestamp_ms)
+        mac = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+        return body, {"WorkOS-Signature": f"t={stamp}, v1={mac}",
+                      "Content-Type": "application/json"}
+
     def app(self) -> web.Application:
         """The issuer's HTTP application."""
         app = web.Application()
+        app.router.add_get("/sso/jwks/{client_id}", self._workos_jwks)
+        app.router.add_get("/_demo/workos-token", self._demo_workos_token)
         app.router.add_get("/.well-known/jwks.json", self._jwks)
         app.router.add_get("/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/v1/jwks", self._backend_jwks)
@@ -159,6 +221,23 @@ class DevIssuer:
             {"keys": [k.jwk() for k in self.keys]},
             headers={"Cache-Control": self.cache_control},
         )
+
+    async def _workos_jwks(self, request: web.Request) -> web.Response:
+        self.hits["workos_jwks"] += 1
+        if request.match_info["client_id"] != self.workos_client_id:
+            return web.json_response({"message": "Not Found"}, status=404)
+        return await self._jwks(request)
+
+    async def _demo_workos_token(self, request: web.Request) -> web.Response:
+        query = request.query
+        token = self.workos_token(
+            sub=query.get("sub", "user_01DEMO"), org_id=query.get("org", "org_01DEMO"),
+            role=query.get("role", "admin"),
+            permissions=[p for p in query.get("permissions", "widgets:read").split(",") if p],
+            entitlements=[e for e in query.get("entitlements", "audit-logs").split(",") if e],
+            lifetime=min(int(query.get("lifetime", "3600") or 3600), 86400),
+        )
+        return web.Response(text=token + "\n")
 
     async def _discovery(self, request: web.Request) -> web.Response:
         self.hits["discovery"] += 1

@@ -1,9 +1,9 @@
-"""Normalise Clerk v1, Clerk v2 and plain OIDC claims into one Identity."""
+"""Normalise Clerk v1, Clerk v2, WorkOS AuthKit and plain OIDC claims into one Identity."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.config import ClaimPaths
@@ -33,6 +33,7 @@ class Identity:
     session_status: str | None = None
     token_id: str | None = None
     token_version: int = 1
+    roles: tuple[str, ...] = ()
 
     def field_text(self, name: str) -> str | None:
         """The value of one identity field as header text (lists comma-joined)."""
@@ -187,7 +188,55 @@ def _oidc_identity(claims: Mapping[str, Any], paths: ClaimPaths, base: dict[str,
         plan=_safe_text(_pointer(claims, paths.plan), "plan"),
         features=_split(_pointer(claims, paths.features), "features"),
         actor_id=_safe_text(_pointer(claims, paths.actor_id), "actor_id"),
+        roles=_split(_pointer(claims, paths.roles), "roles"),
     )
+
+
+def _roles(value: Any, claim: str) -> tuple[str, ...]:
+    """A role list in Clerk's `org:<role>` form."""
+    return tuple(_org_role(r) or "" for r in _split(value, claim))
+
+
+def _workos_identity(claims: Mapping[str, Any], base: dict[str, Any]) -> Identity:
+    """WorkOS AuthKit access-token claims (`org_id`, `role`, `roles`, `permissions`, ...)."""
+    features = (*_split(claims.get("entitlements"), "entitlements"),
+                *_split(claims.get("feature_flags"), "feature_flags"))
+    return Identity(
+        **base,
+        session_id=_safe_text(claims.get("sid"), "sid"),
+        actor_id=_actor(claims),
+        org_id=_safe_text(claims.get("org_id"), "org_id"),
+        org_role=_org_role(_safe_text(claims.get("role"), "role")),
+        roles=_roles(claims.get("roles"), "roles"),
+        org_permissions=_split(claims.get("permissions"), "permissions"),
+        features=tuple(dict.fromkeys(features)),
+    )
+
+
+_MAPPED_FIELDS = ("org_id", "org_slug", "org_role", "org_permissions", "plan", "features",
+                  "roles")
+
+
+def _with_mapped_claims(identity: Identity, claims: Mapping[str, Any],
+                        paths: ClaimPaths) -> Identity:
+    """Fill fields the preset left empty from configured pointers (JWT-template claims)."""
+    changes: dict[str, Any] = {}
+    for name in _MAPPED_FIELDS:
+        pointer = getattr(paths, name)
+        if pointer is None or getattr(identity, name):
+            continue
+        value = _pointer(claims, pointer)
+        if value is None:
+            continue
+        if name == "roles":
+            changes[name] = _roles(value, name)
+        elif name in ("org_permissions", "features"):
+            changes[name] = _split(value, name)
+        elif name == "org_role":
+            changes[name] = _org_role(_safe_text(value, name))
+        else:
+            changes[name] = _safe_text(value, name)
+    return replace(identity, **changes) if changes else identity
 
 
 def identity_from_claims(
@@ -204,4 +253,6 @@ def identity_from_claims(
         return _oidc_identity(claims, paths, base)
     if not base["user_id"]:
         raise ClaimError("sub is required")
-    return _clerk_identity(claims, base)
+    if preset == "workos":
+        return _with_mapped_claims(_workos_identity(claims, base), claims, paths)
+    return _with_mapped_claims(_clerk_identity(claims, base), claims, paths)

@@ -113,7 +113,8 @@ def _bare_role(role: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RoleIn(Requirement):
-    """The active organization role is one of these (`admin` and `org:admin` are equal)."""
+    """The active organization role (or one of the token's `roles`) is one of these
+    (`admin` and `org:admin` are equal)."""
 
     roles: frozenset[str]
 
@@ -121,6 +122,8 @@ class RoleIn(Requirement):
         """MISSING_ROLE unless the role is listed."""
         role = identity.org_role
         if role is not None and _bare_role(role) in self.roles:
+            return None
+        if any(_bare_role(held) in self.roles for held in identity.roles):
             return None
         return Unmet(Reason.MISSING_ROLE, "role " + "|".join(sorted(self.roles)))
 
