@@ -22,10 +22,12 @@ from gateway.http.admin import AdminHandlers
 from gateway.http.admin_api import AdminApi
 from gateway.http.errors import error_response, json_errors
 from gateway.http.forward_auth import ForwardAuthHandler
+from gateway.http.hasura import HASURA_PATH, HasuraWebhook
 from gateway.http.headers import request_id
 from gateway.http.proxy import ProxyHandler
 from gateway.http.webhooks import WEBHOOK_PATH, ClerkWebhooks
 from gateway.http.websocket import OpenSockets
+from gateway.http.workos_webhooks import WORKOS_WEBHOOK_PATH, WorkOSWebhooks
 from gateway.logs import flush_logs
 from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, extractor_for, router_for
@@ -76,6 +78,9 @@ class Gateway:
         )
         self.webhooks = ClerkWebhooks(
             settings.webhook_secret, self.revocation, revocation, self.metrics, clock)
+        self.workos_webhooks = WorkOSWebhooks(
+            settings.workos_webhook_secret, self.revocation, revocation, self.metrics, clock)
+        self.hasura = HasuraWebhook(self.authorizer, settings.hasura, settings.realm, clock)
         self.admin_api = AdminApi(settings.admin_token, self.revocation)
         self.admin = AdminHandlers(self.keys, self._registry_to_scrape)
         self._flusher: asyncio.Task[None] | None = None
@@ -169,6 +174,8 @@ def build_public_app(gateway: Gateway) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_sockets)
     app.router.add_route("*", WEBHOOK_PATH, gateway.webhooks.handle)
+    app.router.add_route("*", WORKOS_WEBHOOK_PATH, gateway.workos_webhooks.handle)
+    app.router.add_route("*", HASURA_PATH, gateway.hasura.handle)
     app.router.add_route("*", RESERVED_PREFIX + r"{tail:[\s\S]*}", _reserved_not_found)
 
     door = gateway.proxy or gateway.forward_auth
@@ -178,12 +185,15 @@ def build_public_app(gateway: Gateway) -> web.Application:
 
 
 def build_admin_app(gateway: Gateway) -> web.Application:
-    """The admin listener: /healthz, /readyz, /metrics, the admin API and the webhook."""
+    """The admin listener: /healthz, /readyz, /metrics, the admin API, the webhooks and the
+    Hasura auth webhook."""
     app = web.Application(middlewares=[json_errors])
     app[GATEWAY] = gateway
     gateway.admin.register(app)
     gateway.admin_api.register(app)
     app.router.add_route("*", WEBHOOK_PATH, gateway.webhooks.handle)
+    app.router.add_route("*", WORKOS_WEBHOOK_PATH, gateway.workos_webhooks.handle)
+    app.router.add_route("*", HASURA_PATH, gateway.hasura.handle)
     worker = str(os.getpid())
 
     async def tag_worker(_request: web.Request, response: web.StreamResponse) -> None:

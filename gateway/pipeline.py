@@ -122,6 +122,10 @@ class Authorizer:
         self.metrics.decision(facts.door, decision.route.name, decision.reason)
         return decision
 
+    async def decide(self, facts: RequestFacts) -> Decision:
+        """Decide one request without counting it (for a door that may refuse it further)."""
+        return await self._decide(facts)
+
     def authorize_now(self, facts: RequestFacts) -> Decision | None:
         """Decide one request without waiting, and count it; None when that needs I/O.
 

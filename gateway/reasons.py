@@ -59,6 +59,7 @@ class Reason(enum.Enum):
     ISSUER_NOT_ALLOWED = ("issuer_not_allowed", Category.FORBIDDEN, 403)
     METHOD_NOT_ALLOWED = ("method_not_allowed", Category.FORBIDDEN, 403)
     ACCESS_DENIED = ("access_denied", Category.FORBIDDEN, 403)
+    ROLE_NOT_ALLOWED = ("role_not_allowed", Category.FORBIDDEN, 403)
 
     KEYS_UNAVAILABLE = ("keys_unavailable", Category.UNAVAILABLE, 503)
     REVOCATION_UNAVAILABLE = ("revocation_unavailable", Category.UNAVAILABLE, 503)

@@ -12,8 +12,8 @@ from gateway.http.headers import REQUEST_ID, request_id
 from gateway.reasons import Category, Reason
 
 __all__ = [
-    "JSON_CONTENT_TYPE", "MESSAGES", "error_body", "error_response", "json_errors",
-    "json_response", "refusal_parts",
+    "JSON_CONTENT_TYPE", "MESSAGES", "error_body", "error_response", "hasura_refusal",
+    "json_errors", "json_response", "refusal_parts",
 ]
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
@@ -48,6 +48,7 @@ MESSAGES: dict[Reason, str] = {
     Reason.ISSUER_NOT_ALLOWED: "Tokens from this issuer may not use this route.",
     Reason.METHOD_NOT_ALLOWED: "This method is not allowed on this route.",
     Reason.ACCESS_DENIED: "Access is denied.",
+    Reason.ROLE_NOT_ALLOWED: "The requested role is not one of the identity's allowed roles.",
     Reason.KEYS_UNAVAILABLE: "The signing keys are unavailable; try again shortly.",
     Reason.REVOCATION_UNAVAILABLE: "The revocation status is unavailable; try again shortly.",
     Reason.BODY_TOO_LARGE: "The request body is too large.",
@@ -137,3 +138,16 @@ def error_response(
     status, headers, body = refusal_parts(reason, request_id, realm, retry_after)
     headers[hdrs.CONTENT_TYPE] = JSON_CONTENT_TYPE
     return web.Response(status=status, body=body, headers=headers)
+
+
+def hasura_refusal(
+    reason: Reason,
+    request_id: str,
+    realm: str,
+    retry_after: int | None = None,
+) -> web.Response:
+    """A refusal for Hasura's auth-webhook contract: every denial is a 401 (Hasura and DDN
+    recognise only 200 and 401); outages keep their 503 so Hasura fails the request."""
+    status, headers, body = refusal_parts(reason, request_id, realm, retry_after)
+    headers[hdrs.CONTENT_TYPE] = JSON_CONTENT_TYPE
+    return web.Response(status=401 if status < 500 else status, body=body, headers=headers)

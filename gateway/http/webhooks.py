@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import binascii
 import json
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -18,15 +17,14 @@ from aiohttp import hdrs, web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from gateway.auth.revocation import RevocationChecker
-from gateway.auth.revocation_store import RevocationEntry, StoreUnavailable
+from gateway.auth.revocation_store import RevocationEntry
 from gateway.config import RevocationSettings, Secret
 from gateway.http.errors import json_response
 from gateway.http.headers import request_id
+from gateway.http.webhook_delivery import MAX_ID, event_text, read_capped, revoke_once
 from gateway.metrics import Metrics
 
 __all__ = ["EVENT_TYPES", "WEBHOOK_PATH", "ClerkWebhooks"]
-
-log = logging.getLogger("gateway.webhooks")
 
 WEBHOOK_PATH = "/_gateway/webhooks/clerk"
 TOLERANCE_SECONDS = 300
@@ -36,19 +34,6 @@ EVENT_TYPES = (
     "session.revoked", "session.ended", "session.removed", "user.deleted",
     "organizationMembership.deleted", "organization.deleted",
 )
-_MAX_ID = 256
-
-
-def _text(data: Any, *path: str) -> str | None:
-    """A non-empty printable string at a path inside the event data, else None."""
-    for step in path:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(step)
-    if isinstance(data, str) and data and len(data) <= _MAX_ID and data.isprintable() \
-            and data.isascii() and " " not in data and "," not in data:
-        return data
-    return None
 
 
 class _BadEvent(ValueError):
@@ -80,17 +65,6 @@ class ClerkWebhooks:
         self._count("other", "rejected")
         return json_response(status, rid, {"error": error, "message": message})
 
-    async def _read(self, request: web.Request) -> bytes | None:
-        """The raw body, or None when it exceeds the cap (read no further than the cap)."""
-        if request.content_length is not None and request.content_length > self._max_body:
-            return None
-        body = bytearray()
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            body += chunk
-            if len(body) > self._max_body:
-                return None
-        return bytes(body)
-
     async def handle(self, request: web.Request) -> web.Response:
         """Verify one delivery, then apply it once."""
         rid = request_id(request.headers)
@@ -102,7 +76,7 @@ class ClerkWebhooks:
             response = self._reject(405, rid, "method_not_allowed", "Use POST.")
             response.headers[hdrs.ALLOW] = hdrs.METH_POST
             return response
-        body = await self._read(request)
+        body = await read_capped(request, self._max_body)
         if body is None:
             return self._reject(413, rid, "body_too_large",
                                 f"The body exceeds {self._max_body} bytes.")
@@ -113,7 +87,7 @@ class ClerkWebhooks:
         if not (msg_id and timestamp and signature):
             return self._reject(400, rid, "missing_headers",
                                 "svix-id, svix-timestamp and svix-signature are required.")
-        if len(msg_id) > _MAX_ID or not msg_id.isprintable() or not msg_id.isascii():
+        if len(msg_id) > MAX_ID or not msg_id.isprintable() or not msg_id.isascii():
             return self._reject(400, rid, "invalid_headers", "svix-id is malformed.")
         if not timestamp.isdigit() or abs(self._clock() - int(timestamp)) > TOLERANCE_SECONDS:
             return self._reject(400, rid, "stale_timestamp",
@@ -136,22 +110,22 @@ class ClerkWebhooks:
         make = self._checker.make_entry
         reason = event_type
         if event_type.startswith("session."):
-            sid = _text(data, "id")
+            sid = event_text(data, "id")
             if sid is None:
                 raise _BadEvent("data.id (the session id) is required")
             return [make("session", sid, reason=reason, source="webhook")]
         if event_type == "user.deleted":
-            uid = _text(data, "id")
+            uid = event_text(data, "id")
             if uid is None:
                 raise _BadEvent("data.id (the user id) is required")
             return [make("user", uid, reason=reason, source="webhook")]
         if event_type == "organization.deleted":
-            oid = _text(data, "id")
+            oid = event_text(data, "id")
             if oid is None:
                 raise _BadEvent("data.id (the organization id) is required")
             return [make("organization", oid, reason=reason, source="webhook")]
-        oid = _text(data, "organization", "id")
-        uid = _text(data, "public_user_data", "user_id")
+        oid = event_text(data, "organization", "id")
+        uid = event_text(data, "public_user_data", "user_id")
         if oid is None or uid is None or ":" in oid:
             raise _BadEvent("data.organization.id and data.public_user_data.user_id are required")
         return [make("membership", f"{oid}:{uid}", reason=reason, source="webhook")]
@@ -166,25 +140,5 @@ class ClerkWebhooks:
         except _BadEvent as exc:
             self._count(event_type, "rejected")
             return json_response(400, rid, {"error": "bad_payload", "message": str(exc)})
-        store = self._checker.store
-        try:
-            if not await store.claim(msg_id, MARKER_TTL_SECONDS):
-                self._count(event_type, "duplicate")
-                return json_response(200, rid, {"status": "duplicate", "type": event_type})
-            try:
-                for entry in entries:
-                    await self._checker.revoke(entry)
-            except StoreUnavailable:
-                await store.release(msg_id)
-                raise
-        except StoreUnavailable:
-            self._count(event_type, "rejected")
-            log.warning("webhook not applied: revocation store unavailable")
-            return json_response(503, rid, {
-                "error": "store_unavailable",
-                "message": "The revocation store is unreachable; retry later."})
-        self._count(event_type, "applied")
-        log.info("webhook applied", extra={"type": event_type, "svix_id": msg_id})
-        return json_response(200, rid, {
-            "status": "applied", "type": event_type,
-            "revoked": [{"kind": e.kind, "id": e.id} for e in entries]})
+        return await revoke_once(rid, self._checker, msg_id, MARKER_TTL_SECONDS, event_type,
+                                 entries, lambda result: self._count(event_type, result))
