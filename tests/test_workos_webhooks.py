@@ -20,8 +20,12 @@ from gateway.http.workos_signature import (
 )
 from gateway.http.workos_webhooks import WORKOS_WEBHOOK_PATH
 from tests.conftest import GatewayFactory, Running
+from tests.redis_support import RedisServer, redis_server
 from tests.revocation_support import ADMIN_TOKEN, admin_headers, delivery, metric, reason_of
+from tests.test_revocation_redis import eventually, ready
 from tests.test_workos import workos_config
+
+__all__ = ["redis_server"]  # the fixture, re-exported for pytest
 
 SECRET = "workos-webhook-secret-for-tests"
 ENV = {"WORKOS_WEBHOOK_SECRET": SECRET, "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
@@ -304,3 +308,28 @@ async def test_arbitrary_body_bytes_never_cause_a_500(clerk: DevIssuer, gw: Runn
         response = await post(gw, body, {"WorkOS-Signature": _header(SECRET, stamp, body)})
         assert response.status == 400, body[:20]
         assert (await response.json())["error"] == "bad_payload"
+
+
+@pytest.mark.peers
+async def test_two_gateways_on_one_redis_share_revocations_and_replays(
+    clerk: DevIssuer, make_gateway: GatewayFactory, redis_server: RedisServer
+) -> None:
+    env = {**ENV, "GATEWAY_REDIS_URL": redis_server.url}
+    cfg = {**workos_config(clerk), "revocation": {"store_retry_seconds": 0.2}}
+    first = await make_gateway(env=env, config=cfg, issuer_env=False)
+    second = await make_gateway(env=env, config=cfg, issuer_env=False)
+    await eventually(lambda: ready(first, True))
+    await eventually(lambda: ready(second, True))
+    token = clerk.workos_token(sub="user_1", sid="session_1", org_id="org_1")
+    assert (await first.get("/", token)).status == 200
+    assert (await second.get("/", token)).status == 200
+
+    body, headers = clerk.workos_delivery(SECRET, "organization_membership.deleted",
+                                          {"organization_id": "org_1", "user_id": "user_1"})
+    assert (await (await post(first, body, headers)).json())["status"] == "applied"
+
+    async def second_denies() -> bool:
+        return (await second.get("/", token)).status == 401
+
+    await eventually(second_denies)
+    assert (await (await post(second, body, headers)).json())["status"] == "duplicate"
