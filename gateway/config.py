@@ -212,9 +212,11 @@ def load_settings(
             issuer_readers[issuer_readers.index(clerk_reader)] = replacement
     workos_client_id = (env.get("WORKOS_CLIENT_ID") or "").strip()
     if workos_client_id and not any(r.data.get("name") == "workos" for r in issuer_readers):
-        issuer_readers.append(Reader(
-            {"name": "workos", "preset": "workos", "client_id": workos_client_id},
-            "issuers[workos] (from WORKOS_CLIENT_ID)", problems))
+        workos: dict[str, Any] = {"name": "workos", "preset": "workos",
+                                  "client_id": workos_client_id}
+        if env.get("WORKOS_API_URL"):
+            workos["api_url"] = env["WORKOS_API_URL"].strip()
+        issuer_readers.append(Reader(workos, "issuers[workos] (from WORKOS_CLIENT_ID)", problems))
     issuers = [i for i in (parse_issuer(r, env, api_url) for r in issuer_readers) if i]
     if not issuer_readers:
         problems.append(

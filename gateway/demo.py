@@ -60,12 +60,20 @@ Refused (no token, then a tampered token):
 
 Mint more tokens (query: sub, org, slug, role, plan, features, per, fpm, lifetime):
   curl -s '{issuer.issuer}/_demo/token?sub=user_42&org=org_7&role=member'
+
+WorkOS AuthKit-shaped tokens (issuer "workos"; query: sub, org, role, permissions,
+entitlements, lifetime):
+  curl -s '{issuer.issuer}/_demo/workos-token?sub=user_01X&role=member'
 """
 
 
-async def _self_check(port: int, token: str) -> bool:
+async def _self_check(port: int, token: str, workos_token: str) -> bool:
     url = f"http://127.0.0.1:{port}/api/hello"
     async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers={"Authorization": f"Bearer {workos_token}"}) as wos:
+            print(f"WorkOS-shaped token: {wos.status}")
+            if wos.status != 200:
+                return False
         async with session.get(url, headers={"Authorization": f"Bearer {token}",
                                              "X-User-Id": "spoofed"}) as allowed:
             text = await allowed.text()
@@ -95,6 +103,8 @@ async def run_demo(port: int = 8080, admin_port: int = 9090, check: bool = False
         "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
         "GATEWAY_UPSTREAM": f"http://127.0.0.1:{echo_port}",
         "GATEWAY_LOG_FORMAT": "text",
+        "WORKOS_CLIENT_ID": issuer.workos_client_id,
+        "WORKOS_API_URL": issuer.issuer,
     })
     setup_logging("WARNING", "text")
     token = issuer.token(org_id="org_2demo", org_slug="demo-org", role="admin", plan="o:pro",
@@ -106,7 +116,8 @@ async def run_demo(port: int = 8080, admin_port: int = 9090, check: bool = False
     async def on_ready(_gateway: Gateway) -> None:
         nonlocal outcome
         if check:
-            outcome = 0 if await _self_check(port, token) else 1
+            workos_token = issuer.workos_token(org_id="org_01DEMO", role="admin")
+            outcome = 0 if await _self_check(port, token, workos_token) else 1
             done.set()
         else:
             print(_banner(issuer, token, port, admin_port), flush=True)

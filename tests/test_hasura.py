@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from gateway.devissuer import DevIssuer
 from gateway.http.hasura import HASURA_PATH
@@ -311,3 +314,36 @@ def test_hasura_settings_errors_are_all_reported(tmp_path: Any) -> None:
                      "hasura.variables.User:", "hasura.variables.X-Hasura-Plan:",
                      "hasura.max_cache_seconds:", "hasura.extra: unknown setting"):
         assert expected in problems, expected
+
+
+SHIPPED = Path(__file__).parents[1] / "config" / "hasura"
+
+
+async def test_shipped_gateway_file_answers_hasura(
+    clerk: DevIssuer, make_gateway: GatewayFactory
+) -> None:
+    shipped = yaml.safe_load((SHIPPED / "gateway.yaml").read_text())
+    gw = await make_gateway(config=shipped)  # CLERK_ISSUER from the environment
+    template = await ask(gw, template_token(clerk), method="POST", header="Auth-Token", scheme="")
+    assert (await template.json())["X-Hasura-Role"] == "editor"
+    session = await ask(gw, clerk.token(sub="user_1", sid="sess_1", org_id="org_1",
+                                        org_slug="acme", role="admin"))
+    assert await session.json() == {
+        "X-Hasura-User-Id": "user_1", "X-Hasura-Role": "admin", "X-Hasura-Org-Id": "org_1",
+        "X-Hasura-Org-Slug": "acme", "X-Hasura-Session-Id": "sess_1",
+        "Cache-Control": "max-age=10"}
+    assert await (await ask(gw, None)).json() == {"X-Hasura-Role": "anonymous"}
+
+
+def test_shipped_hasura_engine_files_point_at_the_webhook() -> None:
+    v2 = dict(line.split("=", 1) for line in (SHIPPED / "hasura-v2.env").read_text().splitlines()
+              if line and not line.startswith("#"))
+    assert urlsplit(v2["HASURA_GRAPHQL_AUTH_HOOK"]).path == HASURA_PATH
+    assert v2["HASURA_GRAPHQL_AUTH_HOOK_MODE"] in ("GET", "POST")
+    ddn = yaml.safe_load((SHIPPED / "auth-config.hml").read_text())
+    assert ddn["kind"] == "AuthConfig"
+    webhook = ddn["definition"]["mode"]["webhook"]
+    assert webhook["method"] == "POST"
+    forwarded = webhook["customHeadersConfig"]["body"]["headers"]["forward"]
+    assert {"authorization", "auth-token", "x-hasura-role"} <= set(forwarded)
+    assert HASURA_PATH in (SHIPPED / "auth-config.hml").read_text()
