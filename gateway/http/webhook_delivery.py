@@ -12,17 +12,20 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway.auth.revocation import RevocationChecker
 from gateway.auth.revocation_store import RevocationEntry, StoreUnavailable
 from gateway.http.errors import json_response
 
-__all__ = ["MAX_ID", "event_text", "read_capped", "revoke_once"]
+__all__ = ["MAX_ID", "Refuse", "event_text", "read_capped", "read_delivery", "revoke_once"]
 
 log = logging.getLogger("gateway.webhooks")
 
 MAX_ID = 256
+
+Refuse = Callable[[int, str, str], web.Response]
+"""Builds (and counts) a refusal from a status, an error code and a message."""
 
 
 def event_text(data: Any, *path: str) -> str | None:
@@ -47,6 +50,19 @@ async def read_capped(request: web.Request, max_bytes: int) -> bytes | None:
         if len(body) > max_bytes:
             return None
     return bytes(body)
+
+
+async def read_delivery(request: web.Request, max_bytes: int,
+                        refuse: Refuse) -> bytes | web.Response:
+    """The body of a POST within the cap, or the refusal (405 with Allow, or 413)."""
+    if request.method != hdrs.METH_POST:
+        response = refuse(405, "method_not_allowed", "Use POST.")
+        response.headers[hdrs.ALLOW] = hdrs.METH_POST
+        return response
+    body = await read_capped(request, max_bytes)
+    if body is None:
+        return refuse(413, "body_too_large", f"The body exceeds {max_bytes} bytes.")
+    return body
 
 
 async def revoke_once(

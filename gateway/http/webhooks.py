@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from gateway.auth.revocation import RevocationChecker
@@ -21,7 +21,7 @@ from gateway.auth.revocation_store import RevocationEntry
 from gateway.config import RevocationSettings, Secret
 from gateway.http.errors import json_response
 from gateway.http.headers import request_id
-from gateway.http.webhook_delivery import MAX_ID, event_text, read_capped, revoke_once
+from gateway.http.webhook_delivery import MAX_ID, event_text, read_delivery, revoke_once
 from gateway.metrics import Metrics
 
 __all__ = ["EVENT_TYPES", "WEBHOOK_PATH", "ClerkWebhooks"]
@@ -72,14 +72,10 @@ class ClerkWebhooks:
             return json_response(404, rid, {
                 "error": "not_found",
                 "message": "Webhooks are not enabled (CLERK_WEBHOOK_SIGNING_SECRET)."})
-        if request.method != hdrs.METH_POST:
-            response = self._reject(405, rid, "method_not_allowed", "Use POST.")
-            response.headers[hdrs.ALLOW] = hdrs.METH_POST
-            return response
-        body = await read_capped(request, self._max_body)
-        if body is None:
-            return self._reject(413, rid, "body_too_large",
-                                f"The body exceeds {self._max_body} bytes.")
+        body = await read_delivery(request, self._max_body,
+                                   lambda status, code, text: self._reject(status, rid, code, text))
+        if isinstance(body, web.Response):
+            return body
         headers = request.headers
         msg_id = headers.get("svix-id") or headers.get("webhook-id")
         timestamp = headers.get("svix-timestamp") or headers.get("webhook-timestamp")

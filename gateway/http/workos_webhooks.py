@@ -13,14 +13,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from gateway.auth.revocation import RevocationChecker
 from gateway.auth.revocation_store import RevocationEntry
 from gateway.config import RevocationSettings, Secret
 from gateway.http.errors import json_response
 from gateway.http.headers import request_id
-from gateway.http.webhook_delivery import event_text, read_capped, revoke_once
+from gateway.http.webhook_delivery import event_text, read_delivery, revoke_once
 from gateway.http.workos_signature import (
     TOLERANCE_SECONDS,
     BadSignatureHeader,
@@ -109,14 +109,10 @@ class WorkOSWebhooks:
             return json_response(404, rid, {
                 "error": "not_found", "reason": "webhook_not_configured",
                 "message": "WorkOS webhooks are not enabled (WORKOS_WEBHOOK_SECRET)."})
-        if request.method != hdrs.METH_POST:
-            response = self._refuse(405, rid, "method_not_allowed", "Use POST.")
-            response.headers[hdrs.ALLOW] = hdrs.METH_POST
-            return response
-        body = await read_capped(request, self._max_body)
-        if body is None:
-            return self._refuse(413, rid, "body_too_large",
-                                f"The body exceeds {self._max_body} bytes.")
+        body = await read_delivery(request, self._max_body,
+                                   lambda status, code, text: self._refuse(status, rid, code, text))
+        if isinstance(body, web.Response):
+            return body
         raw_header = request.headers.get(SIGNATURE_HEADER)
         if not raw_header:
             return self._refuse(400, rid, "missing_headers", "WorkOS-Signature is required.")
