@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.devissuer import DevIssuer
 from gateway.http.hasura import HASURA_PATH
@@ -200,6 +202,10 @@ async def test_anonymous_role_for_requests_without_a_token(
     assert response.status == 200
     assert await response.json() == {"X-Hasura-Role": "anonymous"}
     assert response.headers["Cache-Control"] == "no-store"
+    assert (await ask(gw, None, role="anonymous")).status == 200
+    escalate = await ask(gw, None, role="admin")
+    assert escalate.status == 401
+    assert (await escalate.json())["reason"] == "role_not_allowed"
     signed_in = await ask(gw, clerk.token(sub="user_1"))
     assert (await signed_in.json())["X-Hasura-Role"] == "user"
 
@@ -347,3 +353,25 @@ def test_shipped_hasura_engine_files_point_at_the_webhook() -> None:
     forwarded = webhook["customHeadersConfig"]["body"]["headers"]["forward"]
     assert {"authorization", "auth-token", "x-hasura-role"} <= set(forwarded)
     assert HASURA_PATH in (SHIPPED / "auth-config.hml").read_text()
+
+
+header_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+posted = st.one_of(
+    st.binary(max_size=200),
+    st.dictionaries(st.sampled_from(["headers", "request"]), st.one_of(
+        st.dictionaries(st.sampled_from(["Authorization", "authorization", "Auth-Token",
+                                         "Cookie", "X-Hasura-Role"]) | header_text,
+                        header_text | st.integers() | st.none(), max_size=4),
+        header_text, st.none())).map(lambda value: json.dumps(value).encode()),
+)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=posted)
+async def test_hostile_posts_never_allow_and_never_500(gw: Running, body: bytes) -> None:
+    response = await gw.client.post(HASURA_PATH, data=body,
+                                    headers={"Content-Type": "application/json"})
+    assert response.status in (400, 401), body
+    payload = await response.json()
+    assert payload["reason"] and payload["request_id"]

@@ -135,6 +135,9 @@ class HasuraWebhook:
             return hasura_refusal(reason, rid, self._realm, decision.retry_after)
         if identity is None:
             assert settings.anonymous_role is not None
+            if requested and requested != settings.anonymous_role:
+                self._count(decision, Reason.ROLE_NOT_ALLOWED)
+                return hasura_refusal(Reason.ROLE_NOT_ALLOWED, rid, self._realm)
             self._count(decision, decision.reason)
             return self._allow(rid, {HASURA_ROLE_VARIABLE: settings.anonymous_role}, 0)
         role = choose_role(identity, settings.default_role, requested)
