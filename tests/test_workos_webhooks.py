@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -333,3 +335,21 @@ async def test_two_gateways_on_one_redis_share_revocations_and_replays(
 
     await eventually(second_denies)
     assert (await (await post(second, body, headers)).json())["status"] == "duplicate"
+
+
+async def test_the_webhook_secret_never_leaves_the_gateway(
+    clerk: DevIssuer, gw: Running
+) -> None:
+    seen = [repr(gw.settings)]
+    body, headers = clerk.workos_delivery("wrong", "user.deleted", {"id": "user_1"})
+    for client in (gw.client, gw.admin):
+        response = await client.post(WORKOS_WEBHOOK_PATH, data=body, headers=headers)
+        seen.append(f"{dict(response.headers)} {await response.text()}")
+    seen.append(await (await gw.admin.get("/metrics")).text())
+    checked = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config"], capture_output=True, text=True,
+        env={"CLERK_ISSUER": "https://clerk.example.com", "WORKOS_CLIENT_ID": "client_01X",
+             "WORKOS_WEBHOOK_SECRET": SECRET, "PATH": ""}, timeout=60, check=False)
+    assert checked.returncode == 0, checked.stderr
+    seen.append(checked.stdout + checked.stderr)
+    assert SECRET not in "\n".join(seen)
