@@ -134,6 +134,17 @@ async def test_deny_is_401_with_the_reason(clerk: DevIssuer, gw: Running, method
     assert forged not in await bad.text()
 
 
+async def test_key_outage_stays_503_so_hasura_fails_the_request(
+    clerk: DevIssuer, make_gateway: GatewayFactory
+) -> None:
+    clerk.fail_status = 503
+    gw = await make_gateway(config=config(clerk), issuer_env=False)
+    response = await ask(gw, clerk.workos_token(), method="POST")
+    assert response.status == 503  # never a 401 that signs everyone out
+    assert (await response.json())["reason"] == "keys_unavailable"
+    assert int(response.headers["Retry-After"]) >= 1
+
+
 async def test_route_refusals_become_401_for_hasura(
     clerk: DevIssuer, make_gateway: GatewayFactory
 ) -> None:
