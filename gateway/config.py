@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from gateway.config_assertion import AssertionSettings, parse_assertion
 from gateway.config_issuers import (
     ALLOWED_ALGORITHMS,
     DEFAULT_API_URL,
@@ -49,6 +50,7 @@ __all__ = [
     "ALLOWED_ALGORITHMS",
     "DEFAULT_TOKEN_SOURCES",
     "IDENTITY_FIELDS",
+    "AssertionSettings",
     "ClaimPaths",
     "ConfigError",
     "ForwardAuthSettings",
@@ -122,6 +124,8 @@ class Settings:
     clerk_api_url: str = DEFAULT_API_URL
     revocation: RevocationSettings = field(default_factory=RevocationSettings)
     source_path: str | None = None
+    assertion: AssertionSettings = field(default_factory=AssertionSettings)
+    state_dir: str = ""
 
     @property
     def mode(self) -> str:
@@ -156,6 +160,12 @@ def _read_yaml(path: str, problems: list[str]) -> dict[str, Any]:
         problems.append(f"config file {path}: must hold a mapping at the top level")
         return {}
     return data
+
+
+def default_state_dir(env: Mapping[str, str]) -> str:
+    """Where state is kept when nothing says: $XDG_STATE_HOME or ~/.local/state."""
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "clerk-gateway")
 
 
 def _env_number(env: Mapping[str, str], name: str, default: float, low: float, high: float,
@@ -272,6 +282,9 @@ def load_settings(
                 f"routes[{route.name}].upstream: needs a default upstream (GATEWAY_UPSTREAM or "
                 "upstream:) so the gateway runs as a proxy")
 
+    assertion = parse_assertion(root.child("assertion"), env, upstream, identity_headers)
+    state_dir = env.get("GATEWAY_STATE_DIR") or root.text("state_dir") or default_state_dir(env)
+
     def secret(name: str) -> Secret | None:
         value = env.get(name)
         return Secret(value) if value else None
@@ -308,4 +321,6 @@ def load_settings(
         clerk_api_url=api_url,
         revocation=revocation,
         source_path=path,
+        assertion=assertion,
+        state_dir=state_dir,
     )
