@@ -77,6 +77,14 @@ def evaluate(results: Result) -> list[Result]:
         "gateway_fa_logged / bare (req/s)", ratio, "report", None,
         "forward-auth with one JSON access line per request written to a file" + (
             f"; by server CPU per request: {cpu:.2f}x" if cpu else "")))
+    for top, bottom in (("gateway_fa_asserted", "gateway_fa"),
+                        ("gateway_proxy_asserted", "gateway_proxy")):
+        ratio = _ratio(results, top, bottom)
+        per_round = _round_ratios(results, top, bottom)
+        targets.append(_target(
+            f"{top} / {bottom} (req/s)", ratio, ">= 0.9x", None if ratio is None else ratio >= 0.9,
+            "signed assertions on vs off; per round: " + ", ".join(f"{r:.2f}" for r in per_round)
+            if per_round else "not measured"))
     ratio = _ratio(results, "gateway_proxy", "nginx_proxy")
     cpu = _cpu_ratio(results, "gateway_proxy", "nginx_proxy")
     targets.append(_target("gateway_proxy / nginx_proxy (req/s)", ratio, "report",

@@ -44,8 +44,8 @@ __all__ = ["main"]
 ISSUER = "https://bench.clerk.accounts.dev"
 PATH = "/api/hello"
 STATIC_BODY = '{"upstream":"static","ok":true}'
-CONTENDERS = ("bare", "naive", "gateway_fa", "gateway_fa_logged", "nginx_proxy", "aiohttp_proxy",
-              "gateway_proxy")
+CONTENDERS = ("bare", "naive", "gateway_fa", "gateway_fa_logged", "gateway_fa_asserted",
+              "nginx_proxy", "aiohttp_proxy", "gateway_proxy", "gateway_proxy_asserted")
 TITLES = {
     "bare": "1. bare aiohttp, 200 on every path",
     "naive": "2. naive aiohttp + jwt.decode per request",
@@ -54,6 +54,8 @@ TITLES = {
     "nginx_proxy": "4. nginx proxy_pass -> static upstream",
     "aiohttp_proxy": "5. plain aiohttp reverse proxy, no auth",
     "gateway_proxy": "6. clerk-gateway proxy mode, cached token",
+    "gateway_fa_asserted": "3c. forward-auth with signed assertions on",
+    "gateway_proxy_asserted": "6b. proxy mode with signed assertions on",
 }
 
 
@@ -148,6 +150,13 @@ class Bench:
         env.update(extra or {})
         return env, port, admin
 
+    def _asserted(self) -> dict[str, str]:
+        """Environment for a gateway that signs an assertion per allowed request."""
+        config = self.workdir / "asserted.yaml"
+        config.write_text("assertion: {enabled: true, issuer: https://gateway.bench, "
+                          "audience: https://api.bench}\n")
+        return {"GATEWAY_CONFIG": str(config), "GATEWAY_STATE_DIR": str(self.workdir / "state")}
+
     def _start_gateway(self, name: str, env: dict[str, str], admin: int,
                        cpus: str | None) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "gateway", "serve"]
@@ -220,6 +229,12 @@ class Bench:
             c["gateway_fa_logged"].pid = self._start_gateway(
                 "gateway_fa_logged", env, admin, cpus).pid
             c["gateway_fa_logged"].url = f"http://127.0.0.1:{port}{PATH}"
+        for key, upstream in (("gateway_fa_asserted", None),
+                              ("gateway_proxy_asserted", self.upstream_url)):
+            if key in only:
+                env, port, admin = self._gateway_env(upstream=upstream, extra=self._asserted())
+                c[key].pid = self._start_gateway(key, env, admin, cpus).pid
+                c[key].url = f"http://127.0.0.1:{port}{PATH}"
         if "nginx_proxy" in only:
             port, proc = self._start_nginx("nginx_proxy", upstream_port, cpus)
             c["nginx_proxy"].pid = proc.pid
@@ -246,12 +261,15 @@ class Bench:
         problem = ""
         if status != 200:
             problem = f"answered {status} to a valid token"
-        elif key in ("naive", "gateway_fa", "gateway_fa_logged", "gateway_proxy") and (
-                anon_status != 401):
+        elif key in ("naive", "gateway_fa", "gateway_fa_logged", "gateway_proxy",
+                     "gateway_fa_asserted", "gateway_proxy_asserted") and anon_status != 401:
             problem = f"answered {anon_status} without a token (expected 401)"
         elif key.startswith("gateway_fa") and headers.get("X-User-Id") != "user_2demo":
             problem = "no X-User-Id identity header"
-        elif key in ("nginx_proxy", "aiohttp_proxy", "gateway_proxy") and (
+        elif key == "gateway_fa_asserted" and "X-Gateway-Assertion" not in headers:
+            problem = "no X-Gateway-Assertion header"
+        elif key in ("nginx_proxy", "aiohttp_proxy", "gateway_proxy",
+                     "gateway_proxy_asserted") and (
                 body.decode(errors="replace").strip() != STATIC_BODY):
             problem = f"body is not the upstream's ({body[:60]!r})"
         if not problem:

@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gateway.auth.assertion import build_signer
 from gateway.auth.introspection import SessionIntrospector
 from gateway.auth.jwks import IssuerKeys
 from gateway.auth.revocation import RevocationChecker, SocketCloser, clerk_issuers
@@ -24,6 +25,7 @@ from gateway.http.errors import error_response, json_errors
 from gateway.http.forward_auth import ForwardAuthHandler
 from gateway.http.hasura import HASURA_PATH, HasuraWebhook
 from gateway.http.headers import request_id
+from gateway.http.jwks_endpoint import JWKS_PATH, JwksEndpoint
 from gateway.http.proxy import ProxyHandler
 from gateway.http.webhooks import WEBHOOK_PATH, ClerkWebhooks
 from gateway.http.websocket import OpenSockets
@@ -75,7 +77,10 @@ class Gateway:
             self.verifier,
             self.metrics,
             revocation=self.revocation,
+            assertions=build_signer(settings, clock),
         )
+        self.jwks = JwksEndpoint(lambda: self.authorizer.assertions,
+                                 lambda: self.settings.state_dir, clock)
         self.webhooks = ClerkWebhooks(
             settings.webhook_secret, self.revocation, revocation, self.metrics, clock)
         self.workos_webhooks = WorkOSWebhooks(
@@ -176,6 +181,7 @@ def build_public_app(gateway: Gateway) -> web.Application:
     app.router.add_route("*", WEBHOOK_PATH, gateway.webhooks.handle)
     app.router.add_route("*", WORKOS_WEBHOOK_PATH, gateway.workos_webhooks.handle)
     app.router.add_route("*", HASURA_PATH, gateway.hasura.handle)
+    app.router.add_route("*", JWKS_PATH, gateway.jwks.handle)
     app.router.add_route("*", RESERVED_PREFIX + r"{tail:[\s\S]*}", _reserved_not_found)
 
     door = gateway.proxy or gateway.forward_auth
@@ -194,6 +200,7 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_route("*", WEBHOOK_PATH, gateway.webhooks.handle)
     app.router.add_route("*", WORKOS_WEBHOOK_PATH, gateway.workos_webhooks.handle)
     app.router.add_route("*", HASURA_PATH, gateway.hasura.handle)
+    app.router.add_route("*", JWKS_PATH, gateway.jwks.handle)
     worker = str(os.getpid())
 
     async def tag_worker(_request: web.Request, response: web.StreamResponse) -> None:

@@ -23,6 +23,43 @@ def _load(args: argparse.Namespace) -> Settings | None:
         return None
 
 
+def _signing_key_problem(settings: Settings) -> str | None:
+    """Why the configured signing key cannot be used (None when it can, or is not needed)."""
+    from gateway.auth.signing_keys import SigningKeyError, load_signing_key
+
+    config = settings.assertion
+    if not config.enabled:
+        return None
+    try:
+        load_signing_key(config.key_file, settings.state_dir, config.algorithm)
+    except SigningKeyError as exc:
+        return f"assertion: {exc}"
+    return None
+
+
+def _describe_assertion(settings: Settings) -> str:
+    """One line: whether assertions are signed, with which key id, from where."""
+    from gateway.auth.signing_keys import (
+        SigningKeyError,
+        generated_key_path,
+        load_signing_key,
+        planned_key_source,
+    )
+
+    config = settings.assertion
+    if not config.enabled:
+        return "  assertion: off"
+    source = planned_key_source(config.key_file, settings.state_dir, config.algorithm)
+    kid = "(generated at first start)"
+    if config.key_file or generated_key_path(settings.state_dir, config.algorithm).exists():
+        try:
+            kid = load_signing_key(config.key_file, settings.state_dir, config.algorithm).kid
+        except SigningKeyError as exc:
+            kid = f"(unusable: {exc})"
+    return (f"  assertion: {config.header}, {config.algorithm}, key id {kid}, "
+            f"key {source}, published at /_gateway/jwks.json")
+
+
 def _describe(settings: Settings) -> str:
     lines = [
         "configuration OK",
@@ -38,12 +75,16 @@ def _describe(settings: Settings) -> str:
     lines.append(f"  routes: {len(settings.routes)} (unmatched requests: {default})")
     for route in settings.routes:
         lines.append(f"    {route.name}: {route.rule.access}")
+    lines.append(_describe_assertion(settings))
     return "\n".join(lines)
 
 
 def _check_config(args: argparse.Namespace) -> int:
     settings = _load(args)
     if settings is None:
+        return 2
+    if settings.assertion.key_file and (problem := _signing_key_problem(settings)):
+        print(f"invalid configuration:\n  - {problem}", file=sys.stderr)
         return 2
     print(_describe(settings))
     return 0
@@ -57,6 +98,10 @@ def _serve(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     setup_logging(settings.log_level, settings.log_format)
+    problem = _signing_key_problem(settings)  # the parent creates a generated key once
+    if problem is not None:
+        print(f"invalid configuration:\n  - {problem}", file=sys.stderr)
+        return 2
     index = worker_index()
     count = 1 if index is not None else worker_count(args.workers, settings.workers)
     if count > 1:

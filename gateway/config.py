@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from gateway.config_assertion import AssertionSettings, parse_assertion
 from gateway.config_issuers import (
     ALLOWED_ALGORITHMS,
     DEFAULT_API_URL,
@@ -51,6 +52,7 @@ __all__ = [
     "ALLOWED_ALGORITHMS",
     "DEFAULT_TOKEN_SOURCES",
     "IDENTITY_FIELDS",
+    "AssertionSettings",
     "ClaimPaths",
     "ConfigError",
     "ForwardAuthSettings",
@@ -127,6 +129,8 @@ class Settings:
     source_path: str | None = None
     workos_webhook_secret: Secret | None = None
     hasura: HasuraSettings = field(default_factory=HasuraSettings)
+    assertion: AssertionSettings = field(default_factory=AssertionSettings)
+    state_dir: str = ""
 
     @property
     def mode(self) -> str:
@@ -161,6 +165,12 @@ def _read_yaml(path: str, problems: list[str]) -> dict[str, Any]:
         problems.append(f"config file {path}: must hold a mapping at the top level")
         return {}
     return data
+
+
+def default_state_dir(env: Mapping[str, str]) -> str:
+    """Where state is kept when nothing says: $XDG_STATE_HOME or ~/.local/state."""
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "clerk-gateway")
 
 
 def _env_number(env: Mapping[str, str], name: str, default: float, low: float, high: float,
@@ -285,6 +295,9 @@ def load_settings(
                 f"routes[{route.name}].upstream: needs a default upstream (GATEWAY_UPSTREAM or "
                 "upstream:) so the gateway runs as a proxy")
 
+    assertion = parse_assertion(root.child("assertion"), env, upstream, identity_headers)
+    state_dir = env.get("GATEWAY_STATE_DIR") or root.text("state_dir") or default_state_dir(env)
+
     def secret(name: str) -> Secret | None:
         value = env.get(name)
         return Secret(value) if value else None
@@ -323,4 +336,6 @@ def load_settings(
         source_path=path,
         workos_webhook_secret=secret("WORKOS_WEBHOOK_SECRET"),
         hasura=hasura,
+        assertion=assertion,
+        state_dir=state_dir,
     )

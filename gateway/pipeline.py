@@ -8,6 +8,7 @@ from typing import Protocol
 
 from multidict import CIMultiDictProxy
 
+from gateway.auth.assertion import AssertionSigner
 from gateway.auth.claims import Identity
 from gateway.auth.extract import AmbiguousToken, EmptyToken, TokenExtractor, effective_sources
 from gateway.auth.jwks import KeysUnavailable
@@ -109,12 +110,14 @@ class Authorizer:
         verifier: Verifier,
         metrics: Metrics,
         revocation: RevocationCheck | None = None,
+        assertions: AssertionSigner | None = None,
     ) -> None:
         self.router = router
         self.extractor = extractor
         self.verifier = verifier
         self.metrics = metrics
         self.revocation: RevocationCheck = revocation or NoRevocation()
+        self.assertions = assertions
 
     async def authorize(self, facts: RequestFacts) -> Decision:
         """Decide one request, and count the decision."""
@@ -186,9 +189,9 @@ class Authorizer:
             return Decision(reason, route, path=path, params=match.params)
         return _Located(route, path, match.params, token)
 
-    @staticmethod
-    def _settle(located: _Located, verified: Verified, revoked: Reason | None) -> Decision:
-        """The decision for a verified token: revoked, refused by the route's rule, or OK."""
+    def _settle(self, located: _Located, verified: Verified, revoked: Reason | None) -> Decision:
+        """The decision for a verified token: revoked, refused by the route's rule, or OK
+        (with the signed assertion among the identity headers when assertions are on)."""
         identity = verified.identity
         route = located.route
         if revoked is not None:
@@ -197,5 +200,9 @@ class Authorizer:
         if unmet is not None:
             return Decision(unmet.reason, route, identity=identity, path=located.path,
                             detail=unmet.requirement, params=located.params)
-        return Decision(Reason.OK, route, identity, verified.headers, located.path,
+        headers = verified.headers
+        assertions = self.assertions
+        if assertions is not None:
+            headers = assertions.headers(identity, headers, route.name)
+        return Decision(Reason.OK, route, identity, headers, located.path,
                         params=located.params)

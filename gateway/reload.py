@@ -17,8 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gateway.auth.assertion import AssertionSigner, build_signer
 from gateway.auth.jwks import IssuerKeys
 from gateway.auth.revocation import clerk_issuers
+from gateway.auth.signing_keys import SigningKeyError
 from gateway.auth.verify import Verifier
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.pipeline import extractor_for, router_for
@@ -35,6 +37,7 @@ RESTART_FIELDS = (
     "admin_token", "redis_url", "webhook_secret", "clerk_secret_key", "clerk_api_url",
     "forward_auth", "proxy", "revocation", "limits", "shutdown_timeout_seconds",
     "workos_webhook_secret", "hasura",
+    "assertion", "state_dir",
 )
 _VERIFIER_FIELDS = (
     "issuers", "identity_headers", "leeway_seconds", "max_token_bytes", "token_cache_size",
@@ -74,6 +77,7 @@ async def apply_settings(gateway: Gateway, new: Settings) -> ReloadResult:
                 fresh[issuer.name] = IssuerKeys(
                     issuer, settings.keys, gateway.session, gateway.metrics)
         await asyncio.gather(*(keys.refresh() for keys in fresh.values()))
+    signer = await _signer_for(gateway, settings)
     added = tuple(n for n in fresh if n not in current)
     replaced = tuple(n for n in fresh if n in current)
     wanted = {i.name for i in settings.issuers}
@@ -91,6 +95,7 @@ async def apply_settings(gateway: Gateway, new: Settings) -> ReloadResult:
         authorizer.verifier = gateway.verifier
     authorizer.extractor = extractor_for(settings)
     authorizer.router = router_for(settings)
+    authorizer.assertions = signer
     gateway.revocation.introspect_issuers = clerk_issuers(settings)
     gateway.settings = settings
     for keys in fresh.values():
@@ -104,6 +109,17 @@ async def apply_settings(gateway: Gateway, new: Settings) -> ReloadResult:
         issuers_removed=removed,
         restart_required=restart,
     )
+
+
+async def _signer_for(gateway: Gateway, settings: Settings) -> AssertionSigner | None:
+    """A signer for the new settings (re-reading the key: a SIGHUP is how a key file is
+    rotated); the running one when the new key cannot be loaded."""
+    try:
+        return await asyncio.to_thread(build_signer, settings, gateway.clock)
+    except SigningKeyError as exc:
+        log.error("signing key not reloaded; the running key stays in use",
+                  extra={"problem": str(exc)})
+        return gateway.authorizer.assertions
 
 
 async def reload_from_sources(

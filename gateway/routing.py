@@ -106,6 +106,7 @@ class Route:
     rule: Rule = field(default_factory=Rule)
     upstream: str | None = None
     template: tuple[str, ...] | None = None
+    assertion_audience: str | None = None
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -314,9 +315,13 @@ def _parse_route(item: Reader, issuers: Mapping[str, str]) -> tuple[Route, bool]
         item.problem(f"{upstream!r} must be an http:// or https:// URL", "upstream")
     params = tuple(m[1] for s in template or () if (m := _PARAM.match(s)))
     rule = _parse_rule(item, name, params, template is not None, issuers)
+    assertion = item.child("assertion")
+    audience = assertion.text("audience")
+    assertion.check_unknown()
     item.check_unknown()
     route = Route(name=name, prefix=path, exact=exact, methods=methods, host=host, rule=rule,
-                  upstream=upstream.rstrip("/") if upstream else None, template=template)
+                  upstream=upstream.rstrip("/") if upstream else None, template=template,
+                  assertion_audience=audience)
     return route, parsed is not None
 
 

@@ -55,6 +55,7 @@ class HeaderHygiene:
     def __init__(self, settings: Settings) -> None:
         proxy = settings.proxy
         controlled = {normalize_name(h) for h in settings.identity_headers.values()}
+        controlled.add(normalize_name(settings.assertion.header))
         dropped = set(HOP_BY_HOP) | controlled | _ALWAYS_STRIPPED
         if not proxy.forward_authorization:
             dropped.add("authorization")
