@@ -219,8 +219,8 @@ async def test_hasura_claims_namespace(
     token = clerk.token(org_id="org_1", role="org:admin")
     hasura = _verify((await running.get("/", token)).headers[HEADER], keys)[namespace]
     assert hasura == {"x-hasura-user-id": "user_2demo", "x-hasura-org-id": "org_1",
-                      "x-hasura-default-role": "org:admin",
-                      "x-hasura-allowed-roles": ["org:admin", "user"]}
+                      "x-hasura-default-role": "admin",
+                      "x-hasura-allowed-roles": ["admin", "user"]}
     plain = _verify((await running.get("/", clerk.token())).headers[HEADER], keys)[namespace]
     assert plain == {"x-hasura-user-id": "user_2demo", "x-hasura-default-role": "user",
                      "x-hasura-allowed-roles": ["user"]}

@@ -16,6 +16,7 @@ from typing import Any
 import jwt
 
 from gateway.auth.claims import Identity
+from gateway.auth.hasura_roles import allowed_roles, default_role
 from gateway.auth.signing_keys import SigningKey, load_signing_key, publish_key
 from gateway.config import Settings
 from gateway.config_assertion import AssertionSettings, origin_of
@@ -43,12 +44,12 @@ def route_audiences(
     return default, own
 
 
-def _hasura_claims(identity: Identity, default_role: str) -> dict[str, Any]:
-    role = identity.org_role or default_role
+def _hasura_claims(identity: Identity, fallback_role: str) -> dict[str, Any]:
+    """The Hasura JWT-mode claims: the same roles the Hasura webhook door answers with."""
     claims: dict[str, Any] = {
         "x-hasura-user-id": identity.user_id,
-        "x-hasura-default-role": role,
-        "x-hasura-allowed-roles": list(dict.fromkeys((role, default_role))),
+        "x-hasura-default-role": default_role(identity, fallback_role),
+        "x-hasura-allowed-roles": list(allowed_roles(identity, fallback_role)),
     }
     if identity.org_id:
         claims["x-hasura-org-id"] = identity.org_id

@@ -20,6 +20,7 @@ from aiohttp._cookie_helpers import parse_cookie_header  # what request.cookies 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.auth.claims import Identity
+from gateway.auth.hasura_roles import allowed_roles, default_role
 from gateway.config import HasuraSettings
 from gateway.config_sections import HASURA_ROLE_VARIABLE
 from gateway.http.errors import JSON_CONTENT_TYPE, error_response, hasura_refusal
@@ -29,7 +30,7 @@ from gateway.http.webhook_delivery import read_capped
 from gateway.pipeline import Authorizer, Decision, RequestFacts
 from gateway.reasons import Reason
 
-__all__ = ["HASURA_PATH", "HasuraWebhook", "allowed_roles", "choose_role"]
+__all__ = ["HASURA_PATH", "HasuraWebhook", "choose_role"]
 
 HASURA_PATH = "/_gateway/hasura"
 DOOR = "hasura"
@@ -39,18 +40,12 @@ class _BadRequest(ValueError):
     """The POST body is not Hasura's `{"headers": {...}}` object."""
 
 
-def allowed_roles(identity: Identity, default_role: str) -> tuple[str, ...]:
-    """The Hasura roles an identity may act as: its organization role(s), then the default."""
-    roles = [r.removeprefix("org:") for r in (identity.org_role, *identity.roles) if r]
-    return tuple(dict.fromkeys([*roles, default_role]))
-
-
-def choose_role(identity: Identity, default_role: str, requested: str | None) -> str | None:
+def choose_role(identity: Identity, fallback: str, requested: str | None) -> str | None:
     """The role for this request; None when the requested role is not an allowed one."""
-    default = identity.org_role.removeprefix("org:") if identity.org_role else default_role
+    default = default_role(identity, fallback)
     if not requested or requested == default:
         return default
-    return requested if requested in allowed_roles(identity, default_role) else None
+    return requested if requested in allowed_roles(identity, fallback) else None
 
 
 def _posted_headers(body: bytes) -> CIMultiDictProxy[str]:
