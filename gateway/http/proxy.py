@@ -25,6 +25,7 @@ from gateway.http.errors import error_response
 from gateway.http.headers import DECISION, REQUEST_ID, request_id
 from gateway.http.hop import HeaderHygiene
 from gateway.http.observe import RequestObserver
+from gateway.http.strict_client import strict_connector
 from gateway.http.upstream import (
     UpstreamConnectError,
     UpstreamError,
@@ -220,7 +221,7 @@ class ProxyHandler:
     async def start(self) -> None:
         """Open the upstream client: one bounded keep-alive pool, reused by every request."""
         proxy = self._settings.proxy
-        connector = aiohttp.TCPConnector(
+        connector = strict_connector(
             limit=proxy.max_connections,
             limit_per_host=proxy.max_connections_per_upstream,
             keepalive_timeout=proxy.keepalive_seconds,

@@ -105,7 +105,8 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamProtocolError("the upstream switched protocols"))
             self.abort()
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamProtocolError(f"invalid upstream response: {exc}"))
+            if not self._done:  # bytes after a whole response: keep it, close the socket
+                self._fail(UpstreamProtocolError(f"invalid upstream response: {exc}"))
             self.abort()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -136,8 +137,9 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        if self._done:
-            self._reusable = False  # a second response to one request
+        if self._head_done:  # a second response to one request: never parse it, never trust
+            self._reusable = False  # this socket again (it would answer the next request)
+            raise UpstreamProtocolError("the upstream sent an unsolicited response")
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
@@ -157,6 +159,8 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamProtocolError("the upstream switched protocols"))
             return
         if 100 <= status < 200:
+            if status != 100:  # 102/103/...: relayed never; the socket is not reused
+                self._reusable = False
             self._raw = []  # an informational response: the real one follows
             self._reason = b""
             return
