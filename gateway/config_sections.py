@@ -309,6 +309,7 @@ class LimitSettings:
     header_timeout_seconds: float = 10.0
     max_header_bytes: int = 8190
     max_headers: int = 100
+    keepalive_timeout_seconds: float = 75.0  # an idle keep-alive connection closes (both listeners)
 
 
 def parse_limits(reader: Reader) -> LimitSettings:
@@ -320,6 +321,8 @@ def parse_limits(reader: Reader) -> LimitSettings:
         max_header_bytes=reader.integer(
             "max_header_bytes", d.max_header_bytes, minimum=1024, maximum=65536),
         max_headers=reader.integer("max_headers", d.max_headers, minimum=16, maximum=1000),
+        keepalive_timeout_seconds=reader.number(
+            "keepalive_timeout_seconds", d.keepalive_timeout_seconds, minimum=0.1, maximum=3600),
     )
     reader.check_unknown()
     return limits
