@@ -117,6 +117,13 @@ class ProxySettings:
     websocket_close_on_expiry: bool = True
     websocket_max_message_bytes: int = 4 * 1024 * 1024
     client: str = "lean"  # plain http:// requests: "lean" (llhttp pool) or "aiohttp"
+    body_idle_timeout_seconds: float = 30.0  # a request body making no progress is cut
+    write_timeout_seconds: float = 60.0  # a client not reading the response is cut
+    pool_timeout_seconds: float = 10.0  # waiting for a free upstream connection: then 503
+    max_requests_per_client: int = 64  # proxied requests in flight per client; 0: no cap
+    websocket_max_connections: int = 1024  # relayed WebSockets, on their own connector
+    websocket_max_per_client: int = 32  # relayed WebSockets per client; 0: no cap
+    websocket_idle_timeout_seconds: float = 300.0  # no frame either way: closed with 1001
 
 
 def parse_token_sources(reader: Reader) -> tuple[TokenSource, ...]:
@@ -205,6 +212,23 @@ def parse_proxy(reader: Reader) -> ProxySettings:
             "websocket_max_message_bytes", d.websocket_max_message_bytes,
             minimum=1024, maximum=1024**3),
         client=reader.choice("client", d.client, ("lean", "aiohttp")),
+        body_idle_timeout_seconds=reader.number(
+            "body_idle_timeout_seconds", d.body_idle_timeout_seconds, minimum=0.1, maximum=3600),
+        write_timeout_seconds=reader.number(
+            "write_timeout_seconds", d.write_timeout_seconds, minimum=0.1, maximum=3600),
+        pool_timeout_seconds=reader.number(
+            "pool_timeout_seconds", d.pool_timeout_seconds, minimum=0.01, maximum=600),
+        max_requests_per_client=reader.integer(
+            "max_requests_per_client", d.max_requests_per_client, minimum=0, maximum=100_000),
+        websocket_max_connections=reader.integer(
+            "websocket_max_connections", d.websocket_max_connections, minimum=1,
+            maximum=1_000_000),
+        websocket_max_per_client=reader.integer(
+            "websocket_max_per_client", d.websocket_max_per_client, minimum=0,
+            maximum=1_000_000),
+        websocket_idle_timeout_seconds=reader.number(
+            "websocket_idle_timeout_seconds", d.websocket_idle_timeout_seconds, minimum=0.1,
+            maximum=86400),
     )
     reader.check_unknown()
     return proxy

@@ -7,8 +7,9 @@ caused, or bytes the upstream made up, such as a redirect setting a session cook
 protocol accepts exactly one final response per request; anything else closes the connection
 and is dropped. A 1xx other than 100 is not relayed and the connection is not reused.
 
-It replaces aiohttp's `ResponseHandler` through the connector's `_factory` (a private
-attribute); tests/test_upstream_desync.py fails if aiohttp changes that.
+The connector also bounds the wait for a free pooled connection. Both hook private parts of
+aiohttp's TCPConnector (`_factory`, `_wait_for_available_connection`);
+tests/test_upstream_desync.py and tests/test_exhaustion_proxy.py fail if aiohttp changes them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Any
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
-__all__ = ["StrictResponseHandler", "strict_connector"]
+from gateway.http.upstream import UpstreamBusy
+
+__all__ = ["StrictConnector", "StrictResponseHandler"]
 
 
 class StrictResponseHandler(ResponseHandler):
@@ -62,9 +65,22 @@ class StrictResponseHandler(ResponseHandler):
             transport.close()
 
 
-def strict_connector(**kwargs: Any) -> aiohttp.TCPConnector:
-    """A TCPConnector whose connections use StrictResponseHandler."""
-    connector = aiohttp.TCPConnector(**kwargs)
-    connector._factory = functools.partial(  # type: ignore[assignment]
-        StrictResponseHandler, loop=asyncio.get_running_loop())
-    return connector
+class StrictConnector(aiohttp.TCPConnector):
+    """A TCPConnector whose connections use StrictResponseHandler and whose wait for a free
+    connection is bounded (UpstreamBusy after `pool_timeout` seconds; 0: unbounded)."""
+
+    def __init__(self, *, pool_timeout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pool_timeout = pool_timeout
+        self._factory = functools.partial(  # type: ignore[assignment]
+            StrictResponseHandler, loop=asyncio.get_running_loop())
+
+    async def _wait_for_available_connection(self, key: Any, traces: Any) -> None:
+        if not self._pool_timeout:
+            await super()._wait_for_available_connection(key, traces)
+            return
+        try:
+            async with asyncio.timeout(self._pool_timeout):
+                await super()._wait_for_available_connection(key, traces)
+        except TimeoutError:
+            raise UpstreamBusy("no upstream connection became free in time") from None

@@ -18,8 +18,8 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = [
-    "UpstreamConnectError", "UpstreamError", "UpstreamPool", "UpstreamProtocolError",
-    "UpstreamReset", "UpstreamResponse",
+    "UpstreamBusy", "UpstreamConnectError", "UpstreamError", "UpstreamPool",
+    "UpstreamProtocolError", "UpstreamReset", "UpstreamResponse",
 ]
 
 # Response body bytes buffered before the upstream socket stops being read.
@@ -39,6 +39,10 @@ class UpstreamError(Exception):
 
 class UpstreamConnectError(UpstreamError):
     """No connection to the upstream could be opened."""
+
+
+class UpstreamBusy(UpstreamError):
+    """No connection to the upstream became free within the pool timeout."""
 
 
 class UpstreamReset(UpstreamError):
@@ -374,8 +378,10 @@ class UpstreamPool:
     """Keep-alive connections per (host, port), bounded in total and per upstream."""
 
     def __init__(self, *, limit: int, limit_per_upstream: int, keepalive_seconds: float,
-                 connect_timeout: float, read_timeout: float) -> None:
+                 connect_timeout: float, read_timeout: float,
+                 acquire_timeout: float = 0.0) -> None:
         self._limit = limit
+        self._acquire_timeout = acquire_timeout  # 0: wait for a free connection forever
         self._per = limit_per_upstream
         self._keepalive = keepalive_seconds
         self._connect_timeout = connect_timeout
@@ -454,6 +460,7 @@ class UpstreamPool:
 
     async def _acquire(self, key: Key, fresh: bool = False) -> _Connection:
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._acquire_timeout
         while True:
             if self._closed:
                 raise UpstreamConnectError("the upstream pool is closed")
@@ -467,13 +474,13 @@ class UpstreamPool:
                     continue
                 return conn
             if self._limit and self._total >= self._limit and not self._close_other_idle():
-                await self._wait_slot()
+                await self._wait_slot(deadline)
                 continue
             if self._per and self._open.get(key, 0) >= self._per:
                 if fresh and idle:
                     self._discard(idle.pop(0))
                     continue
-                await self._wait_slot()
+                await self._wait_slot(deadline)
                 continue
             break
         self._total += 1
@@ -494,11 +501,21 @@ class UpstreamPool:
         conn.on_lost = self._lost
         return conn
 
-    async def _wait_slot(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+    async def _wait_slot(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._waiters.append(waiter)
         try:
-            await waiter
+            if not self._acquire_timeout:
+                await waiter
+                return
+            left = deadline - loop.time()
+            if left <= 0:
+                raise UpstreamBusy("no upstream connection became free in time")
+            try:
+                await asyncio.wait_for(waiter, left)
+            except TimeoutError:
+                raise UpstreamBusy("no upstream connection became free in time") from None
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
