@@ -20,6 +20,7 @@ from gateway.auth.verify import Verifier
 from gateway.config import Settings
 from gateway.http.admin import AdminHandlers
 from gateway.http.admin_api import AdminApi
+from gateway.http.bounded_body import BoundedBodies
 from gateway.http.errors import error_response, json_errors
 from gateway.http.forward_auth import ForwardAuthHandler
 from gateway.http.headers import request_id
@@ -74,8 +75,11 @@ class Gateway:
             self.metrics,
             revocation=self.revocation,
         )
+        # Bodies read before anything is authenticated (webhooks): one shared bound.
+        self.bodies = BoundedBodies(settings.limits, self.metrics)
         self.webhooks = ClerkWebhooks(
-            settings.webhook_secret, self.revocation, revocation, self.metrics, clock)
+            settings.webhook_secret, self.revocation, revocation, self.metrics, clock,
+            bodies=self.bodies)
         self.admin_api = AdminApi(settings.admin_token, self.revocation)
         self.admin = AdminHandlers(self.keys, self._registry_to_scrape)
         self._flusher: asyncio.Task[None] | None = None

@@ -334,6 +334,8 @@ class LimitSettings:
     max_header_bytes: int = 8190
     max_headers: int = 100
     keepalive_timeout_seconds: float = 75.0  # an idle keep-alive connection closes (both listeners)
+    unauthenticated_body_timeout_seconds: float = 10.0  # a webhook body not whole in time: 408
+    unauthenticated_body_memory_bytes: int = 32 * 1024**2  # such bodies held at once, per process
 
 
 def parse_limits(reader: Reader) -> LimitSettings:
@@ -347,6 +349,12 @@ def parse_limits(reader: Reader) -> LimitSettings:
         max_headers=reader.integer("max_headers", d.max_headers, minimum=16, maximum=1000),
         keepalive_timeout_seconds=reader.number(
             "keepalive_timeout_seconds", d.keepalive_timeout_seconds, minimum=0.1, maximum=3600),
+        unauthenticated_body_timeout_seconds=reader.number(
+            "unauthenticated_body_timeout_seconds", d.unauthenticated_body_timeout_seconds,
+            minimum=0.1, maximum=600),
+        unauthenticated_body_memory_bytes=reader.integer(
+            "unauthenticated_body_memory_bytes", d.unauthenticated_body_memory_bytes,
+            minimum=64 * 1024, maximum=16 * 1024**3),
     )
     reader.check_unknown()
     return limits

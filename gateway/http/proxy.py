@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import Settings
+from gateway.http.bounded_body import answer_and_close
 from gateway.http.client_slots import ClientAddresses, ClientSlots
 from gateway.http.errors import error_response
 from gateway.http.headers import DECISION, REQUEST_ID, request_id
@@ -305,6 +306,8 @@ class ProxyHandler:
         status = 500
         try:
             response = await self._handle(request, rid, started, exchange)
+            if exchange.reason is Reason.BODY_TIMEOUT and not response.prepared:
+                await answer_and_close(request, response)
             status = response.status
             return response
         except asyncio.CancelledError:
@@ -379,10 +382,7 @@ class ProxyHandler:
     def _refuse(self, reason: Reason, rid: str, exchange: _Exchange) -> web.Response:
         """The door's own refusal of a request the pipeline allowed."""
         exchange.reason = reason
-        response = error_response(reason, rid, self._realm)
-        if reason is Reason.BODY_TIMEOUT:
-            response.force_close()  # the rest of the body is never read
-        return response
+        return error_response(reason, rid, self._realm)
 
     def _guard(self, guard: str) -> None:
         """Count a connection cut or a request refused by a resource bound."""

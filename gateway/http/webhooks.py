@@ -1,8 +1,10 @@
 """Clerk webhooks (Svix / Standard Webhooks): verified deliveries that revoke access.
 
 Refusals change nothing: no signing secret configured -> 404; body over the cap -> 413;
-missing ``svix-*`` headers -> 400; timestamp more than 5 minutes away -> 400; bad signature
--> 401; a verified body that is not a Clerk event -> 400. Each ``svix-id`` is processed once
+body not whole within limits.unauthenticated_body_timeout_seconds -> 408; the process's
+budget for unauthenticated bodies spent -> 503 (gateway/http/bounded_body.py); missing
+``svix-*`` headers -> 400; timestamp more than 5 minutes away -> 400; bad signature -> 401;
+a verified body that is not a Clerk event -> 400. Each ``svix-id`` is processed once
 (remembered in the revocation store, shared by replicas); a repeat answers 200 "duplicate".
 """
 
@@ -20,9 +22,11 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from gateway.auth.revocation import RevocationChecker
 from gateway.auth.revocation_store import RevocationEntry, StoreUnavailable
 from gateway.config import RevocationSettings, Secret
-from gateway.http.errors import json_response
+from gateway.http.bounded_body import BodyRefused, BoundedBodies, answer_and_close
+from gateway.http.errors import error_response, json_response
 from gateway.http.headers import request_id
 from gateway.metrics import Metrics
+from gateway.reasons import Reason
 
 __all__ = ["EVENT_TYPES", "WEBHOOK_PATH", "ClerkWebhooks"]
 
@@ -65,8 +69,10 @@ class ClerkWebhooks:
         settings: RevocationSettings,
         metrics: Metrics,
         clock: Callable[[], float],
+        bodies: BoundedBodies,
     ) -> None:
         self._webhook = Webhook(secret.value) if secret is not None else None
+        self._bodies = bodies
         self._checker = checker
         self._max_body = settings.webhook_max_body_bytes
         self._metrics = metrics
@@ -80,17 +86,6 @@ class ClerkWebhooks:
         self._count("other", "rejected")
         return json_response(status, rid, {"error": error, "message": message})
 
-    async def _read(self, request: web.Request) -> bytes | None:
-        """The raw body, or None when it exceeds the cap (read no further than the cap)."""
-        if request.content_length is not None and request.content_length > self._max_body:
-            return None
-        body = bytearray()
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            body += chunk
-            if len(body) > self._max_body:
-                return None
-        return bytes(body)
-
     async def handle(self, request: web.Request) -> web.Response:
         """Verify one delivery, then apply it once."""
         rid = request_id(request.headers)
@@ -102,10 +97,21 @@ class ClerkWebhooks:
             response = self._reject(405, rid, "method_not_allowed", "Use POST.")
             response.headers[hdrs.ALLOW] = hdrs.METH_POST
             return response
-        body = await self._read(request)
-        if body is None:
-            return self._reject(413, rid, "body_too_large",
-                                f"The body exceeds {self._max_body} bytes.")
+        try:
+            async with self._bodies.read(request, self._max_body) as body:
+                return await self._verify(self._webhook, request, rid, body)
+        except BodyRefused as refused:  # the body was not read whole: answer, then close
+            if refused.reason is Reason.BODY_TOO_LARGE:
+                response = self._reject(413, rid, "body_too_large",
+                                        f"The body exceeds {self._max_body} bytes.")
+            else:
+                self._count("other", "rejected")
+                response = error_response(refused.reason, rid, realm="")
+            return await answer_and_close(request, response)
+
+    async def _verify(self, webhook: Webhook, request: web.Request, rid: str, body: bytes
+                      ) -> web.Response:
+        """Check a delivery read whole (bounded by BoundedBodies), then apply it once."""
         headers = request.headers
         msg_id = headers.get("svix-id") or headers.get("webhook-id")
         timestamp = headers.get("svix-timestamp") or headers.get("webhook-timestamp")
@@ -119,7 +125,7 @@ class ClerkWebhooks:
             return self._reject(400, rid, "stale_timestamp",
                                 "svix-timestamp is missing, malformed or outside 5 minutes.")
         try:
-            self._webhook.verify(body, {"webhook-id": msg_id, "webhook-timestamp": timestamp,
+            webhook.verify(body, {"webhook-id": msg_id, "webhook-timestamp": timestamp,
                                         "webhook-signature": signature}, json_parse=False)
         except (WebhookVerificationError, ValueError, binascii.Error):
             return self._reject(401, rid, "bad_signature", "The signature does not verify.")
