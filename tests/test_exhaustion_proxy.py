@@ -13,6 +13,7 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,8 +22,8 @@ from aiohttp import WSMsgType
 
 from gateway.devissuer import DevIssuer
 from gateway.http.websocket import CLOSE_GOING_AWAY
-from tests.conftest import GatewayFactory, Running
-from tests.proxy_support import Upstream
+from tests.conftest import GatewayFactory, Running, free_port
+from tests.proxy_support import Upstream, start_gateway_process
 
 CLIENTS = ["lean", "aiohttp"]
 
@@ -233,3 +234,51 @@ async def test_an_idle_websocket_is_closed_and_a_busy_one_kept(
     finally:
         await idle.close()
         await busy.close()
+
+
+async def test_every_bad_bound_is_listed_and_the_defaults_are_documented(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    from gateway.config import ConfigError
+
+    bad = {"proxy": {"body_idle_timeout_seconds": 0, "write_timeout_seconds": "soon",
+                     "pool_timeout_seconds": -1, "max_requests_per_client": -1,
+                     "websocket_max_connections": 0, "websocket_max_per_client": "x",
+                     "websocket_idle_timeout_seconds": 0},
+           "limits": {"keepalive_timeout_seconds": 0, "unauthenticated_body_timeout_seconds": 0,
+                      "unauthenticated_body_memory_bytes": 10}}
+    with pytest.raises(ConfigError) as caught:
+        await make_gateway(env={"GATEWAY_UPSTREAM": upstream.url}, config=bad)
+    text = str(caught.value)
+    for section, keys in bad.items():
+        for key in keys:
+            assert f"{section}.{key}" in text, key
+    gw = await make_gateway(env={"GATEWAY_UPSTREAM": upstream.url})
+    proxy, limits = gw.settings.proxy, gw.settings.limits
+    assert (proxy.body_idle_timeout_seconds, proxy.write_timeout_seconds,
+            proxy.pool_timeout_seconds, proxy.max_requests_per_client,
+            proxy.websocket_max_connections, proxy.websocket_max_per_client,
+            proxy.websocket_idle_timeout_seconds) == (30, 60, 10, 64, 1024, 32, 300)
+    assert (limits.keepalive_timeout_seconds, limits.unauthenticated_body_timeout_seconds,
+            limits.unauthenticated_body_memory_bytes) == (75, 10, 32 * 1024 * 1024)
+
+
+async def test_served_with_default_workers_every_stalled_body_is_cut(
+    clerk: DevIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("proxy:\n  body_idle_timeout_seconds: 1\n")
+    served = await start_gateway_process(
+        {"CLERK_ISSUER": clerk.issuer, "GATEWAY_UPSTREAM": upstream.url,
+         "GATEWAY_CONFIG": str(config)}, free_port(), free_port(), tmp_path)
+    try:
+        token = clerk.token()
+        async with contextlib.AsyncExitStack() as stack:
+            readers = [(await stack.enter_async_context(stalled_upload(served.port, token)))[0]
+                       for _ in range(6)]
+            replies = await asyncio.gather(*(asyncio.wait_for(r.read(), 20) for r in readers))
+        for raw in replies:
+            status, _, body = split_reply(raw)
+            assert (status, body["reason"]) == (408, "body_timeout")
+    finally:
+        assert served.stop() == 0

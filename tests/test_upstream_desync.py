@@ -10,11 +10,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.devissuer import DevIssuer
+from gateway.http.strict_client import StrictConnector
+from gateway.http.upstream import UpstreamError
 from tests.conftest import GatewayFactory
-from tests.test_upstream_client import Raw, raw_server
+from tests.test_upstream_client import Raw, get, pool, raw_server
 
 EVIL = (b"HTTP/1.1 302 Found\r\nLocation: https://evil.example/\r\n"
         b"Set-Cookie: __session=stolen; Path=/\r\nContent-Length: 0\r\n\r\n")
@@ -106,4 +111,61 @@ async def test_a_body_answering_head_closes_the_connection(
         answers = await through(make_gateway, clerk, raw, client, first_method="HEAD")
     assert [(s, b) for s, _, b in answers] == [(200, b""), (200, b"hello")]
     assert all("Set-Cookie" not in h for _, h, _ in answers)
+    assert raw.connections == 2
+
+
+def response_with(status: int, extra: bytes) -> bytes:
+    return (b"HTTP/1.1 %d X\r\nSet-Cookie: __session=stolen\r\nContent-Length: %d\r\n\r\n"
+            % (status, len(extra)) + extra)
+
+
+TRAILING = st.one_of(
+    st.binary(min_size=1, max_size=300),
+    st.builds(response_with, st.integers(100, 599), st.binary(max_size=40)),
+    st.builds(lambda a, b: a + b, st.builds(response_with, st.integers(200, 599),
+                                            st.binary(max_size=10)),
+              st.binary(max_size=40)),
+)
+
+
+async def two_requests(client: str, raw: Raw, pause: float
+                       ) -> tuple[tuple[int, bytes] | None, tuple[int, bytes] | None]:
+    """Two sequential GETs through one client's pool; None for a request that failed."""
+    answers: list[tuple[int, bytes] | None] = []
+    if client == "lean":
+        lean = pool()
+        try:
+            for index in range(2):
+                try:
+                    answers.append(await get(lean, raw))
+                except UpstreamError:
+                    answers.append(None)
+                if index == 0:
+                    await asyncio.sleep(pause)
+        finally:
+            await lean.close()
+    else:
+        async with aiohttp.ClientSession(connector=StrictConnector()) as session:
+            for index in range(2):
+                try:
+                    async with session.get(f"http://127.0.0.1:{raw.port}/") as response:
+                        answers.append((response.status, await response.read()))
+                except aiohttp.ClientError:
+                    answers.append(None)
+                if index == 0:
+                    await asyncio.sleep(pause)
+    return answers[0], answers[1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(extra=TRAILING, delayed=st.booleans(), client=st.sampled_from(["lean", "aiohttp"]))
+async def test_no_bytes_after_an_answer_ever_answer_another_request(
+    extra: bytes, delayed: bool, client: str
+) -> None:
+    hostile = (first_answer_then_ok(HELLO, extra, 0.02) if delayed
+               else first_answer_then_ok(HELLO + extra))
+    async with raw_server(hostile) as raw:
+        first, second = await two_requests(client, raw, 0.15 if delayed else 0.0)
+    assert first in ((200, b"hello"), None)  # the answer, or refused whole; never the extra
+    assert second == (200, b"hello")
     assert raw.connections == 2
