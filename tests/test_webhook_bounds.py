@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -18,6 +16,7 @@ from gateway.devissuer import DevIssuer
 from gateway.http.webhooks import WEBHOOK_PATH
 from tests.conftest import GatewayFactory, Running
 from tests.revocation_support import WEBHOOK_SECRET, delivery, metric
+from tests.test_exhaustion_proxy import split_reply
 
 ENV = {"CLERK_WEBHOOK_SIGNING_SECRET": WEBHOOK_SECRET}
 KiB = 1024
@@ -41,13 +40,6 @@ async def stalled_delivery(port: int, declared: int, sent: bytes
         writer.close()
 
 
-def reply_of(raw: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, json.loads(body)
-
-
 @pytest.mark.parametrize("listener", ["public", "admin"])
 async def test_a_stalled_delivery_is_cut_with_408(
     make_gateway: GatewayFactory, listener: str
@@ -56,7 +48,7 @@ async def test_a_stalled_delivery_is_cut_with_408(
         "limits": {"unauthenticated_body_timeout_seconds": 0.5}})
     started = time.monotonic()
     async with stalled_delivery(port_of(gw, listener), 1000, b"{") as reader:
-        status, headers, body = reply_of(await asyncio.wait_for(reader.read(), 10))
+        status, headers, body = split_reply(await asyncio.wait_for(reader.read(), 10))
     assert time.monotonic() - started < 9
     assert status == 408
     assert set(body) == {"error", "reason", "message", "request_id"}
@@ -84,7 +76,7 @@ async def test_stalled_deliveries_share_one_memory_budget(
             assert time.monotonic() < deadline, bodies.held
             await asyncio.sleep(0.05)
         async with stalled_delivery(port_of(gw, "admin"), 100 * KiB, chunk) as reader:
-            status, headers, body = reply_of(await asyncio.wait_for(reader.read(), 10))
+            status, headers, body = split_reply(await asyncio.wait_for(reader.read(), 10))
         assert status == 503
         assert headers["retry-after"] == "1"
         assert body["reason"] == "server_busy"
@@ -106,6 +98,6 @@ async def test_a_body_over_the_cap_is_refused_without_being_read(
 ) -> None:
     gw = await make_gateway(env=ENV, config={"revocation": {"webhook_max_body_bytes": 1024}})
     async with stalled_delivery(port_of(gw, "public"), 4096, b"") as reader:
-        status, _, _ = reply_of(await asyncio.wait_for(reader.read(), 10))
+        status, _, _ = split_reply(await asyncio.wait_for(reader.read(), 10))
     assert status == 413
     assert gw.gateway.bodies.held == 0
