@@ -4,7 +4,10 @@ Responses are parsed by llhttp (httptools); bodies stream both ways with back-pr
 connection goes back to the pool only when its response was read to a clean end, the request
 body was sent whole, and the upstream did not ask to close. A request that finds a pooled
 connection already closed by the upstream is retried once on a fresh connection, and only when
-it is idempotent and has no body.
+it is idempotent and has no body. A connection carries exactly one final response per request:
+bytes that answer no request in flight (a second response, bytes while pooled, a body after a
+HEAD/204/304 head, bytes after a Content-Length body) close it, and a 1xx other than 100 stops
+it being reused. Waiting for a free connection ends after `acquire_timeout` (UpstreamBusy).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 The upgrade has already been authorized by the pipeline. The relay connects to the upstream
 first (so an unreachable upstream is a plain 502/504 before the upgrade), then accepts the
 client and relays text, binary, ping, pong and close frames both ways. It closes the socket
-when the token that opened it expires (code 4001), when revocation asks (4003) or when the
-gateway shuts down (1001).
+when the token that opened it expires (code 4001), when revocation asks (4003), when no frame
+passes either way for the idle timeout (1001) or when the gateway shuts down (1001).
 """
 
 from __future__ import annotations
