@@ -21,6 +21,7 @@ from gateway.auth.verify import Verifier
 from gateway.config import Settings
 from gateway.http.admin import AdminHandlers
 from gateway.http.admin_api import AdminApi
+from gateway.http.bounded_body import BoundedBodies
 from gateway.http.errors import error_response, json_errors
 from gateway.http.forward_auth import ForwardAuthHandler
 from gateway.http.hasura import HASURA_PATH, HasuraWebhook
@@ -81,11 +82,16 @@ class Gateway:
         )
         self.jwks = JwksEndpoint(lambda: self.authorizer.assertions,
                                  lambda: self.settings.state_dir, clock)
+        # Bodies read before anything is authenticated (webhooks, Hasura): one shared bound.
+        self.bodies = BoundedBodies(settings.limits, self.metrics)
         self.webhooks = ClerkWebhooks(
-            settings.webhook_secret, self.revocation, revocation, self.metrics, clock)
+            settings.webhook_secret, self.revocation, revocation, self.metrics, clock,
+            bodies=self.bodies)
         self.workos_webhooks = WorkOSWebhooks(
-            settings.workos_webhook_secret, self.revocation, revocation, self.metrics, clock)
-        self.hasura = HasuraWebhook(self.authorizer, settings.hasura, settings.realm, clock)
+            settings.workos_webhook_secret, self.revocation, revocation, self.metrics, clock,
+            bodies=self.bodies)
+        self.hasura = HasuraWebhook(self.authorizer, settings.hasura, settings.realm, clock,
+                                    self.bodies)
         self.admin_api = AdminApi(settings.admin_token, self.revocation)
         self.admin = AdminHandlers(self.keys, self._registry_to_scrape)
         self._flusher: asyncio.Task[None] | None = None

@@ -121,6 +121,13 @@ class ProxySettings:
     websocket_close_on_expiry: bool = True
     websocket_max_message_bytes: int = 4 * 1024 * 1024
     client: str = "lean"  # plain http:// requests: "lean" (llhttp pool) or "aiohttp"
+    body_idle_timeout_seconds: float = 30.0  # a request body making no progress is cut
+    write_timeout_seconds: float = 60.0  # a client not reading the response is cut
+    pool_timeout_seconds: float = 10.0  # waiting for a free upstream connection: then 503
+    max_requests_per_client: int = 64  # proxied requests in flight per client; 0: no cap
+    websocket_max_connections: int = 1024  # relayed WebSockets, on their own connector
+    websocket_max_per_client: int = 32  # relayed WebSockets per client; 0: no cap
+    websocket_idle_timeout_seconds: float = 300.0  # no frame either way: closed with 1001
 
 
 def parse_token_sources(reader: Reader) -> tuple[TokenSource, ...]:
@@ -209,6 +216,23 @@ def parse_proxy(reader: Reader) -> ProxySettings:
             "websocket_max_message_bytes", d.websocket_max_message_bytes,
             minimum=1024, maximum=1024**3),
         client=reader.choice("client", d.client, ("lean", "aiohttp")),
+        body_idle_timeout_seconds=reader.number(
+            "body_idle_timeout_seconds", d.body_idle_timeout_seconds, minimum=0.1, maximum=3600),
+        write_timeout_seconds=reader.number(
+            "write_timeout_seconds", d.write_timeout_seconds, minimum=0.1, maximum=3600),
+        pool_timeout_seconds=reader.number(
+            "pool_timeout_seconds", d.pool_timeout_seconds, minimum=0.01, maximum=600),
+        max_requests_per_client=reader.integer(
+            "max_requests_per_client", d.max_requests_per_client, minimum=0, maximum=100_000),
+        websocket_max_connections=reader.integer(
+            "websocket_max_connections", d.websocket_max_connections, minimum=1,
+            maximum=1_000_000),
+        websocket_max_per_client=reader.integer(
+            "websocket_max_per_client", d.websocket_max_per_client, minimum=0,
+            maximum=1_000_000),
+        websocket_idle_timeout_seconds=reader.number(
+            "websocket_idle_timeout_seconds", d.websocket_idle_timeout_seconds, minimum=0.1,
+            maximum=86400),
     )
     reader.check_unknown()
     return proxy
@@ -313,6 +337,9 @@ class LimitSettings:
     header_timeout_seconds: float = 10.0
     max_header_bytes: int = 8190
     max_headers: int = 100
+    keepalive_timeout_seconds: float = 75.0  # an idle keep-alive connection closes (both listeners)
+    unauthenticated_body_timeout_seconds: float = 10.0  # a webhook body not whole in time: 408
+    unauthenticated_body_memory_bytes: int = 32 * 1024**2  # such bodies held at once, per process
 
 
 def parse_limits(reader: Reader) -> LimitSettings:
@@ -324,6 +351,14 @@ def parse_limits(reader: Reader) -> LimitSettings:
         max_header_bytes=reader.integer(
             "max_header_bytes", d.max_header_bytes, minimum=1024, maximum=65536),
         max_headers=reader.integer("max_headers", d.max_headers, minimum=16, maximum=1000),
+        keepalive_timeout_seconds=reader.number(
+            "keepalive_timeout_seconds", d.keepalive_timeout_seconds, minimum=0.1, maximum=3600),
+        unauthenticated_body_timeout_seconds=reader.number(
+            "unauthenticated_body_timeout_seconds", d.unauthenticated_body_timeout_seconds,
+            minimum=0.1, maximum=600),
+        unauthenticated_body_memory_bytes=reader.integer(
+            "unauthenticated_body_memory_bytes", d.unauthenticated_body_memory_bytes,
+            minimum=64 * 1024, maximum=16 * 1024**3),
     )
     reader.check_unknown()
     return limits

@@ -94,6 +94,9 @@ class Metrics:
         self.fail_open = Counter(
             "fail_open", "Requests let through by an explicitly configured fail-open choice.",
             ["component"], namespace=ns, registry=registry)
+        self.resource_guards = Counter(
+            "resource_guards", "Connections cut or requests refused by a resource bound, by "
+            "guard.", ["guard"], namespace=ns, registry=registry)
         self.build_info = Gauge(
             "build_info", "Version of the running gateway.", ["version", "python"],
             namespace=ns, registry=registry, multiprocess_mode="max")

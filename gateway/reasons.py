@@ -67,6 +67,10 @@ class Reason(enum.Enum):
     BODY_TOO_LARGE = ("body_too_large", Category.PROXY, 413)
     UPSTREAM_UNAVAILABLE = ("upstream_unavailable", Category.PROXY, 502)
     UPSTREAM_TIMEOUT = ("upstream_timeout", Category.PROXY, 504)
+    BODY_TIMEOUT = ("body_timeout", Category.PROXY, 408)
+    UPSTREAM_BUSY = ("upstream_busy", Category.PROXY, 503)
+    TOO_MANY_REQUESTS = ("too_many_requests", Category.PROXY, 429)
+    SERVER_BUSY = ("server_busy", Category.UNAVAILABLE, 503)
 
     MALFORMED_REQUEST = ("malformed_request", Category.PROTOCOL, 400)
     NOT_FOUND = ("not_found", Category.PROTOCOL, 404)

@@ -22,10 +22,10 @@ from gateway.http.fast_door import FastDoor
 from gateway.http.guard import GuardedAppRunner
 from gateway.reload import reload_from_sources
 
-__all__ = ["KEEPALIVE_SECONDS", "public_runner", "serve"]
+__all__ = ["KEEPALIVE_SECONDS", "admin_runner", "public_runner", "serve"]
 
 log = logging.getLogger("gateway.server")
-KEEPALIVE_SECONDS = 75.0  # idle keep-alive connections close after this (aiohttp's run_app)
+KEEPALIVE_SECONDS = 75.0  # default of limits.keepalive_timeout_seconds (aiohttp's run_app)
 
 
 async def _reload(gateway: Gateway, path: str | None) -> None:
@@ -47,17 +47,31 @@ def public_runner(gateway: Gateway, app: web.Application | None = None,
         front = FastDoor(
             gateway.forward_auth, gateway.metrics, max_head_bytes=limits.max_header_bytes,
             max_headers=limits.max_headers, head_timeout=limits.header_timeout_seconds,
-            keepalive_timeout=KEEPALIVE_SECONDS)
+            keepalive_timeout=limits.keepalive_timeout_seconds)
     return GuardedAppRunner(
         app or build_public_app(gateway), head_timeout=limits.header_timeout_seconds,
         realm=settings.realm, front=front, access_log=None, handle_signals=False,
-        keepalive_timeout=KEEPALIVE_SECONDS,
+        keepalive_timeout=limits.keepalive_timeout_seconds,
         max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes,
         max_headers=limits.max_headers,
         # In proxy mode a client that disconnects cancels its upstream request.
         handler_cancellation=settings.mode == "proxy",
         **kwargs,
     )
+
+
+def admin_runner(gateway: Gateway, app: web.Application | None = None,
+                 **kwargs: Any) -> GuardedAppRunner:
+    """The admin listener's runner, guarded like the public one (head deadline, idle close,
+    header caps): it is reachable from the network in containers."""
+    settings = gateway.settings
+    limits = settings.limits
+    return GuardedAppRunner(
+        app or build_admin_app(gateway), head_timeout=limits.header_timeout_seconds,
+        realm=settings.realm, access_log=None, handle_signals=False,
+        keepalive_timeout=limits.keepalive_timeout_seconds,
+        max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes,
+        max_headers=limits.max_headers, **kwargs)
 
 
 async def serve(
@@ -73,8 +87,7 @@ async def serve(
     gateway = gateway or Gateway(settings)
     drain = settings.shutdown_timeout_seconds if shutdown_timeout is None else shutdown_timeout
     public = public_runner(gateway, shutdown_timeout=drain)
-    admin = web.AppRunner(build_admin_app(gateway), access_log=None, handle_signals=False,
-                          shutdown_timeout=1.0)
+    admin = admin_runner(gateway, shutdown_timeout=1.0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[None]] = set()

@@ -54,6 +54,10 @@ MESSAGES: dict[Reason, str] = {
     Reason.BODY_TOO_LARGE: "The request body is too large.",
     Reason.UPSTREAM_UNAVAILABLE: "The upstream service is unavailable.",
     Reason.UPSTREAM_TIMEOUT: "The upstream service did not answer in time.",
+    Reason.BODY_TIMEOUT: "The request body stopped arriving.",
+    Reason.UPSTREAM_BUSY: "Every connection to the upstream service is busy; try again shortly.",
+    Reason.TOO_MANY_REQUESTS: "This client has too many requests in progress; try again shortly.",
+    Reason.SERVER_BUSY: "The gateway is busy; try again shortly.",
     Reason.MALFORMED_REQUEST: "The request is not valid HTTP.",
     Reason.NOT_FOUND: "Nothing is served at this path.",
     Reason.UNSUPPORTED_METHOD: "This method is not supported at this path.",
@@ -121,7 +125,7 @@ def refusal_parts(
     challenge = _challenge(reason, realm)
     if challenge:
         headers[hdrs.WWW_AUTHENTICATE] = challenge
-    if reason.status == 503:
+    if reason.status in (429, 503):
         headers[hdrs.RETRY_AFTER] = str(max(1, retry_after or 1))
     body = error_body(reason)
     body["request_id"] = request_id

@@ -23,10 +23,10 @@ from gateway.auth.claims import Identity
 from gateway.auth.hasura_roles import allowed_roles, default_role
 from gateway.config import HasuraSettings
 from gateway.config_sections import HASURA_ROLE_VARIABLE
+from gateway.http.bounded_body import BodyRefused, BoundedBodies, answer_and_close
 from gateway.http.errors import JSON_CONTENT_TYPE, error_response, hasura_refusal
 from gateway.http.headers import DECISION, REQUEST_ID, REQUEST_ID_KEY, request_id
 from gateway.http.observe import RequestObserver
-from gateway.http.webhook_delivery import read_capped
 from gateway.pipeline import Authorizer, Decision, RequestFacts
 from gateway.reasons import Reason
 
@@ -69,8 +69,9 @@ class HasuraWebhook:
     """Handler for GET and POST /_gateway/hasura."""
 
     def __init__(self, authorizer: Authorizer, settings: HasuraSettings, realm: str,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], bodies: BoundedBodies) -> None:
         self.authorizer = authorizer
+        self._bodies = bodies
         self._settings = settings
         self._realm = realm
         self._clock = clock
@@ -96,11 +97,12 @@ class HasuraWebhook:
         if request.method == hdrs.METH_GET:
             headers = request.headers
         elif request.method == hdrs.METH_POST:
-            body = await read_capped(request, settings.max_body_bytes)
-            if body is None:
-                return error_response(Reason.BODY_TOO_LARGE, rid, realm="")
             try:
-                headers = _posted_headers(body)
+                async with self._bodies.read(request, settings.max_body_bytes) as body:
+                    headers = _posted_headers(body)
+            except BodyRefused as refused:  # not read whole: answer, then close
+                return await answer_and_close(
+                    request, error_response(refused.reason, rid, realm=""))
             except _BadRequest:
                 return error_response(Reason.MALFORMED_REQUEST, rid, realm="")
         else:

@@ -21,11 +21,15 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import Settings
+from gateway.http.bounded_body import answer_and_close
+from gateway.http.client_slots import ClientAddresses, ClientSlots
 from gateway.http.errors import error_response
 from gateway.http.headers import DECISION, REQUEST_ID, request_id
 from gateway.http.hop import HeaderHygiene
 from gateway.http.observe import RequestObserver
+from gateway.http.strict_client import StrictConnector
 from gateway.http.upstream import (
+    UpstreamBusy,
     UpstreamConnectError,
     UpstreamError,
     UpstreamPool,
@@ -36,7 +40,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, Decision, RequestFacts
 from gateway.reasons import Reason
 
-__all__ = ["BodyTooLarge", "ProxyHandler", "classify_failure"]
+__all__ = ["BodyStalled", "BodyTooLarge", "ClientStalled", "ProxyHandler", "classify_failure"]
 
 log = logging.getLogger("gateway.proxy")
 
@@ -53,6 +57,14 @@ class BodyTooLarge(Exception):
     """The client's request body passed the configured limit while streaming."""
 
 
+class BodyStalled(Exception):
+    """The client's request body made no progress for `proxy.body_idle_timeout_seconds`."""
+
+
+class ClientStalled(Exception):
+    """The client read none of the response for `proxy.write_timeout_seconds`."""
+
+
 class _Exchange:
     """What the access line needs beyond the decision, filled in as the request goes."""
 
@@ -65,18 +77,28 @@ class _Exchange:
 
 
 class _BodyState:
-    __slots__ = ("too_large",)
+    __slots__ = ("stalled", "too_large")
 
     def __init__(self) -> None:
         self.too_large = False
+        self.stalled = False
 
 
 async def _stream_body(
-    content: aiohttp.StreamReader, limit: int, state: _BodyState
+    content: aiohttp.StreamReader, limit: int, state: _BodyState, idle_seconds: float
 ) -> AsyncIterator[bytes]:
-    """Yield the request body as it arrives, failing (never truncating) past the limit."""
+    """Yield the request body as it arrives, failing (never truncating) past the limit or
+    when no byte arrives for `idle_seconds`."""
     seen = 0
-    async for chunk in content.iter_any():
+    while True:
+        try:
+            async with asyncio.timeout(idle_seconds):
+                chunk = await content.readany()
+        except TimeoutError:
+            state.stalled = True
+            raise BodyStalled(f"no request body byte for {idle_seconds:g} s") from None
+        if not chunk:
+            return
         seen += len(chunk)
         if limit and seen > limit:
             state.too_large = True
@@ -86,6 +108,8 @@ async def _stream_body(
 
 def classify_failure(exc: BaseException) -> tuple[str, Reason]:
     """The metric kind and the reason for an upstream failure."""
+    if isinstance(exc, UpstreamBusy):
+        return "busy", Reason.UPSTREAM_BUSY
     if isinstance(exc, TimeoutError):
         return "timeout", Reason.UPSTREAM_TIMEOUT
     if isinstance(exc, UpstreamConnectError):
@@ -109,7 +133,7 @@ def _strip_query_param(query: str, name: str) -> str:
     return "&".join(kept)
 
 
-_UPSTREAM_ERRORS = (aiohttp.ClientError, UpstreamError, TimeoutError, BodyTooLarge)
+_UPSTREAM_ERRORS = (aiohttp.ClientError, UpstreamError, TimeoutError, BodyTooLarge, BodyStalled)
 
 
 class _Upstream(Protocol):
@@ -210,7 +234,14 @@ class ProxyHandler:
         self._ws_expiry = proxy.websocket_close_on_expiry
         self._ws_max = proxy.websocket_max_message_bytes
         self._leeway = settings.leeway_seconds
+        self._body_idle = proxy.body_idle_timeout_seconds
+        self._write_timeout = proxy.write_timeout_seconds
+        self._ws_idle = proxy.websocket_idle_timeout_seconds
+        self._addresses = ClientAddresses(proxy.trusted_proxies)
+        self._client_requests = ClientSlots(proxy.max_requests_per_client)
+        self._client_sockets = ClientSlots(proxy.websocket_max_per_client)
         self._session: aiohttp.ClientSession | None = None
+        self._ws_session: aiohttp.ClientSession | None = None
         self._pool: UpstreamPool | None = None
         self._lean = proxy.client == "lean"
         self._bases: dict[str, tuple[str, int, str] | None] = {}
@@ -220,13 +251,31 @@ class ProxyHandler:
     async def start(self) -> None:
         """Open the upstream client: one bounded keep-alive pool, reused by every request."""
         proxy = self._settings.proxy
-        connector = aiohttp.TCPConnector(
+        connector = StrictConnector(
             limit=proxy.max_connections,
             limit_per_host=proxy.max_connections_per_upstream,
             keepalive_timeout=proxy.keepalive_seconds,
             ttl_dns_cache=300,
+            pool_timeout=proxy.pool_timeout_seconds,
         )
-        self._session = aiohttp.ClientSession(
+        self._session = self._client_session(connector)
+        # WebSockets hold their connection for their whole life: their own bounded connector,
+        # so idle sockets can never take the slots plain requests need.
+        self._ws_session = self._client_session(StrictConnector(
+            limit=proxy.websocket_max_connections, limit_per_host=0, ttl_dns_cache=300,
+            pool_timeout=proxy.pool_timeout_seconds))
+        if self._lean:
+            self._pool = UpstreamPool(
+                limit=proxy.max_connections, limit_per_upstream=proxy.max_connections_per_upstream,
+                keepalive_seconds=proxy.keepalive_seconds,
+                connect_timeout=proxy.connect_timeout_seconds,
+                read_timeout=proxy.read_timeout_seconds,
+                acquire_timeout=proxy.pool_timeout_seconds)
+
+    def _client_session(self, connector: aiohttp.BaseConnector) -> aiohttp.ClientSession:
+        """An aiohttp client session for upstream requests over the given connector."""
+        proxy = self._settings.proxy
+        return aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=proxy.connect_timeout_seconds,
@@ -236,12 +285,6 @@ class ProxyHandler:
             skip_auto_headers=_SKIP_AUTO_HEADERS,
             trust_env=False,
         )
-        if self._lean:
-            self._pool = UpstreamPool(
-                limit=proxy.max_connections, limit_per_upstream=proxy.max_connections_per_upstream,
-                keepalive_seconds=proxy.keepalive_seconds,
-                connect_timeout=proxy.connect_timeout_seconds,
-                read_timeout=proxy.read_timeout_seconds)
 
     async def close(self) -> None:
         """Close the upstream client and its pooled connections."""
@@ -251,6 +294,9 @@ class ProxyHandler:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._ws_session is not None:
+            await self._ws_session.close()
+            self._ws_session = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Authorize, then forward (or relay the WebSocket), observed for the access log."""
@@ -260,6 +306,8 @@ class ProxyHandler:
         status = 500
         try:
             response = await self._handle(request, rid, started, exchange)
+            if exchange.reason is Reason.BODY_TIMEOUT and not response.prepared:
+                await answer_and_close(request, response)
             status = response.status
             return response
         except asyncio.CancelledError:
@@ -293,6 +341,21 @@ class ProxyHandler:
         length = request.content_length
         if self._limit and length is not None and length > self._limit:
             return self._refuse(Reason.BODY_TOO_LARGE, rid, exchange)
+        # One client may hold only so many upstream slots (requests, sockets) at once.
+        client = self._addresses.of(request.remote, headers)
+        slots = self._client_sockets if websocket else self._client_requests
+        if not slots.take(client):
+            self._guard("client_websockets" if websocket else "client_requests")
+            return self._refuse(Reason.TOO_MANY_REQUESTS, rid, exchange)
+        try:
+            return await self._dispatch(request, decision, websocket, rid, started, exchange)
+        finally:
+            slots.give(client)
+
+    async def _dispatch(self, request: web.Request, decision: Decision, websocket: bool,
+                        rid: str, started: float, exchange: _Exchange) -> web.StreamResponse:
+        """Forward an allowed request through the client that serves its upstream."""
+        headers = request.headers
         if self._pool is not None and not websocket:
             lean = self._lean_target(decision, request.raw_path)
             if lean is not None:
@@ -320,6 +383,10 @@ class ProxyHandler:
         """The door's own refusal of a request the pipeline allowed."""
         exchange.reason = reason
         return error_response(reason, rid, self._realm)
+
+    def _guard(self, guard: str) -> None:
+        """Count a connection cut or a request refused by a resource bound."""
+        self._metrics.resource_guards.labels(guard).inc()
 
     def _target(self, decision: Decision, raw_path: str, websocket: bool) -> URL:
         upstream = decision.route.upstream
@@ -356,12 +423,15 @@ class ProxyHandler:
             target = ""
         return (host, port), target
 
-    def _failure(self, exc: BaseException, route: str, rid: str, exchange: _Exchange
-                 ) -> web.Response:
+    def _failure(self, exc: BaseException, route: str, rid: str, exchange: _Exchange,
+                 pool: str = "upstream_pool") -> web.Response:
         kind, reason = classify_failure(exc)
         if isinstance(exc, aiohttp.WSServerHandshakeError):
             exchange.upstream_status = exc.status  # reached, but it refused the upgrade
-        self._metrics.upstream_errors.labels(route, kind).inc()
+        if kind == "busy":
+            self._guard(pool)
+        else:
+            self._metrics.upstream_errors.labels(route, kind).inc()
         log.warning("upstream request failed", extra={
             "route": route, "kind": kind, "error_type": type(exc).__name__, "request_id": rid})
         return self._refuse(reason, rid, exchange)
@@ -380,7 +450,8 @@ class ProxyHandler:
         session = self._session
         assert session is not None, "proxy used before start()"
         state = _BodyState()
-        data = _stream_body(request.content, self._limit, state) if request.body_exists else None
+        data = (_stream_body(request.content, self._limit, state, self._body_idle)
+                if request.body_exists else None)
         started = time.perf_counter()
         try:
             response = await session.request(
@@ -398,7 +469,8 @@ class ProxyHandler:
         pool = self._pool
         assert pool is not None, "proxy used before start()"
         state = _BodyState()
-        data = _stream_body(request.content, self._limit, state) if request.body_exists else None
+        data = (_stream_body(request.content, self._limit, state, self._body_idle)
+                if request.body_exists else None)
         started = time.perf_counter()
         try:
             upstream = await pool.request(
@@ -415,6 +487,9 @@ class ProxyHandler:
         """The answer when the request could not be sent or no response head came back."""
         if state.too_large:
             return self._refuse(Reason.BODY_TOO_LARGE, rid, exchange)
+        if state.stalled:  # nothing was answered yet: say why, then close
+            self._guard("request_body_idle")
+            return self._refuse(Reason.BODY_TIMEOUT, rid, exchange)
         return self._failure(exc, route, rid, exchange)
 
     async def _relay(
@@ -436,13 +511,23 @@ class ProxyHandler:
             try:
                 await response.prepare(request)
                 async for chunk in upstream.chunks():
-                    await response.write(chunk)
-                await response.write_eof()
+                    await self._write(response, chunk)
+                await self._write(response, None)
             except ConnectionError:
                 return response  # the client went away; the upstream connection is closed below
+            except ClientStalled:
+                self._guard("response_write")
+                log.warning("client stopped reading the response; closing both connections",
+                            extra={"route": route, "request_id": rid})
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
             except _UPSTREAM_ERRORS as exc:
                 if state.too_large:
                     kind, exchange.reason = "body_too_large", Reason.BODY_TOO_LARGE
+                elif state.stalled:
+                    kind, exchange.reason = "body_idle", Reason.BODY_TIMEOUT
+                    self._guard("request_body_idle")
                 else:
                     kind, exchange.reason = classify_failure(exc)
                     self._metrics.upstream_errors.labels(route, kind).inc()
@@ -457,6 +542,17 @@ class ProxyHandler:
                 upstream.release()
             else:
                 upstream.close()
+
+    async def _write(self, response: web.StreamResponse, chunk: bytes | None) -> None:
+        """Write a chunk (None: the end); a client that reads none of it in time stalls."""
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                if chunk is None:
+                    await response.write_eof()
+                else:
+                    await response.write(chunk)
+        except TimeoutError:
+            raise ClientStalled("the client read nothing in time") from None
 
     async def _small(self, upstream: _Upstream, rid: str, route: str,
                      exchange: _Exchange) -> web.StreamResponse:
@@ -474,7 +570,7 @@ class ProxyHandler:
         self, request: web.Request, decision: Decision, url: URL, headers: CIMultiDict[str],
         rid: str, started: float, exchange: _Exchange,
     ) -> web.StreamResponse:
-        session = self._session
+        session = self._ws_session
         assert session is not None, "proxy used before start()"
         route = decision.route.name
         protocols = tuple(
@@ -487,8 +583,8 @@ class ProxyHandler:
                 url, headers=headers, protocols=protocols, autoping=False, autoclose=False,
                 max_msg_size=self._ws_max,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return self._failure(exc, route, rid, exchange)
+        except (aiohttp.ClientError, TimeoutError, UpstreamBusy) as exc:
+            return self._failure(exc, route, rid, exchange, "websocket_pool")
         self._observe(route, time.perf_counter() - connecting)
         exchange.upstream_status = 101
         client = web.WebSocketResponse(
@@ -511,10 +607,12 @@ class ProxyHandler:
             expires_in = identity.expires_at + self._leeway - self._clock()
         self._sockets.add(handle)
         try:
-            why = await relay(client, upstream, handle, expires_in)
+            why = await relay(client, upstream, handle, expires_in, self._ws_idle)
         finally:
             self._sockets.remove(handle)
             if not upstream.closed:
                 await upstream.close()
+        if why == "idle":
+            self._guard("websocket_idle")
         log.debug("websocket closed", extra={"route": route, "why": why, "request_id": rid})
         return client

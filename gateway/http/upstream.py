@@ -4,7 +4,10 @@ Responses are parsed by llhttp (httptools); bodies stream both ways with back-pr
 connection goes back to the pool only when its response was read to a clean end, the request
 body was sent whole, and the upstream did not ask to close. A request that finds a pooled
 connection already closed by the upstream is retried once on a fresh connection, and only when
-it is idempotent and has no body.
+it is idempotent and has no body. A connection carries exactly one final response per request:
+bytes that answer no request in flight (a second response, bytes while pooled, a body after a
+HEAD/204/304 head, bytes after a Content-Length body) close it, and a 1xx other than 100 stops
+it being reused. Waiting for a free connection ends after `acquire_timeout` (UpstreamBusy).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = [
-    "UpstreamConnectError", "UpstreamError", "UpstreamPool", "UpstreamProtocolError",
-    "UpstreamReset", "UpstreamResponse",
+    "UpstreamBusy", "UpstreamConnectError", "UpstreamError", "UpstreamPool",
+    "UpstreamProtocolError", "UpstreamReset", "UpstreamResponse",
 ]
 
 # Response body bytes buffered before the upstream socket stops being read.
@@ -39,6 +42,10 @@ class UpstreamError(Exception):
 
 class UpstreamConnectError(UpstreamError):
     """No connection to the upstream could be opened."""
+
+
+class UpstreamBusy(UpstreamError):
+    """No connection to the upstream became free within the pool timeout."""
 
 
 class UpstreamReset(UpstreamError):
@@ -105,7 +112,8 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamProtocolError("the upstream switched protocols"))
             self.abort()
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamProtocolError(f"invalid upstream response: {exc}"))
+            if not self._done:  # bytes after a whole response: keep it, close the socket
+                self._fail(UpstreamProtocolError(f"invalid upstream response: {exc}"))
             self.abort()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -136,8 +144,9 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        if self._done:
-            self._reusable = False  # a second response to one request
+        if self._head_done:  # a second response to one request: never parse it, never trust
+            self._reusable = False  # this socket again (it would answer the next request)
+            raise UpstreamProtocolError("the upstream sent an unsolicited response")
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
@@ -157,6 +166,8 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamProtocolError("the upstream switched protocols"))
             return
         if 100 <= status < 200:
+            if status != 100:  # 102/103/...: relayed never; the socket is not reused
+                self._reusable = False
             self._raw = []  # an informational response: the real one follows
             self._reason = b""
             return
@@ -370,8 +381,10 @@ class UpstreamPool:
     """Keep-alive connections per (host, port), bounded in total and per upstream."""
 
     def __init__(self, *, limit: int, limit_per_upstream: int, keepalive_seconds: float,
-                 connect_timeout: float, read_timeout: float) -> None:
+                 connect_timeout: float, read_timeout: float,
+                 acquire_timeout: float = 0.0) -> None:
         self._limit = limit
+        self._acquire_timeout = acquire_timeout  # 0: wait for a free connection forever
         self._per = limit_per_upstream
         self._keepalive = keepalive_seconds
         self._connect_timeout = connect_timeout
@@ -450,6 +463,7 @@ class UpstreamPool:
 
     async def _acquire(self, key: Key, fresh: bool = False) -> _Connection:
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._acquire_timeout
         while True:
             if self._closed:
                 raise UpstreamConnectError("the upstream pool is closed")
@@ -463,13 +477,13 @@ class UpstreamPool:
                     continue
                 return conn
             if self._limit and self._total >= self._limit and not self._close_other_idle():
-                await self._wait_slot()
+                await self._wait_slot(deadline)
                 continue
             if self._per and self._open.get(key, 0) >= self._per:
                 if fresh and idle:
                     self._discard(idle.pop(0))
                     continue
-                await self._wait_slot()
+                await self._wait_slot(deadline)
                 continue
             break
         self._total += 1
@@ -490,11 +504,21 @@ class UpstreamPool:
         conn.on_lost = self._lost
         return conn
 
-    async def _wait_slot(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+    async def _wait_slot(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._waiters.append(waiter)
         try:
-            await waiter
+            if not self._acquire_timeout:
+                await waiter
+                return
+            left = deadline - loop.time()
+            if left <= 0:
+                raise UpstreamBusy("no upstream connection became free in time")
+            try:
+                await asyncio.wait_for(waiter, left)
+            except TimeoutError:
+                raise UpstreamBusy("no upstream connection became free in time") from None
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)

@@ -1,4 +1,4 @@
-"""What every revoking webhook receiver shares: a capped body read, id checks, apply-once.
+"""What every revoking webhook receiver shares: a bounded body read, id checks, apply-once.
 
 Clerk (Svix) and WorkOS sign differently and name their events differently; once a delivery
 is verified and turned into revocation entries, applying it is the same: claim the delivery
@@ -9,16 +9,18 @@ every entry, and release the claim when the store fails so that the sender's ret
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import hdrs, web
 
 from gateway.auth.revocation import RevocationChecker
 from gateway.auth.revocation_store import RevocationEntry, StoreUnavailable
-from gateway.http.errors import json_response
+from gateway.http.bounded_body import BodyRefused, BoundedBodies, answer_and_close
+from gateway.http.errors import error_body, json_response
+from gateway.reasons import Reason
 
-__all__ = ["MAX_ID", "Refuse", "event_text", "read_capped", "read_delivery", "revoke_once"]
+__all__ = ["MAX_ID", "Refuse", "event_text", "receive_delivery", "revoke_once"]
 
 log = logging.getLogger("gateway.webhooks")
 
@@ -40,29 +42,31 @@ def event_text(data: Any, *path: str) -> str | None:
     return None
 
 
-async def read_capped(request: web.Request, max_bytes: int) -> bytes | None:
-    """The raw body, or None when it exceeds the cap (reading no further than the cap)."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        return None
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > max_bytes:
-            return None
-    return bytes(body)
-
-
-async def read_delivery(request: web.Request, max_bytes: int,
-                        refuse: Refuse) -> bytes | web.Response:
-    """The body of a POST within the cap, or the refusal (405 with Allow, or 413)."""
+async def receive_delivery(
+    request: web.Request,
+    bodies: BoundedBodies,
+    max_bytes: int,
+    refuse: Refuse,
+    verify: Callable[[bytes], Awaitable[web.Response]],
+) -> web.Response:
+    """A POST's body, read within BoundedBodies' bounds, handed to `verify`; otherwise the
+    refusal: 405 with Allow, 413, or 408/503 (then the connection closes, the rest unread)."""
     if request.method != hdrs.METH_POST:
         response = refuse(405, "method_not_allowed", "Use POST.")
         response.headers[hdrs.ALLOW] = hdrs.METH_POST
         return response
-    body = await read_capped(request, max_bytes)
-    if body is None:
-        return refuse(413, "body_too_large", f"The body exceeds {max_bytes} bytes.")
-    return body
+    try:
+        async with bodies.read(request, max_bytes) as body:
+            return await verify(body)
+    except BodyRefused as refused:  # the body was not read whole: answer, then close
+        reason = refused.reason
+        if reason is Reason.BODY_TOO_LARGE:
+            response = refuse(413, "body_too_large", f"The body exceeds {max_bytes} bytes.")
+        else:
+            response = refuse(reason.status, reason.label, error_body(reason)["message"])
+            if reason.status == 503:
+                response.headers[hdrs.RETRY_AFTER] = "1"
+        return await answer_and_close(request, response)
 
 
 async def revoke_once(

@@ -1,8 +1,10 @@
 """Clerk webhooks (Svix / Standard Webhooks): verified deliveries that revoke access.
 
 Refusals change nothing: no signing secret configured -> 404; body over the cap -> 413;
-missing ``svix-*`` headers -> 400; timestamp more than 5 minutes away -> 400; bad signature
--> 401; a verified body that is not a Clerk event -> 400. Each ``svix-id`` is processed once
+body not whole within limits.unauthenticated_body_timeout_seconds -> 408; the process's
+budget for unauthenticated bodies spent -> 503 (gateway/http/bounded_body.py); missing
+``svix-*`` headers -> 400; timestamp more than 5 minutes away -> 400; bad signature -> 401;
+a verified body that is not a Clerk event -> 400. Each ``svix-id`` is processed once
 (remembered in the revocation store, shared by replicas); a repeat answers 200 "duplicate".
 """
 
@@ -19,9 +21,10 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from gateway.auth.revocation import RevocationChecker
 from gateway.auth.revocation_store import RevocationEntry
 from gateway.config import RevocationSettings, Secret
+from gateway.http.bounded_body import BoundedBodies
 from gateway.http.errors import json_response
 from gateway.http.headers import request_id
-from gateway.http.webhook_delivery import MAX_ID, event_text, read_delivery, revoke_once
+from gateway.http.webhook_delivery import MAX_ID, event_text, receive_delivery, revoke_once
 from gateway.metrics import Metrics
 
 __all__ = ["EVENT_TYPES", "WEBHOOK_PATH", "ClerkWebhooks"]
@@ -50,8 +53,10 @@ class ClerkWebhooks:
         settings: RevocationSettings,
         metrics: Metrics,
         clock: Callable[[], float],
+        bodies: BoundedBodies,
     ) -> None:
         self._webhook = Webhook(secret.value) if secret is not None else None
+        self._bodies = bodies
         self._checker = checker
         self._max_body = settings.webhook_max_body_bytes
         self._metrics = metrics
@@ -63,19 +68,24 @@ class ClerkWebhooks:
 
     def _reject(self, status: int, rid: str, error: str, message: str) -> web.Response:
         self._count("other", "rejected")
-        return json_response(status, rid, {"error": error, "message": message})
+        return json_response(status, rid, {"error": error, "reason": error, "message": message})
 
     async def handle(self, request: web.Request) -> web.Response:
         """Verify one delivery, then apply it once."""
         rid = request_id(request.headers)
-        if self._webhook is None:
+        webhook = self._webhook
+        if webhook is None:
             return json_response(404, rid, {
                 "error": "not_found",
                 "message": "Webhooks are not enabled (CLERK_WEBHOOK_SIGNING_SECRET)."})
-        body = await read_delivery(request, self._max_body,
-                                   lambda status, code, text: self._reject(status, rid, code, text))
-        if isinstance(body, web.Response):
-            return body
+        return await receive_delivery(
+            request, self._bodies, self._max_body,
+            lambda status, code, text: self._reject(status, rid, code, text),
+            lambda body: self._verify(webhook, request, rid, body))
+
+    async def _verify(self, webhook: Webhook, request: web.Request, rid: str, body: bytes
+                      ) -> web.Response:
+        """Check a delivery read whole (bounded by BoundedBodies), then apply it once."""
         headers = request.headers
         msg_id = headers.get("svix-id") or headers.get("webhook-id")
         timestamp = headers.get("svix-timestamp") or headers.get("webhook-timestamp")
@@ -89,7 +99,7 @@ class ClerkWebhooks:
             return self._reject(400, rid, "stale_timestamp",
                                 "svix-timestamp is missing, malformed or outside 5 minutes.")
         try:
-            self._webhook.verify(body, {"webhook-id": msg_id, "webhook-timestamp": timestamp,
+            webhook.verify(body, {"webhook-id": msg_id, "webhook-timestamp": timestamp,
                                         "webhook-signature": signature}, json_parse=False)
         except (WebhookVerificationError, ValueError, binascii.Error):
             return self._reject(401, rid, "bad_signature", "The signature does not verify.")

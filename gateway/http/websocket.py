@@ -3,8 +3,8 @@
 The upgrade has already been authorized by the pipeline. The relay connects to the upstream
 first (so an unreachable upstream is a plain 502/504 before the upgrade), then accepts the
 client and relays text, binary, ping, pong and close frames both ways. It closes the socket
-when the token that opened it expires (code 4001), when revocation asks (4003) or when the
-gateway shuts down (1001).
+when the token that opened it expires (code 4001), when revocation asks (4003), when no frame
+passes either way for the idle timeout (1001) or when the gateway shuts down (1001).
 """
 
 from __future__ import annotations
@@ -126,10 +126,21 @@ def _sendable(code: int | None) -> int:
 _Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 
-async def _pump(source: _Socket, sink: _Socket) -> tuple[int, str]:
+class _Activity:
+    """When a frame last went through, either way."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at = asyncio.get_running_loop().time()
+
+
+async def _pump(source: _Socket, sink: _Socket, activity: _Activity) -> tuple[int, str]:
     """Relay messages until the source closes; returns its close code and reason."""
+    loop = asyncio.get_running_loop()
     while True:
         msg = await source.receive()
+        activity.at = loop.time()
         kind = msg.type
         if kind is WSMsgType.TEXT:
             await sink.send_str(msg.data)
@@ -152,18 +163,34 @@ async def relay(
     upstream: aiohttp.ClientWebSocketResponse,
     handle: SocketHandle,
     expires_in: float | None,
+    idle_seconds: float = 0.0,
 ) -> str:
-    """Relay both ways until one side closes, the token expires or a close is requested.
+    """Relay both ways until one side closes, the token expires, no frame passes either way
+    for `idle_seconds` (0: never) or a close is requested.
 
-    Returns why it ended: client, upstream, expired or requested.
+    Returns why it ended: client, upstream, expired, idle or requested.
     """
-    to_upstream = asyncio.ensure_future(_pump(client, upstream))
-    to_client = asyncio.ensure_future(_pump(upstream, client))
+    loop = asyncio.get_running_loop()
+    activity = _Activity()
+    expires_at = loop.time() + max(0.0, expires_in) if expires_in is not None else None
+    to_upstream = asyncio.ensure_future(_pump(client, upstream, activity))
+    to_client = asyncio.ensure_future(_pump(upstream, client, activity))
     waiting: set[asyncio.Future[tuple[int, str]]] = {to_upstream, to_client, handle.requested}
+    idle = False
     try:
-        done, _ = await asyncio.wait(
-            waiting, timeout=max(0.0, expires_in) if expires_in is not None else None,
-            return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            now = loop.time()
+            deadlines = [d for d in (expires_at, activity.at + idle_seconds if idle_seconds
+                                     else None) if d is not None]
+            done, _ = await asyncio.wait(
+                waiting, timeout=max(0.0, min(deadlines) - now) if deadlines else None,
+                return_when=asyncio.FIRST_COMPLETED)
+            now = loop.time()
+            if done or (expires_at is not None and now >= expires_at):
+                break
+            if idle_seconds and now - activity.at >= idle_seconds:
+                idle = True
+                break
     finally:
         for task in (to_upstream, to_client):
             if not task.done():
@@ -185,6 +212,10 @@ async def relay(
         client_code, client_reason = handle.requested.result()
         why = "requested"
         upstream_code, upstream_reason = CLOSE_GOING_AWAY, "client session closed"
+    elif idle:
+        why = "idle"
+        client_code, client_reason = CLOSE_GOING_AWAY, "idle timeout"
+        upstream_code, upstream_reason = CLOSE_GOING_AWAY, "idle timeout"
     elif not done:
         why = "expired"
         client_code, client_reason = CLOSE_TOKEN_EXPIRED, "token expired"

@@ -18,9 +18,10 @@ from aiohttp import web
 from gateway.auth.revocation import RevocationChecker
 from gateway.auth.revocation_store import RevocationEntry
 from gateway.config import RevocationSettings, Secret
+from gateway.http.bounded_body import BoundedBodies
 from gateway.http.errors import json_response
 from gateway.http.headers import request_id
-from gateway.http.webhook_delivery import event_text, read_delivery, revoke_once
+from gateway.http.webhook_delivery import event_text, receive_delivery, revoke_once
 from gateway.http.workos_signature import (
     TOLERANCE_SECONDS,
     BadSignatureHeader,
@@ -86,8 +87,10 @@ class WorkOSWebhooks:
         settings: RevocationSettings,
         metrics: Metrics,
         clock: Callable[[], float],
+        bodies: BoundedBodies,
     ) -> None:
         self._secret = secret.value.encode() if secret is not None else None
+        self._bodies = bodies
         self._checker = checker
         self._max_body = settings.webhook_max_body_bytes
         self._metrics = metrics
@@ -105,14 +108,19 @@ class WorkOSWebhooks:
     async def handle(self, request: web.Request) -> web.Response:
         """Verify one delivery, then apply it once."""
         rid = request_id(request.headers)
-        if self._secret is None:
+        secret = self._secret
+        if secret is None:
             return json_response(404, rid, {
                 "error": "not_found", "reason": "webhook_not_configured",
                 "message": "WorkOS webhooks are not enabled (WORKOS_WEBHOOK_SECRET)."})
-        body = await read_delivery(request, self._max_body,
-                                   lambda status, code, text: self._refuse(status, rid, code, text))
-        if isinstance(body, web.Response):
-            return body
+        return await receive_delivery(
+            request, self._bodies, self._max_body,
+            lambda status, code, text: self._refuse(status, rid, code, text),
+            lambda body: self._verify(secret, request, rid, body))
+
+    async def _verify(self, secret: bytes, request: web.Request, rid: str, body: bytes
+                      ) -> web.Response:
+        """Check a delivery read whole (bounded by BoundedBodies), then apply it once."""
         raw_header = request.headers.get(SIGNATURE_HEADER)
         if not raw_header:
             return self._refuse(400, rid, "missing_headers", "WorkOS-Signature is required.")
@@ -123,7 +131,7 @@ class WorkOSWebhooks:
         if abs(self._clock() - header.seconds) > TOLERANCE_SECONDS:
             return self._refuse(400, rid, "stale_timestamp",
                                 f"The timestamp is more than {TOLERANCE_SECONDS} s away.")
-        if not signature_matches(self._secret, header, body):
+        if not signature_matches(secret, header, body):
             return self._refuse(401, rid, "bad_signature", "The signature does not verify.")
         try:
             event = json.loads(body)
