@@ -309,6 +309,8 @@ class LimitSettings:
     header_timeout_seconds: float = 10.0
     max_header_bytes: int = 8190
     max_headers: int = 100
+    max_path_escapes: int = 256
+    max_path_segments: int = 256
 
 
 def parse_limits(reader: Reader) -> LimitSettings:
@@ -320,6 +322,10 @@ def parse_limits(reader: Reader) -> LimitSettings:
         max_header_bytes=reader.integer(
             "max_header_bytes", d.max_header_bytes, minimum=1024, maximum=65536),
         max_headers=reader.integer("max_headers", d.max_headers, minimum=16, maximum=1000),
+        max_path_escapes=reader.integer(
+            "max_path_escapes", d.max_path_escapes, minimum=16, maximum=8192),
+        max_path_segments=reader.integer(
+            "max_path_segments", d.max_path_segments, minimum=16, maximum=8192),
     )
     reader.check_unknown()
     return limits
