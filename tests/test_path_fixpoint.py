@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import Gateway, build_public_app
-from gateway.config import load_settings
+from gateway.config import ConfigError, load_settings
 from gateway.devissuer import DevIssuer
 from gateway.pathnorm import AmbiguousPath, normalize_path
-from tests.conftest import PublicServer
+from tests.conftest import GatewayFactory, PublicServer
 from tests.proxy_support import Upstream
 from tests.test_security_requests import guarded, send, status_of
 
@@ -155,3 +155,21 @@ _PARTS = st.sampled_from([
 @given(st.lists(_PARTS, max_size=12).map(lambda parts: "/public/" + "".join(parts)))
 async def test_generated_paths_through_every_door(doors: Doors, target: str) -> None:
     await check_every_door(doors, target)
+
+
+async def test_the_bounds_are_settings(
+    clerk: DevIssuer, make_gateway: GatewayFactory, tmp_path: Any
+) -> None:
+    gw = await make_gateway(config={**ROUTES, "limits": {"max_path_escapes": 16,
+                                                         "max_path_segments": 20}})
+    for uri, status in (("/public/" + "%41" * 16, 200), ("/public/" + "%41" * 17, 400),
+                        ("/public" + "/a" * 19, 200), ("/public" + "/a" * 20, 400)):
+        response = await gw.client.get("/", headers={"X-Forwarded-Uri": uri})
+        assert response.status == status, uri
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"limits": {"max_path_escapes": 0,
+                                               "max_path_segments": "many"}}))
+    with pytest.raises(ConfigError) as error:
+        load_settings({"CLERK_ISSUER": clerk.issuer}, str(path))
+    assert "limits.max_path_escapes" in str(error.value)
+    assert "limits.max_path_segments" in str(error.value)
