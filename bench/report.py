@@ -190,9 +190,9 @@ def _hostile_section(results: Result) -> list[str]:
         run = sockets.get(name) or {}
         inside = inproc.get(f"{name}_us") or {}
         status = run.get("status", SHAPES[name].status if name in SHAPES else 200)
+        rps = f"{run['rps']:,.0f}" if run else "n/a"
         out.append(
-            f"| {title} | {status} | {_fmt(run.get('rps'), '')} | "
-            f"{_fmt(run.get('cpu_us_per_request'), '')} | "
+            f"| {title} | {status} | {rps} | {_fmt(run.get('cpu_us_per_request'), '')} | "
             f"{_fmt(run.get('over_ordinary', 1.0 if run else None))} | "
             f"{_fmt(inside.get('min'), '')} | "
             f"{_fmt(inproc.get(f'{name}_over_ordinary', 1.0 if inside else None))} |")
