@@ -78,11 +78,12 @@ class HeaderHygiene:
     def __init__(self, settings: Settings) -> None:
         proxy = settings.proxy
         controlled = {normalize_name(h) for h in settings.identity_headers.values()}
-        dropped = set(HOP_BY_HOP) | controlled | _ALWAYS_STRIPPED | REROUTING_HEADERS
+        dropped = set(HOP_BY_HOP) | controlled | _ALWAYS_STRIPPED
         if not proxy.forward_authorization:
             dropped.add("authorization")
         if not proxy.forward_cookies:
             dropped.add("cookie")
+        dropped |= REROUTING_HEADERS
         self._dropped = frozenset(dropped)
         self._prefixes = (
             *(normalize_name(p) for p in proxy.strip_header_prefixes), *_FORWARDED, "proxy-",
