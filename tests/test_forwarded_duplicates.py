@@ -4,7 +4,9 @@ Two `X-Forwarded-Uri`, `X-Original-URI`, `X-Forwarded-Method`, `X-Original-Metho
 `X-Forwarded-Host` headers (or a host or method holding a comma-separated list) could be
 read one way by the gateway and another by the caller or the upstream: 400
 `ambiguous_path`, through the fast door and the aiohttp door alike. Two `Host` headers
-are refused by the HTTP parser of both doors.
+are refused by the HTTP parser of both doors. So is a request carrying a header with which
+the upstream would serve another resource or method (`X-Original-URL`, `X-Rewrite-URL`,
+method overrides): the caller passes it on, where the gateway cannot remove it.
 """
 
 from __future__ import annotations
@@ -143,3 +145,21 @@ async def test_two_host_headers_are_refused(
            b"Authorization: Bearer " + clerk.token().encode() + b"\r\n"
            b"Connection: close\r\n\r\n")
     assert status_of(await send(port, raw)) == 400
+
+
+@pytest.mark.parametrize("fast_path", DOORS)
+@pytest.mark.parametrize("name", ["X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override",
+                                  "X-HTTP-Method", "X-Method-Override"])
+async def test_a_rerouting_header_is_refused_as_the_caller_would_pass_it_on(
+    make_gateway: GatewayFactory, fast_path: bool, name: str
+) -> None:
+    gw = await gateway(make_gateway, fast_path)
+    status, _ = await ask(gw, [("X-Forwarded-Uri", "/public/a")])
+    assert status == 200
+    value = "DELETE" if "Method" in name else "/admin"
+    for spelled in (name, name.upper(), name.lower(), name.replace("-", "_")):
+        status, body = await ask(gw, [("X-Forwarded-Uri", "/public/a"), (spelled, value)])
+        assert (status, body["reason"]) == (400, "ambiguous_path"), spelled
+    untrusted = await gateway(make_gateway, fast_path, trusted_callers=["10.0.0.0/8"])
+    status, body = await ask(untrusted, [(name, value)], "/public/a")
+    assert (status, body["reason"]) == (400, "ambiguous_path")

@@ -23,6 +23,11 @@ X_FORWARDED_METHOD = istr("X-Forwarded-Method")
 X_FORWARDED_URI = istr("X-Forwarded-Uri")
 X_ORIGINAL_METHOD = istr("X-Original-Method")
 X_ORIGINAL_URI = istr("X-Original-URI")
+# Headers an upstream may read as the resource or method to serve. The caller passes a
+# client's copies on to the upstream, where the gateway cannot remove them: refused.
+_REROUTING = tuple(istr(spelling) for name in (
+    "X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-HTTP-Method",
+    "X-Method-Override") for spelling in (name, name.replace("-", "_")))
 
 
 def _cookies(header: str) -> Mapping[str, str]:
@@ -34,7 +39,8 @@ class ConflictingForwardedRequest(Exception):
     """The forwarded request is described twice, differently: one description is spoofed.
 
     X-Forwarded-* and X-Original-* disagree, a describing header comes twice (readers
-    differ on which copy counts), or a host or method header holds a list.
+    differ on which copy counts), a host or method header holds a list, or the request
+    carries a header with which an upstream would serve another resource or method.
     """
 
 
@@ -80,6 +86,9 @@ class ForwardAuthHandler:
     def _original(self, method: str, own_path: str, remote: str | None,
                   headers: CIMultiDictProxy[str]) -> tuple[str, str, str | None]:
         """The forwarded request's method, URI and host, as the caller reports them."""
+        for name in _REROUTING:
+            if name in headers:
+                raise ConflictingForwardedRequest
         prefix = self._prefix
         if prefix and (own_path == prefix or own_path.startswith(prefix + "/")
                        or own_path.startswith(prefix + "?")):
