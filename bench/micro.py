@@ -8,6 +8,8 @@
 - http-cost: CPU per request of bare aiohttp vs the gateway's public app, in one process: raw
   HTTP bytes fed to aiohttp's protocol over an in-memory transport (no sockets, no wrk), so the
   ratio holds even on a machine that other work keeps busy.
+- hostile-cost: the same, for the hostile requests of bench/hostile.py (refused or passed
+  without a token) next to an ordinary cached-token request on the same gateway.
 """
 
 from __future__ import annotations
@@ -302,6 +304,36 @@ async def http_cost(n: int, reps: int) -> dict[str, Any]:
     return out
 
 
+async def hostile_cost(n: int, reps: int) -> dict[str, Any]:
+    """CPU microseconds per request: each hostile shape vs an ordinary cached-token request."""
+    from bench.hostile import CONFIG, ORDINARY_PATH, SHAPES, raw_request
+
+    key = SigningKey(kid="ins_bench")
+    dev = DevIssuer(ISSUER, key)
+    requests = {"ordinary": (raw_request(ORDINARY_PATH, {
+        "Authorization": f"Bearer {dev.sign(_clerk_claims(dev, 1))}"}), 200)}
+    for name, shape in SHAPES.items():
+        requests[name] = (raw_request(shape.path, shape.headers), shape.status)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "hostile.yaml"
+        config.write_text(CONFIG)
+        settings = load_settings(
+            {"CLERK_JWT_KEY": key.public_pem(), "CLERK_ISSUER": ISSUER}, str(config))
+    out: dict[str, Any] = {"requests_per_rep": n, "reps": reps}
+    for _ in range(2):  # alternate the shapes, each on a fresh gateway
+        for name, (raw, status) in requests.items():
+            gc.collect()
+            costs, response = await _request_cost(public_runner(Gateway(settings)), raw, n, reps)
+            if not response.startswith(f"HTTP/1.1 {status}".encode()):
+                raise RuntimeError(f"{name} answered {response[:40]!r}, expected {status}")
+            out.setdefault(name, []).extend(costs)
+    ordinary = min(out["ordinary"])
+    for name in requests:
+        out[f"{name}_us"] = {"min": min(out[name]), "median": statistics.median(out[name])}
+        out[f"{name}_over_ordinary"] = min(out[name]) / ordinary
+    return out
+
+
 @contextlib.contextmanager
 def _access_log(enabled: bool) -> Iterator[None]:
     """The gateway's JSON access log at INFO (written to /dev/null) while enabled."""
@@ -340,9 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     http = sub.add_parser("http-cost")
     http.add_argument("--requests", type=int, default=5000)
     http.add_argument("--reps", type=int, default=5)
+    hostile = sub.add_parser("hostile-cost")
+    hostile.add_argument("--requests", type=int, default=1000)
+    hostile.add_argument("--reps", type=int, default=3)
     args = parser.parse_args(argv)
     if args.kind == "http-cost":
         result = asyncio.run(http_cost(args.requests, args.reps))
+    elif args.kind == "hostile-cost":
+        result = asyncio.run(hostile_cost(args.requests, args.reps))
     elif args.kind == "verify":
         result = asyncio.run(bench_verify(args.tokens, args.passes, args.cached_reps))
     elif args.kind == "cache-memory":

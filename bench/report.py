@@ -104,6 +104,7 @@ def evaluate(results: Result) -> list[Result]:
                 f"; with the JSON access log at INFO (to /dev/null): "
                 f"{http['gateway_fa_access_log_us']['min']:.1f} us"
                 if "gateway_fa_access_log_us" in http else "")))
+    targets += _hostile_targets(results)
     verify = results.get("verify")
     if verify:
         ratio = verify["first_seen_over_bare"]["median"]
@@ -145,6 +146,70 @@ def evaluate(results: Result) -> list[Result]:
                 f"at the bound -> {memory['rss_final_mb']:.0f} MB at the end; "
                 f"{memory['bytes_per_entry']:.0f} B/entry", unit=" MB"))
     return targets
+
+
+HOSTILE_GOAL = 3.0  # a refused or tokenless request may cost this many ordinary ones
+
+
+def _hostile_targets(results: Result) -> list[Result]:
+    """Each hostile shape's CPU per request as a multiple of an ordinary request's."""
+    from bench.hostile import SHAPES
+
+    sockets, inproc = results.get("hostile") or {}, results.get("hostile_cost") or {}
+    targets = []
+    for name, shape in SHAPES.items():
+        ratio = (sockets.get(name) or {}).get("over_ordinary")
+        inside = inproc.get(f"{name}_over_ordinary")
+        value: float | None = ratio if ratio is not None else inside
+        if value is None:
+            continue
+        detail = f"HTTP {shape.status}"
+        if ratio is not None:
+            detail += (f"; server CPU per request {sockets[name]['cpu_us_per_request']:.1f} vs "
+                       f"{sockets['ordinary']['cpu_us_per_request']:.1f} us (wrk)")
+        if inside is not None:
+            detail += (f"; in-process {inproc[f'{name}_us']['min']:.1f} vs "
+                       f"{inproc['ordinary_us']['min']:.1f} us ({inside:.2f}x)")
+        targets.append(_target(f"hostile: {shape.title} / ordinary (CPU)", value,
+                               f"<= {HOSTILE_GOAL:g}x", value <= HOSTILE_GOAL, detail))
+    return targets
+
+
+def _hostile_section(results: Result) -> list[str]:
+    """The hostile requests, each next to an ordinary cached-token request."""
+    from bench.hostile import SHAPES
+
+    sockets, inproc = results.get("hostile") or {}, results.get("hostile_cost") or {}
+    if not sockets and not inproc:
+        return []
+    out = [
+        "## Hostile requests (refused or passed without a token)",
+        "",
+        "Requests any anonymous client can repeat, against a forward-auth gateway with one "
+        "public route (`bench/hostile.py`), each as a multiple of an ordinary cached-token "
+        "request on the same gateway: wrk over sockets (server CPU per request) and in-process "
+        "(min of reps). The hostile header value is 8,000 bytes where the title says 8 KB.",
+        "",
+        "| request | status | req/s | CPU us/req | x ordinary | in-process us | x ordinary |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, title in (("ordinary", "ordinary: cached token, `GET /api/hello`"),
+                        *((n, s.title) for n, s in SHAPES.items())):
+        run = sockets.get(name) or {}
+        inside = inproc.get(f"{name}_us") or {}
+        status = run.get("status", SHAPES[name].status if name in SHAPES else 200)
+        rps = f"{run['rps']:,.0f}" if run else "n/a"
+        out.append(
+            f"| {title} | {status} | {rps} | {_fmt(run.get('cpu_us_per_request'), '')} | "
+            f"{_fmt(run.get('over_ordinary', 1.0 if run else None))} | "
+            f"{_fmt(inside.get('min'), '')} | "
+            f"{_fmt(inproc.get(f'{name}_over_ordinary', 1.0 if inside else None))} |")
+    out += [""]
+    if sockets.get("command"):
+        out += [f"Gateway: `{sockets['command']}`", ""]
+    if inproc.get("command"):
+        out += [f"In-process: `{inproc['command']}`", ""]
+    return out
 
 
 def _fmt(value: float | None, unit: str = "x") -> str:
@@ -281,6 +346,7 @@ def _side_sections(results: Result) -> list[str]:
     http = results.get("http_cost")
     if http and "gateway_fa_aiohttp_door_us" in http:
         out += _http_cost_section(http)
+    out += _hostile_section(results)
     verify = results.get("verify")
     if verify:
         out += [

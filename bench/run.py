@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import hostile as hostile_shapes
 from bench import report
 from bench.load import LUA, Load, WrkResult, run_wrk
 from bench.procs import (
@@ -355,6 +356,35 @@ class Bench:
             + f"   # {config.name}: keys.unknown_kid_cooldown_seconds={cooldown:g}",
         }
 
+    def hostile(self) -> dict[str, Any]:
+        """Each hostile shape (bench/hostile.py) vs an ordinary request, on one gateway."""
+        config = self.workdir / "hostile.yaml"
+        config.write_text(hostile_shapes.CONFIG)
+        env, port, admin = self._gateway_env(extra={"GATEWAY_CONFIG": str(config)})
+        gateway = self._start_gateway("hostile_gateway", env, admin, self.server_cpus)
+        base = f"http://127.0.0.1:{port}"
+        shapes = {"ordinary": (hostile_shapes.ORDINARY_PATH, self.headers, 200)}
+        for name, shape in hostile_shapes.SHAPES.items():
+            shapes[name] = (shape.path, shape.headers, shape.status)
+        out: dict[str, Any] = {"command": self.commands["hostile_gateway"]
+                               + f"   # {config.name}: one public route, /public"}
+        for name, (path, headers, status) in shapes.items():
+            answered, _, _ = http_get(base + path, headers)
+            if answered != status:
+                raise RuntimeError(f"hostile shape {name}: {answered}, expected {status}")
+            result = run_wrk(base + path, self.load, headers, secrets=self.secrets,
+                             pids=[gateway.pid])
+            print(f"  {name:22s} {result.rps:9.0f} req/s  "
+                  f"{result.cpu_us_per_request or 0:7.1f} us CPU/req", flush=True)
+            out[name] = {"status": status, **asdict(result)}
+        ordinary = out["ordinary"]["cpu_us_per_request"]
+        for name in hostile_shapes.SHAPES:
+            cpu = out[name]["cpu_us_per_request"]
+            out[name]["over_ordinary"] = cpu / ordinary if cpu and ordinary else None
+            out[name]["command"] = out[name]["command"].replace(
+                next(iter(hostile_shapes.SHAPES[name].headers.values())), "<hostile value>")
+        return out
+
     def scaling(self) -> dict[str, Any]:
         """Forward-auth throughput with GATEWAY_WORKERS=1 vs 2, nothing pinned."""
         counts: dict[int, int] = {}
@@ -409,7 +439,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma list of contenders: " + ",".join(CONTENDERS))
     parser.add_argument("--skip", default="",
                         help="comma list of side measurements to skip: "
-                             "http,verify,storm,memory,scaling")
+                             "http,hostile,verify,storm,memory,scaling")
     parser.add_argument("--storm-duration", type=float, default=30.0)
     parser.add_argument("--storm-cooldown", type=float, default=5.0,
                         help="keys.unknown_kid_cooldown_seconds for the storm (5)")
@@ -427,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     only = {c.strip() for c in args.only.split(",") if c.strip()}
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    unknown = (only - set(CONTENDERS)) | (skip - {"http", "verify", "storm", "memory", "scaling"})
+    unknown = (only - set(CONTENDERS)) | (
+        skip - {"http", "hostile", "verify", "storm", "memory", "scaling"})
     if unknown:
         raise SystemExit(f"unknown names: {', '.join(sorted(unknown))}")
     installed = ensure_tools()
@@ -460,6 +491,12 @@ def main(argv: list[str] | None = None) -> int:
             if "http" not in skip:
                 print("per-request CPU in-process (no sockets)", flush=True)
                 results["http_cost"] = bench.micro("http-cost")
+            if "hostile" not in skip:
+                print("hostile requests vs an ordinary one (sockets, then in-process)",
+                      flush=True)
+                results["hostile"] = bench.hostile()
+                bench.procs.stop_all()
+                results["hostile_cost"] = bench.micro("hostile-cost")
             if "verify" not in skip:
                 print("first-seen vs cached token (in-process)", flush=True)
                 results["verify"] = bench.micro("verify")

@@ -340,6 +340,8 @@ class LimitSettings:
     keepalive_timeout_seconds: float = 75.0  # an idle keep-alive connection closes (both listeners)
     unauthenticated_body_timeout_seconds: float = 10.0  # a webhook body not whole in time: 408
     unauthenticated_body_memory_bytes: int = 32 * 1024**2  # such bodies held at once, per process
+    max_path_escapes: int = 256
+    max_path_segments: int = 256
 
 
 def parse_limits(reader: Reader) -> LimitSettings:
@@ -359,6 +361,10 @@ def parse_limits(reader: Reader) -> LimitSettings:
         unauthenticated_body_memory_bytes=reader.integer(
             "unauthenticated_body_memory_bytes", d.unauthenticated_body_memory_bytes,
             minimum=64 * 1024, maximum=16 * 1024**3),
+        max_path_escapes=reader.integer(
+            "max_path_escapes", d.max_path_escapes, minimum=16, maximum=8192),
+        max_path_segments=reader.integer(
+            "max_path_segments", d.max_path_segments, minimum=16, maximum=8192),
     )
     reader.check_unknown()
     return limits

@@ -16,7 +16,7 @@ from gateway.auth.verify import TokenRejected, Verified, Verifier
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.reasons import Reason
-from gateway.routing import AmbiguousPath, Route, Router, normalize_path
+from gateway.routing import AmbiguousPath, Route, Router
 
 __all__ = [
     "Authorizer", "Decision", "NoRevocation", "RequestFacts", "RevocationCheck", "extractor_for",
@@ -91,7 +91,9 @@ class NoRevocation:
 
 def router_for(settings: Settings) -> Router:
     """The route table the settings declare."""
-    return Router(settings.routes, settings.route_options)
+    return Router(settings.routes, settings.route_options,
+                  max_path_escapes=settings.limits.max_path_escapes,
+                  max_path_segments=settings.limits.max_path_segments)
 
 
 def extractor_for(settings: Settings) -> TokenExtractor:
@@ -168,7 +170,7 @@ class Authorizer:
         """Normalise, route and extract: a Decision when no token needs verifying."""
         router = self.router  # read once: a reload may swap it while this request waits
         try:
-            path = normalize_path(facts.uri)
+            path = router.normalize(facts.uri)
         except AmbiguousPath as exc:
             return Decision(Reason.AMBIGUOUS_PATH, router.default, detail=str(exc))
         match = router.match(facts.method, path, facts.host)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from gateway.auth.policy import ACCESS_KINDS, Rule
 from gateway.auth.requirements import parse_requirement
 from gateway.configreader import Reader
-from gateway.pathnorm import AmbiguousPath, normalize_path
+from gateway.pathnorm import MAX_PATH_ESCAPES, MAX_PATH_SEGMENTS, AmbiguousPath, normalize_path
 
 __all__ = [
     "DEFAULT_ROUTE",
@@ -185,11 +185,19 @@ class RouteOptions:
 class Router:
     """Finds the first route matching a request; unmatched requests get the default."""
 
-    def __init__(self, routes: tuple[Route, ...], options: RouteOptions | None = None) -> None:
+    def __init__(self, routes: tuple[Route, ...], options: RouteOptions | None = None, *,
+                 max_path_escapes: int = MAX_PATH_ESCAPES,
+                 max_path_segments: int = MAX_PATH_SEGMENTS) -> None:
         self.routes = routes
         self.options = options or RouteOptions()
         self.default = self.options.default
         self._fold = not self.options.case_sensitive
+        self._max_escapes = max_path_escapes
+        self._max_segments = max_path_segments
+
+    def normalize(self, uri: str) -> str:
+        """The path to match and forward, within this table's bounds; raise AmbiguousPath."""
+        return normalize_path(uri, self._max_escapes, self._max_segments)
 
     def match(self, method: str, path: str, host: str | None) -> RouteMatch:
         """The first matching route and its parameters."""

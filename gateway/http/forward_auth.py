@@ -23,6 +23,11 @@ X_FORWARDED_METHOD = istr("X-Forwarded-Method")
 X_FORWARDED_URI = istr("X-Forwarded-Uri")
 X_ORIGINAL_METHOD = istr("X-Original-Method")
 X_ORIGINAL_URI = istr("X-Original-URI")
+# Headers an upstream may read as the resource or method to serve. The caller passes a
+# client's copies on to the upstream, where the gateway cannot remove them: refused.
+_REROUTING = tuple(istr(spelling) for name in (
+    "X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-HTTP-Method",
+    "X-Method-Override") for spelling in (name, name.replace("-", "_")))
 
 
 def _cookies(header: str) -> Mapping[str, str]:
@@ -31,7 +36,30 @@ def _cookies(header: str) -> Mapping[str, str]:
 
 
 class ConflictingForwardedRequest(Exception):
-    """X-Forwarded-* and X-Original-* describe different requests: one of them is spoofed."""
+    """The forwarded request is described twice, differently: one description is spoofed.
+
+    X-Forwarded-* and X-Original-* disagree, a describing header comes twice (readers
+    differ on which copy counts), a host or method header holds a list, or the request
+    carries a header with which an upstream would serve another resource or method.
+    """
+
+
+def _single(headers: CIMultiDictProxy[str], name: istr) -> str | None:
+    """The one value of a header that describes the forwarded request (None: absent)."""
+    values = headers.getall(name, None)
+    if values is None:
+        return None
+    if len(values) > 1:
+        raise ConflictingForwardedRequest
+    return values[0]
+
+
+def _single_token(headers: CIMultiDictProxy[str], name: istr) -> str | None:
+    """As `_single`, for a host or method: a comma-separated list is two values."""
+    value = _single(headers, name)
+    if value is not None and "," in value:
+        raise ConflictingForwardedRequest
+    return value
 
 
 def _disagree(first: tuple[str | None, str | None], second: tuple[str | None, str | None]) -> bool:
@@ -58,6 +86,9 @@ class ForwardAuthHandler:
     def _original(self, method: str, own_path: str, remote: str | None,
                   headers: CIMultiDictProxy[str]) -> tuple[str, str, str | None]:
         """The forwarded request's method, URI and host, as the caller reports them."""
+        for name in _REROUTING:
+            if name in headers:
+                raise ConflictingForwardedRequest
         prefix = self._prefix
         if prefix and (own_path == prefix or own_path.startswith(prefix + "/")
                        or own_path.startswith(prefix + "?")):
@@ -66,15 +97,17 @@ class ForwardAuthHandler:
                 own_path = "/" + own_path
         if not self._settings.trusts(remote):
             return method, own_path, headers.get(hdrs.HOST)
-        host = headers.get(X_FORWARDED_HOST) or headers.get(hdrs.HOST)
+        host = _single_token(headers, X_FORWARDED_HOST) or headers.get(hdrs.HOST)
         source = self._settings.uri_source
-        forwarded = (headers.get(X_FORWARDED_METHOD), headers.get(X_FORWARDED_URI))
-        original = (headers.get(X_ORIGINAL_METHOD), headers.get(X_ORIGINAL_URI))
-        if source == "forwarded":
-            original = (None, None)
-        elif source == "original":
-            forwarded = (None, None)
-        elif _disagree(forwarded, original):
+        forwarded: tuple[str | None, str | None] = (None, None)
+        original: tuple[str | None, str | None] = (None, None)
+        if source != "original":
+            forwarded = (_single_token(headers, X_FORWARDED_METHOD),
+                         _single(headers, X_FORWARDED_URI))
+        if source != "forwarded":
+            original = (_single_token(headers, X_ORIGINAL_METHOD),
+                        _single(headers, X_ORIGINAL_URI))
+        if source == "auto" and _disagree(forwarded, original):
             raise ConflictingForwardedRequest
         method = forwarded[0] or original[0] or method
         return method.upper(), forwarded[1] or original[1] or own_path, host

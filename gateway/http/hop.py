@@ -4,6 +4,15 @@ Client copies of every header the gateway controls are removed first (whatever t
 and whether they spell `-` as `_`), hop-by-hop headers and the headers the client names in
 `Connection` go next, and only then are the forwarded and identity headers added, so a
 client can neither spoof an identity header nor make the proxy drop an injected one.
+
+Headers that make an upstream serve another resource, method, host or scheme than the one
+the gateway decided on are removed too (REROUTING_HEADERS, REROUTING_PREFIXES): IIS URL
+Rewrite and the frameworks that read its `X-Original-URL` / `X-Rewrite-URL` (older Symfony,
+Zend and Laminas), method overrides (Rack, Express method-override, ASP.NET Core, Slim,
+Plack, OData's `X-HTTP-Method`), path prefixes (Spring's ForwardedHeaderFilter and
+Werkzeug's ProxyFix read `X-Forwarded-Prefix`), Envoy's original path, and scheme or host
+overrides (`Front-End-Https`, `X-Url-Scheme`, `X-Scheme`, `X-Host`). A method override in a
+query or body parameter (`_method`) is the application's own and cannot be removed here.
 """
 
 from __future__ import annotations
@@ -17,13 +26,27 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 from gateway.config import Settings
 from gateway.config_sections import address_in
 
-__all__ = ["HOP_BY_HOP", "HeaderHygiene", "connection_tokens", "normalize_name"]
+__all__ = [
+    "HOP_BY_HOP", "REROUTING_HEADERS", "REROUTING_PREFIXES", "HeaderHygiene", "connection_tokens",
+    "normalize_name",
+]
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
     "proxy-authorization", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 })
 _FORWARDED = ("x-forwarded-",)
+# Client headers some upstream reads as the resource, method, host or scheme to serve.
+REROUTING_HEADERS = frozenset({
+    "x-rewrite-url",  # ISAPI_Rewrite, IIS; read by older Symfony, Zend and Laminas
+    "x-http-method-override", "x-http-method", "x-method-override",  # method overrides
+    "front-end-https", "x-url-scheme", "x-scheme",  # scheme (OWA, Rack, Tornado)
+    "x-host", "x-http-host-override",  # host overrides
+})
+# ... and whole families of them: X-Original-URL/-URI/-Path/-Method/-Host (IIS URL Rewrite,
+# nginx auth_request), Envoy's original path; `x-forwarded-` (Prefix, Path, Uri, Method,
+# Scheme, Ssl, Server, Port...) is removed in any case.
+REROUTING_PREFIXES = ("x-original-", "x-envoy-original-")
 # Expect: the gateway already answered `100 Continue` to the client itself.
 _ALWAYS_STRIPPED = frozenset({"forwarded", "x-real-ip", "x-request-id", "host", "expect"})
 _X_FORWARDED_FOR = "X-Forwarded-For"
@@ -61,9 +84,11 @@ class HeaderHygiene:
             dropped.add("authorization")
         if not proxy.forward_cookies:
             dropped.add("cookie")
+        dropped |= REROUTING_HEADERS
         self._dropped = frozenset(dropped)
         self._prefixes = (
             *(normalize_name(p) for p in proxy.strip_header_prefixes), *_FORWARDED, "proxy-",
+            *REROUTING_PREFIXES,
         )
         self._preserve_host = proxy.preserve_host
         self._trusted = proxy.trusted_proxies
