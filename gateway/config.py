@@ -43,6 +43,7 @@ from gateway.config_sections import (
     parse_token_sources,
 )
 from gateway.configreader import Reader, Secret
+from gateway.cors import CorsSettings, parse_cors
 from gateway.routing import Route, RouteOptions, parse_route_options, parse_routes
 
 __all__ = [
@@ -122,6 +123,7 @@ class Settings:
     clerk_api_url: str = DEFAULT_API_URL
     revocation: RevocationSettings = field(default_factory=RevocationSettings)
     source_path: str | None = None
+    cors: CorsSettings = field(default_factory=CorsSettings)
 
     @property
     def mode(self) -> str:
@@ -262,6 +264,8 @@ def load_settings(
     revocation = parse_revocation(root.child("revocation"), env, issuers, leeway, api_url)
     forward_auth = parse_forward_auth(root.child("forward_auth"))
     limits = parse_limits(root.child("limits"))
+    cors = parse_cors(root.child("cors"), issuers,
+                      [route_options.default.name, *(r.name for r in routes)])
     for route in routes:
         if route.upstream and not route.upstream.startswith(("http://", "https://")):
             problems.append(
@@ -308,4 +312,5 @@ def load_settings(
         clerk_api_url=api_url,
         revocation=revocation,
         source_path=path,
+        cors=cors,
     )

@@ -94,6 +94,10 @@ class Metrics:
         self.fail_open = Counter(
             "fail_open", "Requests let through by an explicitly configured fail-open choice.",
             ["component"], namespace=ns, registry=registry)
+        self.cors_preflights = Counter(
+            "cors_preflights", "CORS preflights by door and result (allowed: answered or let "
+            "through without a token; refused: decided as any other request).",
+            ["door", "result"], namespace=ns, registry=registry)
         self.build_info = Gauge(
             "build_info", "Version of the running gateway.", ["version", "python"],
             namespace=ns, registry=registry, multiprocess_mode="max")
@@ -132,6 +136,10 @@ class Metrics:
             child = self.decisions.labels(door, route, outcome, reason.label)
             self._decision_children[key] = child
         self.count(child)
+
+    def cors_preflight(self, door: str, allowed: bool) -> None:
+        """Count one CORS preflight."""
+        self.count(self.cors_preflights.labels(door, "allowed" if allowed else "refused"))
 
     def cache_lookup(self, hit: bool) -> None:
         """Count one verified-token cache lookup."""

@@ -43,6 +43,7 @@ _COUNTERS = (
     "webhook_events_total",
     "fail_open_total",
     "forward_auth_fast_path_total",
+    "cors_preflights_total",
 )
 _GAUGES = (
     "in_flight_requests",
