@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.devtokens import StateError
+from gateway.devtokens import add_commands as add_dev_commands
 from gateway.logs import setup_logging
 
 __all__ = ["main"]
@@ -105,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--admin-port", type=int, default=9090, help="admin port (default 9090)")
     demo.add_argument("--check", action="store_true",
                       help="send one allowed and one refused request through the demo, then exit")
+    add_dev_commands(commands)
     return parser
 
 
@@ -113,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"serve": _serve, "check-config": _check_config, "demo": _demo}
     try:
-        return handlers[args.command](args)
+        handler = handlers.get(args.command) or args.handler
+        return int(handler(args))
+    except StateError as exc:
+        print(f"clerk-gateway {args.command}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
