@@ -75,6 +75,8 @@ class ConfigError(Exception):
         self.problems = problems
 
     def __str__(self) -> str:
+        if len(self.problems) == 1:
+            return f"invalid configuration: {self.problems[0]}"
         return "invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems)
 
 
@@ -149,8 +151,10 @@ def _read_yaml(path: str, problems: list[str]) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problems.append(f"config file {path}: not valid YAML{where}")
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        cause = getattr(exc, "problem", None)
+        problems.append(f"config file {path}: not valid YAML{where}"
+                        + (f": {cause}" if cause else ""))
         return {}
     if data is None:
         return {}
@@ -186,6 +190,8 @@ def load_settings(
     problems: list[str] = []
     path = config_path or env.get("GATEWAY_CONFIG") or None
     data = _read_yaml(path, problems) if path else {}
+    if problems:  # the file itself is unusable: anything else would only echo that
+        raise ConfigError(problems)
     root = Reader(data, "", problems)
 
     api_url = (env.get("CLERK_API_URL") or DEFAULT_API_URL).rstrip("/")

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.devissuer import DevIssuer, SigningKey
+from gateway.startup import listen_problem
 
 __all__ = [
     "DEFAULT_AZP", "DEFAULT_PORT", "DevState", "StateError", "add_commands", "encode_v2_org",
@@ -165,7 +166,10 @@ async def run_dev_issuer(state: DevState, host: str, port: int, azp: str,
     runner = web.AppRunner(state.issuer_server().app(), access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise listen_problem(host, port, "dev issuer", exc) from exc
         print(f"# clerk-gateway dev-issuer: key {state.key.kid} kept in {state.directory}")
         print("# point a gateway at it with (e.g. `export $(clerk-gateway dev-issuer ... | "
               "grep -v '^#')`):")
