@@ -295,16 +295,17 @@ class PeerProcess:
 
 
 async def fetch(peer: PeerProcess, path: str = "/", token: str | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, Any, str]:
-    """GET through the peer as a client would: status, headers, body text."""
+                headers: dict[str, str] | None = None, method: str = "GET",
+                ) -> tuple[int, Any, str]:
+    """A request (GET by default) through the peer as a client would: status, headers, body."""
     sent = dict(headers or {})
     if peer.host is not None:
         sent.setdefault("Host", peer.host)
     if token is not None:
         sent["Authorization"] = f"Bearer {token}"
     timeout = aiohttp.ClientTimeout(total=START_TIMEOUT)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
-        peer.base + path, headers=sent, allow_redirects=False
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
+        method, peer.base + path, headers=sent, allow_redirects=False
     ) as response:
         return response.status, response.headers, await response.text()
 

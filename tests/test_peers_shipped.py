@@ -169,6 +169,38 @@ async def test_gateway_503_reaches_the_client_with_retry_after(
     assert upstream.requests == []
 
 
+async def test_cors_preflights_and_refusals_through_the_peer(
+    clerk: DevIssuer, tmp_path: Path, upstream: Upstream, peer_name: str
+) -> None:
+    # Forward-auth mode: an allowed origin's preflight reaches the app without a token (the
+    # app answers it); another origin's does not; refusals carry CORS headers for the allowed
+    # origin only, so a browser there can read the reason.
+    app, other = "http://localhost:3000", "http://evil.localhost:3000"
+    env = {"CLERK_ISSUER": clerk.issuer, "CLERK_AUTHORIZED_PARTIES": app}
+    ask = {"Access-Control-Request-Method": "GET",
+           "Access-Control-Request-Headers": "authorization"}
+    async with run_gateway(env) as gw, run_peer(peer_name, tmp_path, gw.port,
+                                                upstream.port) as peer:
+        before = len(upstream.requests)  # Traefik's start-up probe is a refusal
+        status, _, body = await fetch(peer, "/api/items", method="OPTIONS",
+                                      headers={"Origin": app, **ask})
+        assert status == 200, body
+        (passed,) = upstream.requests[before:]
+        assert passed["method"] == "OPTIONS"
+        assert not any(k.startswith("HTTP_X_USER") for k in passed["environ"])
+        status, headers, body = await fetch(peer, "/api/items", method="OPTIONS",
+                                            headers={"Origin": other, **ask})
+        assert status == 401, body
+        assert "Access-Control-Allow-Origin" not in headers
+        status, headers, body = await fetch(peer, "/api/items", headers={"Origin": app})
+        assert status == 401, body
+        assert headers["Access-Control-Allow-Origin"] == app
+        assert json.loads(body)["reason"] == "missing_token"
+        status, headers, _ = await fetch(peer, "/api/items", headers={"Origin": other})
+        assert status == 401 and "Access-Control-Allow-Origin" not in headers
+    assert len(upstream.requests) == before + 1
+
+
 @pytest.fixture(params=sorted(PEERS))
 def peer_name(request: pytest.FixtureRequest) -> str:
     """Each shipped peer's name, for tests that start their own gateway."""
