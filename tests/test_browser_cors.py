@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 from collections.abc import AsyncIterator
 from itertools import count
@@ -19,6 +18,7 @@ from aiohttp import web
 
 from gateway.devissuer import DevIssuer
 from tests.conftest import GatewayFactory, Running
+from tests.peer_support import tool_missing
 
 pytestmark = pytest.mark.peers
 
@@ -33,12 +33,8 @@ DEADLINE = 60.0  # generous: Chromium starts slowly on a loaded machine
 def chromium_binary() -> str:
     """Debian's chromium; fails under CI when missing, else skips with an install hint."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    message = "chromium not found: install it with `apt-get install -y chromium`"
-    if os.environ.get("CI"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    return found or tool_missing(
+        "chromium not found: install it with `apt-get install -y chromium`")
 
 
 class Page:

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from gateway.devissuer import DevIssuer
@@ -15,20 +12,15 @@ from tests.peer_support import (
     PeerProcess,
     Upstream,
     fetch,
+    peer_fixture,
     peer_gateway,  # noqa: F401 (the `gw` fixture)
     peer_upstream,  # noqa: F401 (the `upstream` fixture)
-    run_caddy,
 )
 
 pytestmark = pytest.mark.peers
 
 
-@pytest.fixture
-async def caddy(
-    tmp_path: Path, gw: GatewayUnderTest, upstream: Upstream
-) -> AsyncIterator[PeerProcess]:
-    async with run_caddy(tmp_path, gw.port, upstream.port) as peer:
-        yield peer
+caddy = peer_fixture("caddy")
 
 
 async def test_headers_the_gateway_left_out_arrive_neither_as_placeholders_nor_empty(

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -14,20 +12,15 @@ from tests.peer_support import (
     PeerProcess,
     Upstream,
     fetch,
+    peer_fixture,
     peer_gateway,  # noqa: F401 (the `gw` fixture)
     peer_upstream,  # noqa: F401 (the `upstream` fixture)
-    run_nginx,
 )
 
 pytestmark = pytest.mark.peers
 
 
-@pytest.fixture
-async def nginx(
-    tmp_path: Path, gw: GatewayUnderTest, upstream: Upstream
-) -> AsyncIterator[PeerProcess]:
-    async with run_nginx(tmp_path, gw.port, upstream.port) as peer:
-        yield peer
+nginx = peer_fixture("nginx")
 
 
 async def test_refusal_is_decided_twice_under_one_request_id(

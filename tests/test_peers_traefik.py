@@ -4,9 +4,6 @@ in test_peers_shipped.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from tests.peer_support import (
@@ -14,20 +11,15 @@ from tests.peer_support import (
     PeerProcess,
     Upstream,
     fetch,
+    peer_fixture,
     peer_gateway,  # noqa: F401 (the `gw` fixture)
     peer_upstream,  # noqa: F401 (the `upstream` fixture)
-    run_traefik,
 )
 
 pytestmark = pytest.mark.peers
 
 
-@pytest.fixture
-async def traefik(
-    tmp_path: Path, gw: GatewayUnderTest, upstream: Upstream
-) -> AsyncIterator[PeerProcess]:
-    async with run_traefik(tmp_path, gw.port, upstream.port) as peer:
-        yield peer
+traefik = peer_fixture("traefik")
 
 
 @pytest.mark.parametrize("spoof", [
