@@ -335,3 +335,21 @@ def test_only_the_exact_allowed_origin_ever_gets_cors_headers(
         assert headers == []
     else:
         assert headers[0] == ("Access-Control-Allow-Origin", ALLOWED)
+
+
+async def test_a_reload_swaps_the_allowed_origins(
+    clerk: DevIssuer, proxy: tuple[Running, list[web.Request]], tmp_path: Any
+) -> None:
+    import yaml
+
+    gw, _ = proxy
+    assert (await gw.client.options("/api", headers=preflight(OTHER))).status == 401
+    path = tmp_path / "reloaded.yaml"
+    path.write_text(yaml.safe_dump({"cors": {"allowed_origins": [OTHER]}}))
+    new = load_settings({"CLERK_ISSUER": clerk.issuer, "GATEWAY_UPSTREAM": gw.settings.upstream
+                         or ""}, str(path))
+    await gw.gateway.reload(new)
+    now_allowed = await gw.client.options("/api", headers=preflight(OTHER))
+    assert now_allowed.status == 204
+    assert now_allowed.headers["Access-Control-Allow-Origin"] == OTHER
+    assert (await gw.client.options("/api", headers=preflight(ALLOWED))).status == 401
