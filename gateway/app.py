@@ -19,9 +19,11 @@ from gateway.auth.revocation import RevocationChecker, SocketCloser, clerk_issue
 from gateway.auth.revocation_store import build_store
 from gateway.auth.verify import Verifier
 from gateway.config import Settings
+from gateway.cors import CorsPolicy
 from gateway.http.admin import AdminHandlers
 from gateway.http.admin_api import AdminApi
 from gateway.http.bounded_body import BoundedBodies
+from gateway.http.cors import CorsResponses
 from gateway.http.errors import error_response, json_errors
 from gateway.http.forward_auth import ForwardAuthHandler
 from gateway.http.hasura import HASURA_PATH, HasuraWebhook
@@ -79,6 +81,7 @@ class Gateway:
             self.metrics,
             revocation=self.revocation,
             assertions=build_signer(settings, clock),
+            cors=CorsPolicy(settings.cors),
         )
         self.jwks = JwksEndpoint(lambda: self.authorizer.assertions,
                                  lambda: self.settings.state_dir, clock)
@@ -192,6 +195,8 @@ def build_public_app(gateway: Gateway) -> web.Application:
 
     door = gateway.proxy or gateway.forward_auth
     assert door is not None  # one of the two, by construction
+    if gateway.proxy is not None:
+        app.on_response_prepare.append(CorsResponses(gateway.authorizer).on_response_prepare)
     app.router.add_route("*", r"/{tail:[\s\S]*}", door.handle)
     return app
 

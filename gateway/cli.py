@@ -10,7 +10,10 @@ from collections.abc import Sequence
 
 from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.devtokens import StateError
+from gateway.devtokens import add_commands as add_dev_commands
 from gateway.logs import setup_logging
+from gateway.startup import ListenError, check_listeners, issuer_warnings
 
 __all__ = ["main"]
 
@@ -76,6 +79,7 @@ def _describe(settings: Settings) -> str:
     for route in settings.routes:
         lines.append(f"    {route.name}: {route.rule.access}")
     lines.append(_describe_assertion(settings))
+    lines.extend(f"warning: {warning}" for warning in issuer_warnings(settings))
     return "\n".join(lines)
 
 
@@ -104,6 +108,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     index = worker_index()
     count = 1 if index is not None else worker_count(args.workers, settings.workers)
+    if index is None:
+        check_listeners(settings)  # one clear line now, before keys are fetched or workers run
     if count > 1:
         config = args.config or os.environ.get("GATEWAY_CONFIG")
         return run_workers(count, config, settings.shutdown_timeout_seconds)
@@ -112,12 +118,14 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.workers import multiprocess_registry
 
     if index is None:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, report_workers=1))
     else:
         scrape = multiprocess_registry()
         gateway = Gateway(settings, scrape_registry=scrape)
+        # The first worker tells the start-up facts; the parent set GATEWAY_WORKERS.
         asyncio.run(serve(settings, gateway=gateway, reuse_port=True,
-                          reload_missed=lambda: reload_generation() != generation))
+                          reload_missed=lambda: reload_generation() != generation,
+                          report_workers=settings.workers if index == 0 else None))
     return 0
 
 
@@ -150,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--admin-port", type=int, default=9090, help="admin port (default 9090)")
     demo.add_argument("--check", action="store_true",
                       help="send one allowed and one refused request through the demo, then exit")
+    add_dev_commands(commands)
     return parser
 
 
@@ -158,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"serve": _serve, "check-config": _check_config, "demo": _demo}
     try:
-        return handlers[args.command](args)
+        handler = handlers.get(args.command) or args.handler
+        return int(handler(args))
+    except (StateError, ListenError) as exc:
+        print(f"clerk-gateway {args.command}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

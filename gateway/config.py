@@ -46,6 +46,7 @@ from gateway.config_sections import (
     parse_token_sources,
 )
 from gateway.configreader import Reader, Secret
+from gateway.cors import CorsSettings, parse_cors
 from gateway.routing import Route, RouteOptions, parse_route_options, parse_routes
 
 __all__ = [
@@ -79,6 +80,8 @@ class ConfigError(Exception):
         self.problems = problems
 
     def __str__(self) -> str:
+        if len(self.problems) == 1:
+            return f"invalid configuration: {self.problems[0]}"
         return "invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems)
 
 
@@ -131,6 +134,7 @@ class Settings:
     hasura: HasuraSettings = field(default_factory=HasuraSettings)
     assertion: AssertionSettings = field(default_factory=AssertionSettings)
     state_dir: str = ""
+    cors: CorsSettings = field(default_factory=CorsSettings)
 
     @property
     def mode(self) -> str:
@@ -156,8 +160,10 @@ def _read_yaml(path: str, problems: list[str]) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problems.append(f"config file {path}: not valid YAML{where}")
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        cause = getattr(exc, "problem", None)
+        problems.append(f"config file {path}: not valid YAML{where}"
+                        + (f": {cause}" if cause else ""))
         return {}
     if data is None:
         return {}
@@ -199,6 +205,8 @@ def load_settings(
     problems: list[str] = []
     path = config_path or env.get("GATEWAY_CONFIG") or None
     data = _read_yaml(path, problems) if path else {}
+    if problems:  # the file itself is unusable: anything else would only echo that
+        raise ConfigError(problems)
     root = Reader(data, "", problems)
 
     api_url = (env.get("CLERK_API_URL") or DEFAULT_API_URL).rstrip("/")
@@ -285,6 +293,8 @@ def load_settings(
     forward_auth = parse_forward_auth(root.child("forward_auth"))
     limits = parse_limits(root.child("limits"))
     hasura = parse_hasura(root.child("hasura"))
+    cors = parse_cors(root.child("cors"), issuers,
+                      [route_options.default.name, *(r.name for r in routes)])
     for route in routes:
         if route.upstream and not route.upstream.startswith(("http://", "https://")):
             problems.append(
@@ -338,4 +348,5 @@ def load_settings(
         hasura=hasura,
         assertion=assertion,
         state_dir=state_dir,
+        cors=cors,
     )

@@ -97,6 +97,10 @@ class Metrics:
         self.resource_guards = Counter(
             "resource_guards", "Connections cut or requests refused by a resource bound, by "
             "guard.", ["guard"], namespace=ns, registry=registry)
+        self.cors_preflights = Counter(
+            "cors_preflights", "CORS preflights by door and result (allowed: answered or let "
+            "through without a token; refused: decided as any other request).",
+            ["door", "result"], namespace=ns, registry=registry)
         self.build_info = Gauge(
             "build_info", "Version of the running gateway.", ["version", "python"],
             namespace=ns, registry=registry, multiprocess_mode="max")
@@ -135,6 +139,10 @@ class Metrics:
             child = self.decisions.labels(door, route, outcome, reason.label)
             self._decision_children[key] = child
         self.count(child)
+
+    def cors_preflight(self, door: str, allowed: bool) -> None:
+        """Count one CORS preflight."""
+        self.count(self.cors_preflights.labels(door, "allowed" if allowed else "refused"))
 
     def cache_lookup(self, hit: bool) -> None:
         """Count one verified-token cache lookup."""

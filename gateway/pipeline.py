@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 
 from gateway.auth.assertion import AssertionSigner
@@ -14,6 +15,7 @@ from gateway.auth.extract import AmbiguousToken, EmptyToken, TokenExtractor, eff
 from gateway.auth.jwks import KeysUnavailable
 from gateway.auth.verify import TokenRejected, Verified, Verifier
 from gateway.config import Settings
+from gateway.cors import CorsPolicy
 from gateway.metrics import Metrics
 from gateway.reasons import Reason
 from gateway.routing import AmbiguousPath, Route, Router
@@ -113,7 +115,9 @@ class Authorizer:
         metrics: Metrics,
         revocation: RevocationCheck | None = None,
         assertions: AssertionSigner | None = None,
+        cors: CorsPolicy | None = None,
     ) -> None:
+        self.cors = cors
         self.router = router
         self.extractor = extractor
         self.verifier = verifier
@@ -174,6 +178,11 @@ class Authorizer:
         except AmbiguousPath as exc:
             return Decision(Reason.AMBIGUOUS_PATH, router.default, detail=str(exc))
         match = router.match(facts.method, path, facts.host)
+        cors = self.cors
+        if cors is not None and cors.is_preflight(facts.method, facts.headers):
+            preflight = self._preflight(cors, router, facts, path)
+            if preflight is not None:
+                return preflight
         route = match.route
         access = route.rule.access
         if access == "public":
@@ -190,6 +199,19 @@ class Authorizer:
             reason = Reason.ANONYMOUS if access == "optional" else Reason.MISSING_TOKEN
             return Decision(reason, route, path=path, params=match.params)
         return _Located(route, path, match.params, token)
+
+    def _preflight(self, cors: CorsPolicy, router: Router, facts: RequestFacts, path: str,
+                   ) -> Decision | None:
+        """A preflight from an allowed origin, decided for the route of the method it asks
+        about (no token: browsers never send one); None (counted) for any other preflight."""
+        asked = facts.headers[hdrs.ACCESS_CONTROL_REQUEST_METHOD]
+        match = router.match(asked, path, facts.host)
+        allowed = (match.route.rule.access != "deny"
+                   and cors.allows_preflight(facts.headers, match.route.name))
+        self.metrics.cors_preflight(facts.door, allowed)
+        if not allowed:
+            return None
+        return Decision(Reason.PREFLIGHT, match.route, path=path, params=match.params)
 
     def _settle(self, located: _Located, verified: Verified, revoked: Reason | None) -> Decision:
         """The decision for a verified token: revoked, refused by the route's rule, or OK

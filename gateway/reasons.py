@@ -26,6 +26,7 @@ class Reason(enum.Enum):
     OK = ("ok", Category.ALLOW, 200)
     ANONYMOUS = ("anonymous", Category.ALLOW, 200)
     PUBLIC = ("public", Category.ALLOW, 200)
+    PREFLIGHT = ("preflight", Category.ALLOW, 200)  # a CORS preflight an allowed origin sent
 
     MISSING_TOKEN = ("missing_token", Category.NO_TOKEN, 401)
 

@@ -23,6 +23,7 @@ from gateway.auth.revocation import clerk_issuers
 from gateway.auth.signing_keys import SigningKeyError
 from gateway.auth.verify import Verifier
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.cors import CorsPolicy
 from gateway.pipeline import extractor_for, router_for
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ async def apply_settings(gateway: Gateway, new: Settings) -> ReloadResult:
     authorizer.extractor = extractor_for(settings)
     authorizer.router = router_for(settings)
     authorizer.assertions = signer
+    authorizer.cors = CorsPolicy(settings.cors)
     gateway.revocation.introspect_issuers = clerk_issuers(settings)
     gateway.settings = settings
     for keys in fresh.values():

@@ -21,6 +21,7 @@ from gateway.config import Settings
 from gateway.http.fast_door import FastDoor
 from gateway.http.guard import GuardedAppRunner
 from gateway.reload import reload_from_sources
+from gateway.startup import listen_problem, report_start
 
 __all__ = ["KEEPALIVE_SECONDS", "admin_runner", "public_runner", "serve"]
 
@@ -82,8 +83,10 @@ async def serve(
     shutdown_timeout: float | None = None,
     reuse_port: bool = False,
     reload_missed: Callable[[], bool] | None = None,
+    report_workers: int | None = None,
 ) -> None:
-    """Serve the public and admin listeners until a stop signal arrives."""
+    """Serve the public and admin listeners until a stop signal arrives; with
+    `report_workers`, log the start-up facts (gateway/startup.py) once listening."""
     gateway = gateway or Gateway(settings)
     drain = settings.shutdown_timeout_seconds if shutdown_timeout is None else shutdown_timeout
     public = public_runner(gateway, shutdown_timeout=drain)
@@ -113,15 +116,19 @@ async def serve(
         on_sighup()
     reuse = reuse_port or None
     try:
-        await web.TCPSite(public, settings.listen.host, settings.listen.port,
-                          reuse_port=reuse).start()
-        await web.TCPSite(admin, settings.admin_listen.host, settings.admin_listen.port,
-                          reuse_port=reuse).start()
+        for runner, listen, role in ((public, settings.listen, "public listener"),
+                                     (admin, settings.admin_listen, "admin listener")):
+            try:
+                await web.TCPSite(runner, listen.host, listen.port, reuse_port=reuse).start()
+            except OSError as exc:
+                raise listen_problem(listen.host, listen.port, role, exc) from exc
         log.info("gateway listening", extra={
             "mode": settings.mode, "listen": str(settings.listen),
             "admin_listen": str(settings.admin_listen),
             "issuers": [i.name for i in settings.issuers],
         })
+        if report_workers is not None:
+            await report_start(gateway, report_workers)
         if on_ready is not None:
             await on_ready(gateway)
         await stop.wait()

@@ -164,6 +164,8 @@ class _Supervisor:
         # A worker our own SIGTERM reached before it installed its handlers never served.
         last = [p.wait() for p in self.procs if p is not None]
         clean = (0, -signal.SIGTERM)
+        if self.failed and 2 in codes.values():
+            return 2  # a worker refused to start (its one-line reason is on stderr)
         return 1 if self.failed or any(code not in clean for code in last) else 0
 
 
@@ -195,6 +197,7 @@ def run_workers(count: int, config_path: str | None, shutdown_timeout: float) ->
     metrics_dir = tempfile.mkdtemp(prefix="clerk-gateway-metrics-")
     env = dict(os.environ)
     env[MULTIPROC_ENV] = metrics_dir
+    env["GATEWAY_WORKERS"] = str(count)  # so the first worker can report the count
     env[RELOAD_ENV] = os.path.join(metrics_dir, "reload-generation")
     _write_generation(env[RELOAD_ENV], 0)
     command = [sys.executable, "-m", "gateway", "serve", "--workers", "1"]

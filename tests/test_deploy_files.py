@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from tests.peer_support import spellings
+
 ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "config"
 
@@ -42,6 +44,7 @@ _COUNTERS = (
     "fail_open_total",
     "forward_auth_fast_path_total",
     "resource_guards_total",
+    "cors_preflights_total",
 )
 _GAUGES = (
     "in_flight_requests",
@@ -622,3 +625,22 @@ def test_envoy_ext_authz_wiring() -> None:
     (mutation,) = _find_filters(config, "envoy.filters.http.header_mutation")
     removed = {m["remove"] for m in mutation["typed_config"]["mutations"]["request_mutations"]}
     assert {h.lower() for h in IDENTITY_HEADERS if h != "X-Request-Id"} <= removed
+    # Underscore spellings (X_User_Id) are refused, never passed to the app.
+    options = hcm["typed_config"]["common_http_protocol_options"]
+    assert options["headers_with_underscores_action"] == "REJECT_REQUEST"
+    # The gateway's refusals reach the client whole: JSON, challenge, Retry-After.
+    client = {p["exact"] for p in service["authorization_response"]["allowed_client_headers"][
+        "patterns"]}
+    assert {"www-authenticate", "content-type", "retry-after"} <= client
+
+
+def test_traefik_strips_every_underscore_spelling_before_forward_auth() -> None:
+    http = _load_yaml(CONFIG / "traefik" / "dynamic.yml")["http"]
+    deleted = http["middlewares"]["strip-spoofed-identity"]["headers"]["customRequestHeaders"]
+    for header in IDENTITY_HEADERS:
+        for spelling in spellings(header)[1:]:  # the first is the dashed name
+            assert deleted.get(spelling) == "", spelling
+    for router in http["routers"].values():
+        middlewares = router.get("middlewares", [])
+        if "clerk-auth" in middlewares:
+            assert middlewares.index("strip-spoofed-identity") < middlewares.index("clerk-auth")

@@ -128,7 +128,8 @@ async def test_worker_that_fails_at_startup_stops_the_parent_non_zero(
     blocker.bind(("127.0.0.1", busy))  # bound without SO_REUSEPORT: workers cannot share it
     blocker.listen()
     try:
-        with pytest.raises(AssertionError, match="gateway exited 1"):
+        # The parent finds the port taken before starting any worker: one line, exit 2.
+        with pytest.raises(AssertionError, match="gateway exited 2"):
             await start_gateway_process(
                 {"CLERK_ISSUER": clerk.issuer, "GATEWAY_UPSTREAM": upstream.url},
                 busy, free_port(), tmp_path, "--workers", "2", ready_timeout=30)

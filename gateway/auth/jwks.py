@@ -122,6 +122,26 @@ class IssuerKeys:
         return self._static is not None or bool(self._keys)
 
     @property
+    def key_ids(self) -> tuple[str, ...]:
+        """The ids of the keys held now (none for a pinned PEM key)."""
+        return tuple(self._keys)
+
+    @property
+    def source(self) -> str:
+        """Where the keys come from: the URL fetched, or the pinned key."""
+        if self._static is not None:
+            return "a pinned PEM key (CLERK_JWT_KEY / jwt_key)"
+        if self.issuer.key_source == "backend_api":
+            return f"{self.issuer.backend_api_url}/v1/jwks"
+        if self.issuer.key_source == "discovery":
+            return self._jwks_uri or (
+                self.issuer.issuer.rstrip("/") + "/.well-known/openid-configuration")
+        return self._jwks_url()
+
+    def _jwks_url(self) -> str:
+        return self.issuer.jwks_url or self.issuer.issuer.rstrip("/") + "/.well-known/jwks.json"
+
+    @property
     def needs_kid(self) -> bool:
         """True when tokens must name their key (every source but a pinned PEM key)."""
         return self._static is None
@@ -240,7 +260,7 @@ class IssuerKeys:
         elif source == "discovery":
             url = await self._discover()
         else:
-            url = self.issuer.jwks_url or self.issuer.issuer.rstrip("/") + "/.well-known/jwks.json"
+            url = self._jwks_url()
         document, cache_control = await self._get_json(url, headers)
         return _parse_jwks(document), _max_age(cache_control, self.settings)
 

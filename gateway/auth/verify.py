@@ -22,6 +22,7 @@ from jwt.algorithms import get_default_algorithms
 
 from gateway.auth.claims import ClaimError, Identity, identity_from_claims
 from gateway.auth.jwks import IssuerKeys, KeyEntry
+from gateway.auth.mismatch import MismatchLog
 from gateway.auth.token_cache import TokenCache
 from gateway.config import IssuerSettings, Settings
 from gateway.metrics import Metrics
@@ -116,6 +117,7 @@ class Verifier:
         self._clock = clock
         self._leeway = settings.leeway_seconds
         self._max_bytes = settings.max_token_bytes
+        self.mismatches = MismatchLog()  # iss/azp/aud expected vs received, rate-limited
         self._header_map = tuple(settings.identity_headers.items())
         self.cache: TokenCache[Verified] = TokenCache(settings.token_cache_size)
 
@@ -180,6 +182,7 @@ class Verifier:
             raise TokenRejected(Reason.WRONG_ISSUER, "iss is missing")
         issuer = self._issuers.get(iss)
         if issuer is None:
+            self.mismatches.note(Reason.WRONG_ISSUER, self._issuers, iss)
             raise TokenRejected(Reason.WRONG_ISSUER)
         return issuer
 
@@ -225,11 +228,14 @@ class Verifier:
         if issuer.authorized_parties:
             azp = claims.get("azp")
             if not isinstance(azp, str) or azp not in issuer.authorized_parties:
+                self.mismatches.note(Reason.WRONG_AUTHORIZED_PARTY, issuer.authorized_parties,
+                                     azp)
                 raise TokenRejected(Reason.WRONG_AUTHORIZED_PARTY)
         if issuer.audiences:
             aud = claims.get("aud")
             audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
             if not any(isinstance(a, str) and a in issuer.audiences for a in audiences):
+                self.mismatches.note(Reason.WRONG_AUDIENCE, issuer.audiences, aud)
                 raise TokenRejected(Reason.WRONG_AUDIENCE)
         if claims.get("sts") == "pending" and not issuer.accept_pending_sessions:
             raise TokenRejected(Reason.SESSION_PENDING)

@@ -95,7 +95,7 @@ class _HttpDate:
 class _Request:
     """One parsed request on its way to an answer."""
 
-    __slots__ = ("facts", "keep_alive", "method", "rid", "started", "version")
+    __slots__ = ("facts", "keep_alive", "method", "origin", "rid", "started", "version")
 
     def __init__(self, method: str, rid: str, version: str, keep_alive: bool,
                  started: float) -> None:
@@ -105,6 +105,7 @@ class _Request:
         self.keep_alive = keep_alive
         self.started = started
         self.facts: RequestFacts | None = None
+        self.origin: str | None = None  # for the CORS headers of a refusal
 
 
 class FastDoor:
@@ -164,8 +165,10 @@ class FastDoor:
         try:
             facts = handler.facts(method, target, remote, headers)
         except ConflictingForwardedRequest:
+            request.origin = handler.cors_origin(method, headers)
             decision: Decision | None = handler.refuse_conflict()
         else:
+            request.origin = handler.cors_origin(facts.method, headers)
             decision = handler.authorizer.authorize_now(facts)
             if decision is None:
                 request.facts = facts
@@ -207,7 +210,7 @@ class FastDoor:
             retry_after = decision.retry_after if decision is not None else None
             status, headers, body = refusal_parts(reason, rid, handler.realm, retry_after)
             headers[hdrs.CONTENT_TYPE] = JSON_CONTENT_TYPE
-            pairs = headers.items()
+            pairs = [*headers.items(), *handler.refusal_cors(request.origin, decision)]
         lines = [f"{name}: {value}\r\n" for name, value in pairs]
         if body or request.method != "HEAD":  # as aiohttp: no `Content-Length: 0` on HEAD
             lines.append(f"Content-Length: {len(body)}\r\n")

@@ -133,6 +133,21 @@ class ForwardAuthHandler:
         """The headers of an allowed answer: identity, request id, never cached."""
         return (*decision.headers, (REQUEST_ID, rid), (hdrs.CACHE_CONTROL, "no-store"))
 
+    def cors_origin(self, method: str, headers: CIMultiDictProxy[str]) -> str | None:
+        """The origin a refusal's CORS headers are for (see CorsPolicy.reader_origin)."""
+        cors = self.authorizer.cors
+        return cors.reader_origin(method, headers) if cors is not None else None
+
+    def refusal_cors(self, origin: str | None, decision: Decision | None,
+                     ) -> list[tuple[str, str]]:
+        """CORS headers for a refusal, so a browser on an allowed origin can read its reason
+        (the caller returns our refusal to the client as it is)."""
+        cors = self.authorizer.cors
+        if cors is None or origin is None:
+            return []
+        route = decision.route if decision is not None else self.authorizer.router.default
+        return cors.response_headers(origin, route.name)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Decide the request the caller forwarded, observed for metrics and the access log."""
         started = self.observer.begin()
@@ -148,13 +163,18 @@ class ForwardAuthHandler:
     async def _decide(self, request: web.Request) -> web.StreamResponse:
         headers = request.headers
         rid = request[REQUEST_ID_KEY] = request_id(headers)
+        method = request.method
         try:
-            facts = self.facts(request.method, request.raw_path, request.remote, headers)
+            facts = self.facts(method, request.raw_path, request.remote, headers)
         except ConflictingForwardedRequest:
             decision = self.refuse_conflict()
         else:
+            method = facts.method
             decision = await self.authorizer.authorize(facts)
         request[DECISION] = decision
         if not decision.allowed:
-            return error_response(decision.reason, rid, self.realm, decision.retry_after)
+            response = error_response(decision.reason, rid, self.realm, decision.retry_after)
+            response.headers.extend(self.refusal_cors(self.cors_origin(method, headers),
+                                                      decision))
+            return response
         return web.Response(status=200, headers=self.allow_headers(decision, rid))

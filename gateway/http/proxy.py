@@ -338,6 +338,8 @@ class ProxyHandler:
         request[DECISION] = decision
         if not decision.allowed:
             return error_response(decision.reason, rid, self._realm, decision.retry_after)
+        if decision.reason is Reason.PREFLIGHT:
+            return self._preflight(decision, headers.get(hdrs.ORIGIN, ""), rid)
         length = request.content_length
         if self._limit and length is not None and length > self._limit:
             return self._refuse(Reason.BODY_TOO_LARGE, rid, exchange)
@@ -378,6 +380,13 @@ class ProxyHandler:
                                          exchange)
         return await self._forward(request, decision.route.name, url, upstream_headers, rid,
                                    exchange)
+
+    def _preflight(self, decision: Decision, origin: str, rid: str) -> web.Response:
+        """The answer to a CORS preflight from an allowed origin (the upstream never sees it)."""
+        cors = self._authorizer.cors
+        assert cors is not None  # a preflight decision comes from a policy
+        headers = [*cors.preflight_headers(origin, decision.route.name), (REQUEST_ID, rid)]
+        return web.Response(status=204, headers=headers)
 
     def _refuse(self, reason: Reason, rid: str, exchange: _Exchange) -> web.Response:
         """The door's own refusal of a request the pipeline allowed."""
