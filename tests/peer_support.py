@@ -68,7 +68,7 @@ STOP_TIMEOUT = 5.0
 # The gateway's default identity headers: the ones each peer copies onto the upstream request.
 IDENTITY_HEADERS = (
     "X-User-Id", "X-Org-Id", "X-Role", "X-Org-Slug", "X-Org-Permissions",
-    "X-Session-Id", "X-Plan", "X-Features", "X-Actor-Id",
+    "X-Session-Id", "X-Plan", "X-Features", "X-Actor-Id", "X-Gateway-Assertion",
 )
 
 
@@ -183,10 +183,10 @@ class GatewayUnderTest:
 
 @contextlib.asynccontextmanager
 async def run_gateway(env: Mapping[str, str], *, fast_path: bool = True,
-                      ) -> AsyncIterator[GatewayUnderTest]:
+                      config: str | None = None) -> AsyncIterator[GatewayUnderTest]:
     """Serve the public listener as `serve` does (fast door in front unless `fast_path` is
     False) and record each request the forward-auth handler sees, whichever door it took."""
-    settings = load_settings(dict(env), None)
+    settings = load_settings(dict(env), config)
     if not fast_path:
         settings = dataclasses.replace(settings, forward_auth=dataclasses.replace(
             settings.forward_auth, fast_path=False))
