@@ -137,7 +137,25 @@ async def test_every_problem_is_listed_at_once(make_gateway: GatewayFactory) -> 
     response = await gw.admin.post(PATH, json={"kind": "planet", "ttl_seconds": -1, "x": 1},
                                    headers=admin_headers())
     problems = (await response.json())["problems"]
-    assert len(problems) == 3
+    assert [p.split(":")[0] for p in problems] == ["x", "kind", "id", "ttl_seconds"]
+
+
+@pytest.mark.parametrize(("body", "fields"), [
+    ({"kind": ["session"], "id": {"a": 1}}, ["kind", "id"]),
+    ({"kind": 7, "org_id": "a:b", "user_id": 3}, ["kind", "org_id", "user_id"]),
+    ({"kind": "membership", "id": "x", "org_id": 1}, ["id", "org_id", "user_id"]),
+    ({"kind": "user", "id": "", "org_id": "o", "reason": 5}, ["org_id", "id", "reason"]),
+])
+async def test_every_problem_is_listed_whatever_the_kind(
+    make_gateway: GatewayFactory, body: dict[str, object], fields: list[str]
+) -> None:
+    gw = await make_gateway(env=ENV)
+    response = await gw.admin.post(PATH, json=body, headers=admin_headers())
+    assert response.status == 400
+    payload = await response.json()
+    assert [p.split(":")[0] for p in payload["problems"]] == fields
+    assert payload["reason"] == "invalid_body"
+    assert all(p in payload["message"] for p in payload["problems"])
 
 
 @pytest.mark.parametrize("raw", [b"not json", b"[1]", b'"text"', b""])

@@ -190,8 +190,11 @@ class RevocationChecker:
                 return self._count(source, reason)
         introspector = self._introspector_for(identity)
         if introspector is not None and identity.session_id:
-            cached, reason = await introspector.check(identity.session_id)
+            cached, reason, failed_open = await introspector.check(identity.session_id)
             source = "introspection_cache" if cached else "introspection"
+            if failed_open:  # not "clear": nobody knows (fail_open_total counts it too)
+                self._metrics.count(self._counters[(source, "fail_open")])
+                return None
             if reason is Reason.REVOKED:
                 self._remember_introspected(identity.session_id)
             if reason is not None:

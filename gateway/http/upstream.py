@@ -17,6 +17,8 @@ from typing import Any
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.numbers import whole_number
+
 __all__ = [
     "UpstreamConnectError", "UpstreamError", "UpstreamPool", "UpstreamProtocolError",
     "UpstreamReset", "UpstreamResponse",
@@ -329,7 +331,7 @@ class UpstreamResponse:
     @property
     def content_length(self) -> int | None:
         value = self.headers.get("Content-Length")
-        return int(value) if value is not None and value.isdigit() else None
+        return whole_number(value)
 
     @property
     def at_eof(self) -> bool:

@@ -20,9 +20,10 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from gateway.auth.revocation import RevocationChecker
 from gateway.auth.revocation_store import RevocationEntry, StoreUnavailable
 from gateway.config import RevocationSettings, Secret
-from gateway.http.errors import json_response
+from gateway.http.errors import admin_error, json_response
 from gateway.http.headers import request_id
 from gateway.metrics import Metrics
+from gateway.numbers import whole_number
 
 __all__ = ["EVENT_TYPES", "WEBHOOK_PATH", "ClerkWebhooks"]
 
@@ -78,7 +79,7 @@ class ClerkWebhooks:
 
     def _reject(self, status: int, rid: str, error: str, message: str) -> web.Response:
         self._count("other", "rejected")
-        return json_response(status, rid, {"error": error, "message": message})
+        return admin_error(status, rid, error, error, message)
 
     async def _read(self, request: web.Request) -> bytes | None:
         """The raw body, or None when it exceeds the cap (read no further than the cap)."""
@@ -95,9 +96,8 @@ class ClerkWebhooks:
         """Verify one delivery, then apply it once."""
         rid = request_id(request.headers)
         if self._webhook is None:
-            return json_response(404, rid, {
-                "error": "not_found",
-                "message": "Webhooks are not enabled (CLERK_WEBHOOK_SIGNING_SECRET)."})
+            return admin_error(404, rid, "not_found", "webhooks_disabled",
+                               "Webhooks are not enabled (CLERK_WEBHOOK_SIGNING_SECRET).")
         if request.method != hdrs.METH_POST:
             response = self._reject(405, rid, "method_not_allowed", "Use POST.")
             response.headers[hdrs.ALLOW] = hdrs.METH_POST
@@ -115,7 +115,8 @@ class ClerkWebhooks:
                                 "svix-id, svix-timestamp and svix-signature are required.")
         if len(msg_id) > _MAX_ID or not msg_id.isprintable() or not msg_id.isascii():
             return self._reject(400, rid, "invalid_headers", "svix-id is malformed.")
-        if not timestamp.isdigit() or abs(self._clock() - int(timestamp)) > TOLERANCE_SECONDS:
+        sent_at = whole_number(timestamp, 12)
+        if sent_at is None or abs(self._clock() - sent_at) > TOLERANCE_SECONDS:
             return self._reject(400, rid, "stale_timestamp",
                                 "svix-timestamp is missing, malformed or outside 5 minutes.")
         try:
@@ -165,7 +166,7 @@ class ClerkWebhooks:
             entries = self._entries(event_type, data)
         except _BadEvent as exc:
             self._count(event_type, "rejected")
-            return json_response(400, rid, {"error": "bad_payload", "message": str(exc)})
+            return admin_error(400, rid, "bad_payload", "bad_payload", str(exc))
         store = self._checker.store
         try:
             if not await store.claim(msg_id, MARKER_TTL_SECONDS):
@@ -180,9 +181,8 @@ class ClerkWebhooks:
         except StoreUnavailable:
             self._count(event_type, "rejected")
             log.warning("webhook not applied: revocation store unavailable")
-            return json_response(503, rid, {
-                "error": "store_unavailable",
-                "message": "The revocation store is unreachable; retry later."})
+            return admin_error(503, rid, "store_unavailable", "store_unavailable",
+                               "The revocation store is unreachable; retry later.")
         self._count(event_type, "applied")
         log.info("webhook applied", extra={"type": event_type, "svix_id": msg_id})
         return json_response(200, rid, {
