@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.logs import setup_logging
+from gateway.logs import protect_secrets, setup_logging
+from gateway.redaction import secret_values
 
 __all__ = ["main"]
 
@@ -57,6 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     setup_logging(settings.log_level, settings.log_format)
+    protect_secrets(secret_values(settings))
     index = worker_index()
     count = 1 if index is not None else worker_count(args.workers, settings.workers)
     if count > 1:

@@ -21,7 +21,9 @@ from gateway.auth.jwks import IssuerKeys
 from gateway.auth.revocation import clerk_issuers
 from gateway.auth.verify import Verifier
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.logs import protect_secrets
 from gateway.pipeline import extractor_for, router_for
+from gateway.redaction import secret_values
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -92,6 +94,7 @@ async def apply_settings(gateway: Gateway, new: Settings) -> ReloadResult:
     authorizer.router = router_for(settings)
     gateway.revocation.introspect_issuers = clerk_issuers(settings)
     gateway.settings = settings
+    protect_secrets(secret_values(settings))  # a reload may bring new secrets
     for keys in fresh.values():
         keys.start()
     for keys in retired:

@@ -24,6 +24,7 @@ from gateway.config import RevocationSettings, Secret
 from gateway.metrics import Metrics
 from gateway.numbers import whole_number
 from gateway.reasons import Reason
+from gateway.redaction import describe_error
 
 __all__ = ["SessionIntrospector"]
 
@@ -161,7 +162,8 @@ class SessionIntrospector:
                 body = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self._calls["error"].inc()
-            log.warning("session introspection unreachable", extra={"error": repr(exc)})
+            log.warning("session introspection unreachable",
+                        extra={"error": describe_error(exc)})
             return None
         status = body.get("status") if isinstance(body, dict) else None
         if not isinstance(status, str) or not status:

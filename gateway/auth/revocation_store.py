@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from gateway.config import RevocationSettings
 from gateway.numbers import whole_number
+from gateway.redaction import describe_error
 
 __all__ = [
     "KINDS",
@@ -277,7 +278,8 @@ class RedisStore(_CacheStore):
                         last_ping = time.monotonic()
             except (RedisError, OSError, TimeoutError, StoreUnavailable) as exc:
                 if self.healthy:
-                    log.warning("revocation store unreachable", extra={"error": repr(exc)})
+                    log.warning("revocation store unreachable",
+                                extra={"error": describe_error(exc)})
                 self.healthy = False
             finally:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
