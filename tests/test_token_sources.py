@@ -10,77 +10,27 @@ case goes as raw bytes to the forward-auth fast door, the aiohttp door and the p
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from gateway.auth.cookies import CookieReader, MalformedCookie, UnclearCookie
 from gateway.devissuer import DevIssuer
-from tests.conftest import GatewayFactory, Running
+from tests.conftest import GatewayFactory
+from tests.door_support import DOORS, Doors, exchange, head, three_doors
 from tests.proxy_support import Upstream
 
 ROUTES: dict[str, Any] = {"routes": [
     {"name": "public", "path_prefix": "/public", "access": "public"},
     {"name": "maybe", "path_prefix": "/maybe", "access": "optional"},
 ]}
-DOORS = ("fast_door", "aiohttp_door", "proxy")
-
-
-@dataclass
-class Doors:
-    """The same routes behind each door, and the tokens the cases use."""
-
-    ports: dict[str, int]
-    upstream: Upstream
-    token: str
-    other: str
-
-
-def port_of(running: Running) -> int:
-    """The public listener's port."""
-    port = running.client.server.port
-    assert port is not None
-    return port
 
 
 @pytest.fixture
-async def doors(clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Upstream
-                ) -> AsyncIterator[Doors]:
+async def doors(clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Upstream) -> Doors:
     """A forward-auth gateway with and without the fast door, and a proxy."""
-    fast = await make_gateway(config=ROUTES)
-    slow = await make_gateway(config={**ROUTES, "forward_auth": {"fast_path": False}})
-    proxy = await make_gateway(env={"GATEWAY_UPSTREAM": upstream.url}, config=ROUTES)
-    yield Doors({"fast_door": port_of(fast), "aiohttp_door": port_of(slow),
-                 "proxy": port_of(proxy)}, upstream,
-                clerk.token(sub="user_1"), clerk.token(sub="user_2"))
-
-
-async def exchange(port: int, head: bytes) -> tuple[int, dict[str, Any]]:
-    """Send one raw request; its status and JSON body ({} when there is none)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(head)
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-    status = int(raw.split(b" ", 2)[1])
-    body = raw.split(b"\r\n\r\n", 1)[1]
-    try:
-        document = json.loads(body)
-    except ValueError:
-        document = {}
-    return status, document if isinstance(document, dict) else {}
-
-
-def head(lines: list[bytes], path: bytes = b"/app") -> bytes:
-    """A GET with these header lines, closing the connection after the answer."""
-    return b"\r\n".join([b"GET " + path + b" HTTP/1.1", b"Host: gateway.test",
-                         b"Connection: close", *lines]) + b"\r\n\r\n"
+    return await three_doors(clerk, make_gateway, upstream, ROUTES)
 
 
 # name -> (header lines with {t} for a valid token and {o} for another, status, reason)
