@@ -67,6 +67,9 @@ class RevocationSettings:
     introspection_failure_mode: str = "fail_closed"
     introspection_timeout_seconds: float = 2.0
     introspection_cache_size: int = 100_000
+    # The longest any accepted token stays acceptable (longest issuer maximum + twice the
+    # leeway): every entry is kept at least this long, whatever its ttl (make_entry).
+    horizon_seconds: float = 86400.0 + 10.0
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,10 @@ def parse_revocation(
     prefix = reader.text("key_prefix", d.key_prefix) or d.key_prefix
     if not all(c.isalnum() or c in "-_.:" for c in prefix):
         reader.problem("may hold letters, digits and - _ . : only", "key_prefix")
+    # iat may be up to one leeway ahead of the clock, exp is accepted one leeway late.
+    horizon = max((i.effective_max_lifetime for i in issuers), default=0.0) + 2 * leeway
     settings = RevocationSettings(
+        horizon_seconds=horizon,
         entry_ttl_seconds=entry_ttl,
         local_ttl_seconds=reader.number(
             "local_ttl_seconds", d.local_ttl_seconds, minimum=0.05, maximum=60),

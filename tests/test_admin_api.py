@@ -91,15 +91,17 @@ async def test_list_filters_by_kind(make_gateway: GatewayFactory) -> None:
     assert bad.status == 400
 
 
-async def test_ttl_seconds_sets_the_expiry(make_gateway: GatewayFactory) -> None:
+async def test_ttl_seconds_sets_the_expiry_never_below_the_horizon(
+    make_gateway: GatewayFactory
+) -> None:
     gw = await make_gateway(env=ENV)
-    added = await gw.admin.post(PATH, json={"kind": "user", "id": "u", "ttl_seconds": 120},
-                                headers=admin_headers())
-    entry = (await added.json())["revocation"]
-    assert entry["expires_at"] - entry["created_at"] == pytest.approx(120)
-    default = await gw.admin.post(PATH, json={"kind": "user", "id": "v"}, headers=admin_headers())
-    entry = (await default.json())["revocation"]
-    assert entry["expires_at"] - entry["created_at"] == pytest.approx(3600)
+    horizon = gw.settings.revocation.horizon_seconds  # 24 h + 2 x leeway by default
+    assert horizon == 86400 + 2 * gw.settings.leeway_seconds
+    for ttl, lives in ((200_000, 200_000), (120, horizon), (None, horizon)):
+        body = {"kind": "user", "id": f"u{ttl}", **({"ttl_seconds": ttl} if ttl else {})}
+        added = await gw.admin.post(PATH, json=body, headers=admin_headers())
+        entry = (await added.json())["revocation"]
+        assert entry["expires_at"] - entry["created_at"] == pytest.approx(lives), ttl
 
 
 @pytest.mark.parametrize(("body", "problem"), [

@@ -353,10 +353,11 @@ class RevocationChecker:
 
     def make_entry(self, kind: str, ident: str, *, ttl: float | None = None, reason: str = "",
                    source: str = "admin") -> RevocationEntry:
-        """A new entry living ``ttl`` seconds (default entry_ttl_seconds)."""
+        """A new entry living ``ttl`` seconds (default entry_ttl_seconds), and never less
+        than the revocation horizon: the longest any token it may apply to stays accepted."""
         now = self._clock()
-        return RevocationEntry(kind, ident, now, now + (ttl or self.settings.entry_ttl_seconds),
-                               reason, source)
+        lifetime = max(ttl or self.settings.entry_ttl_seconds, self.settings.horizon_seconds)
+        return RevocationEntry(kind, ident, now, now + lifetime, reason, source)
 
     async def revoke(self, entry: RevocationEntry) -> None:
         """Store a revocation (raises StoreUnavailable) and apply it here at once."""
