@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from urllib.parse import urlsplit
 
 from gateway.config_issuers import IssuerSettings
 from gateway.configreader import Reader, check_key_url
+from gateway.numbers import whole_number
 
 __all__ = [
     "DEFAULT_IDENTITY_HEADERS",
@@ -271,8 +273,23 @@ def parse_revocation(
     redis_url = env.get("GATEWAY_REDIS_URL")
     if redis_url and not redis_url.startswith(("redis://", "rediss://")):
         reader.problems.append("GATEWAY_REDIS_URL: must be a redis:// or rediss:// URL")
+    elif redis_url:
+        reader.problems += redis_url_problems(redis_url)
     reader.check_unknown()
     return settings
+
+
+def redis_url_problems(url: str) -> list[str]:
+    """What is wrong with a Redis URL's port and database (never echoing the URL: a secret)."""
+    problems = []
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not 0-65535
+    except ValueError:
+        problems.append("GATEWAY_REDIS_URL: the port must be a number from 0 to 65535")
+    if whole_number((parts.path or "/0").lstrip("/") or "0", 5) is None:
+        problems.append("GATEWAY_REDIS_URL: the database after / must be a number")
+    return problems
 
 
 def address_in(address: str | None, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:

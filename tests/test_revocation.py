@@ -168,6 +168,12 @@ def test_configuration_defaults_and_errors() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({**env, "GATEWAY_REDIS_URL": "http://redis:6379"})
     assert "GATEWAY_REDIS_URL: must be a redis:// or rediss:// URL" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:  # '²' is isdigit() but no port; x no database
+        load_settings({**env, "GATEWAY_REDIS_URL": "redis://:s3cret-pw@redis:\u00b2/x"})
+    text = str(caught.value)
+    assert "GATEWAY_REDIS_URL: the port must be a number" in text
+    assert "GATEWAY_REDIS_URL: the database after / must be a number" in text
+    assert "s3cret-pw" not in text
 
 
 def test_configuration_reports_every_problem(tmp_path: object) -> None:
