@@ -70,6 +70,7 @@ REFUSED: dict[str, tuple[list[str], int, str]] = {
     "plus_in_value": (["Cookie: __session={t}+"], 400, "ambiguous_token"),
     "two_suffixed_cookies": (["Cookie: __session_abcdefgh={t}; __session_abcdefgi={o}"], 400,
                              "ambiguous_token"),
+    "blank_inside_the_suffix": (["Cookie: __session_ab cdefg={t}"], 400, "ambiguous_token"),
     "too_many_mentions": (["Cookie: " + "; ".join(["x__session=1"] * 9)], 400,
                           "ambiguous_token"),
 }

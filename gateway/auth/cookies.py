@@ -65,7 +65,7 @@ class CookieReader:
         """How often any spelling another reader folds onto the name occurs in the header.
 
         Every step is one pass in C: case folding (Unicode's, as .NET and Go fold the long s
-        the Kelvin sign), URL-decoding (as quoted-printable, `%` written as `=`), then PHP's
+        and the Kelvin sign), URL-decoding (as quoted-printable, `%` written as `=`), then PHP's
         `_` for space, `.` and `[`.
         """
         folded = header if header.isascii() else header.casefold()
@@ -147,6 +147,8 @@ class CookieReader:
             is_suffixed = len(rest.rstrip()) == _SUFFIX_LENGTH + 1
             if not is_suffixed:
                 return None
+            if len(rest[:_SUFFIX_LENGTH + 1].split()) != 1:  # PHP makes a blank `_`, Go drops it
+                raise UnclearCookie("a blank inside the token cookie's name")
             rest = rest[_SUFFIX_LENGTH + 1:]
         elif rest.strip():
             return None  # another cookie whose name starts with this one
