@@ -10,6 +10,10 @@
   ratio holds even on a machine that other work keeps busy.
 - hostile-cost: the same, for the hostile requests of bench/hostile.py (refused or passed
   without a token) next to an ordinary cached-token request on the same gateway.
+- hostile-cookies: CPU per request of the gateway's forward-auth door (in memory, as
+  http-cost) for 7 KB hostile Cookie headers (`;;;...`, `%%%...`, `___..__session=`, blanks,
+  ten thousand tiny cookies), on a route that needs a token, on a public route and behind a
+  Bearer header, each as a multiple of an ordinary request with a cached Bearer token.
 """
 
 from __future__ import annotations
@@ -331,6 +335,63 @@ async def hostile_cost(n: int, reps: int) -> dict[str, Any]:
     for name in requests:
         out[f"{name}_us"] = {"min": min(out[name]), "median": statistics.median(out[name])}
         out[f"{name}_over_ordinary"] = min(out[name]) / ordinary
+_HOSTILE_BYTES = 7000  # with a Bearer token too, the head stays under 8190 bytes
+
+
+def _hostile_cookies(token: str) -> dict[str, str]:
+    """8 KB Cookie headers built to be slow for a cookie parser, by name."""
+    n = _HOSTILE_BYTES
+    return {
+        "semicolons": ";" * n,
+        "percent_signs": "%" * n,
+        "underscores_then_session": "_" * (n - len(token) - 11) + f"; __session={token}",
+        "blanks_then_session": " " * (n - len(token) - 11) + f"; __session={token}",
+        "tiny_cookies": "a=1; " * (n // 5),
+        "escaped_letters": "%73" * (n // 3),
+        "session_mentions": "x__session=1; " * 8 + ";" * (n - 112),
+    }
+
+
+async def hostile_cookies(n: int, reps: int) -> dict[str, Any]:
+    """CPU microseconds per request with hostile Cookie headers, as multiples of an
+    ordinary request (a cached Bearer token) through the same forward-auth door."""
+    from aiohttp._cookie_helpers import parse_cookie_header
+
+    key = SigningKey(kid="ins_bench")
+    dev = DevIssuer(ISSUER, key)
+    token = dev.sign(_clerk_claims(dev, 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "routes.yaml"
+        config.write_text("routes:\n  - {name: open, path_prefix: /public, access: public}\n")
+        settings = load_settings(
+            {"CLERK_JWT_KEY": key.public_pem(), "CLERK_ISSUER": ISSUER}, str(config))
+
+    def request(path: str, *lines: str) -> bytes:
+        head = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1:8080", *lines]
+        return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+    cases = {"ordinary_bearer": request("/api", f"Authorization: Bearer {token}"),
+             "ordinary_cookie": request("/api", f"Cookie: theme=dark; __session={token}")}
+    for name, cookie in _hostile_cookies(token).items():
+        cases[f"{name}_needs_token"] = request("/api", f"Cookie: {cookie}")
+        cases[f"{name}_public_route"] = request("/public/x", f"Cookie: {cookie}")
+        cases[f"{name}_with_bearer"] = request(
+            "/api", f"Authorization: Bearer {token}", f"Cookie: {cookie}")
+    out: dict[str, Any] = {"requests_per_rep": n, "reps": reps, "cookie_bytes": _HOSTILE_BYTES}
+    for name, raw in cases.items():
+        gc.collect()
+        costs, response = await _request_cost(public_runner(Gateway(settings)), raw, n, reps)
+        out[f"{name}_us"] = {"min": min(costs), "median": statistics.median(costs),
+                             "status": int(response.split()[1])}
+    ordinary = out["ordinary_bearer_us"]["min"]
+    ratios = {name[:-3]: value["min"] / ordinary for name, value in out.items()
+              if name.endswith("_us") and name != "ordinary_bearer_us"}
+    out["over_ordinary"] = ratios
+    out["worst"] = max(ratios.items(), key=lambda item: item[1])
+    start = time.process_time()  # what a full parse (aiohttp's, used before) would cost
+    for _ in range(20):
+        parse_cookie_header(";" * _HOSTILE_BYTES)
+    out["full_parse_semicolons_us"] = (time.process_time() - start) / 20 * 1e6
     return out
 
 
@@ -372,14 +433,17 @@ def main(argv: list[str] | None = None) -> int:
     http = sub.add_parser("http-cost")
     http.add_argument("--requests", type=int, default=5000)
     http.add_argument("--reps", type=int, default=5)
-    hostile = sub.add_parser("hostile-cost")
-    hostile.add_argument("--requests", type=int, default=1000)
-    hostile.add_argument("--reps", type=int, default=3)
+    for name in ("hostile-cost", "hostile-cookies"):
+        hostile = sub.add_parser(name)
+        hostile.add_argument("--requests", type=int, default=1000)
+        hostile.add_argument("--reps", type=int, default=3)
     args = parser.parse_args(argv)
     if args.kind == "http-cost":
         result = asyncio.run(http_cost(args.requests, args.reps))
     elif args.kind == "hostile-cost":
         result = asyncio.run(hostile_cost(args.requests, args.reps))
+    elif args.kind == "hostile-cookies":
+        result = asyncio.run(hostile_cookies(args.requests, args.reps))
     elif args.kind == "verify":
         result = asyncio.run(bench_verify(args.tokens, args.passes, args.cached_reps))
     elif args.kind == "cache-memory":

@@ -12,7 +12,8 @@ from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.devtokens import StateError
 from gateway.devtokens import add_commands as add_dev_commands
-from gateway.logs import setup_logging
+from gateway.logs import protect_secrets, setup_logging
+from gateway.redaction import secret_values
 from gateway.startup import ListenError, check_listeners, issuer_warnings
 
 __all__ = ["main"]
@@ -106,6 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"invalid configuration:\n  - {problem}", file=sys.stderr)
         return 2
+    protect_secrets(secret_values(settings))
     index = worker_index()
     count = 1 if index is not None else worker_count(args.workers, settings.workers)
     if index is None:

@@ -47,6 +47,7 @@ from gateway.config_sections import (
 )
 from gateway.configreader import Reader, Secret
 from gateway.cors import CorsSettings, parse_cors
+from gateway.numbers import whole_number
 from gateway.routing import Route, RouteOptions, parse_route_options, parse_routes
 
 __all__ = [
@@ -143,11 +144,12 @@ class Settings:
 
 
 def _parse_listen(value: str, where: str, problems: list[str]) -> Listen | None:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    host, sep, port_text = value.rpartition(":")
+    port = whole_number(port_text, 5)
+    if not sep or port is None or not 0 <= port <= 65535:
         problems.append(f"{where}: {value!r} must be host:port")
         return None
-    return Listen(host.strip("[]") or "0.0.0.0", int(port))
+    return Listen(host.strip("[]") or "0.0.0.0", port)
 
 
 def _read_yaml(path: str, problems: list[str]) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from gateway.configreader import Reader, Secret, check_key_url
 __all__ = [
     "ALLOWED_ALGORITHMS",
     "DEFAULT_API_URL",
+    "DEFAULT_MAX_TOKEN_LIFETIME",
+    "MAX_TOKEN_LIFETIME",
     "WORKOS_API_URL",
     "ClaimPaths",
     "IssuerSettings",
@@ -24,6 +26,11 @@ __all__ = [
     "parse_keys",
     "workos_urls",
 ]
+
+# A token lifetime (exp - iat) above this is refused unless the issuer declares a maximum:
+# revocations are kept this long (plus leeway), so none can expire before its tokens.
+DEFAULT_MAX_TOKEN_LIFETIME = 86400.0
+MAX_TOKEN_LIFETIME = 90 * 86400.0  # the longest a revocation entry can live
 
 ALLOWED_ALGORITHMS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
@@ -65,8 +72,17 @@ class IssuerSettings:
     algorithms: tuple[str, ...] = ("RS256",)
     claims: ClaimPaths = field(default_factory=ClaimPaths)
     accept_pending_sessions: bool = False
-    max_token_lifetime: float | None = None
+    max_token_lifetime: float | None = None  # as declared; see effective_max_lifetime
     client_id: str | None = None
+
+    @property
+    def effective_max_lifetime(self) -> float:
+        """The longest token lifetime (exp - iat) accepted: declared, else 24 hours.
+
+        Every issuer has one, so a revocation can always be kept until every token it may
+        apply to has expired (RevocationSettings.horizon_seconds).
+        """
+        return self.max_token_lifetime or DEFAULT_MAX_TOKEN_LIFETIME
 
     @property
     def key_source(self) -> str:
@@ -187,7 +203,13 @@ def parse_issuer(reader: Reader, env: Mapping[str, str], api_url: str) -> Issuer
                 f"{', '.join(ALLOWED_ALGORITHMS)})", "algorithms")
     if not algorithms:
         reader.problem("must name at least one algorithm", "algorithms")
-    max_lifetime = reader.number("max_token_lifetime_seconds", 0, minimum=0)
+    max_lifetime = reader.number("max_token_lifetime_seconds", 0, minimum=0,
+                                 maximum=MAX_TOKEN_LIFETIME)
+    if reader.has("max_token_lifetime_seconds") and not max_lifetime:
+        reader.problem(
+            "0 (no maximum) is not accepted: a token may not outlive the revocations that "
+            f"apply to it; leave it out for {DEFAULT_MAX_TOKEN_LIFETIME:g} (24 hours) or give "
+            f"a maximum up to {MAX_TOKEN_LIFETIME:g} (90 days)", "max_token_lifetime_seconds")
     settings = IssuerSettings(
         name=name,
         issuer=issuer or "",

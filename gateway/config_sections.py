@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from urllib.parse import urlsplit
 
 from gateway.config_issuers import IssuerSettings
 from gateway.configreader import Reader, check_key_url
+from gateway.numbers import whole_number
 
 __all__ = [
     "DEFAULT_HASURA_VARIABLES",
@@ -71,6 +73,9 @@ class RevocationSettings:
     introspection_failure_mode: str = "fail_closed"
     introspection_timeout_seconds: float = 2.0
     introspection_cache_size: int = 100_000
+    # The longest any accepted token stays acceptable (longest issuer maximum + twice the
+    # leeway): every entry is kept at least this long, whatever its ttl (make_entry).
+    horizon_seconds: float = 86400.0 + 10.0
 
 
 @dataclass(frozen=True)
@@ -255,7 +260,10 @@ def parse_revocation(
     prefix = reader.text("key_prefix", d.key_prefix) or d.key_prefix
     if not all(c.isalnum() or c in "-_.:" for c in prefix):
         reader.problem("may hold letters, digits and - _ . : only", "key_prefix")
+    # iat may be up to one leeway ahead of the clock, exp is accepted one leeway late.
+    horizon = max((i.effective_max_lifetime for i in issuers), default=0.0) + 2 * leeway
     settings = RevocationSettings(
+        horizon_seconds=horizon,
         entry_ttl_seconds=entry_ttl,
         local_ttl_seconds=reader.number(
             "local_ttl_seconds", d.local_ttl_seconds, minimum=0.05, maximum=60),
@@ -293,8 +301,23 @@ def parse_revocation(
     redis_url = env.get("GATEWAY_REDIS_URL")
     if redis_url and not redis_url.startswith(("redis://", "rediss://")):
         reader.problems.append("GATEWAY_REDIS_URL: must be a redis:// or rediss:// URL")
+    elif redis_url:
+        reader.problems += redis_url_problems(redis_url)
     reader.check_unknown()
     return settings
+
+
+def redis_url_problems(url: str) -> list[str]:
+    """What is wrong with a Redis URL's port and database (never echoing the URL: a secret)."""
+    problems = []
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not 0-65535
+    except ValueError:
+        problems.append("GATEWAY_REDIS_URL: the port must be a number from 0 to 65535")
+    if whole_number((parts.path or "/0").lstrip("/") or "0", 5) is None:
+        problems.append("GATEWAY_REDIS_URL: the database after / must be a number")
+    return problems
 
 
 def address_in(address: str | None, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:

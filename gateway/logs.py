@@ -6,10 +6,11 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["ACCESS_LOGGER", "BatchedStreamHandler", "JsonFormatter", "flush_logs",
-           "setup_logging", "write_access"]
+           "protect_secrets", "setup_logging", "write_access"]
 
 ACCESS_LOGGER = "gateway.access"
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -19,6 +20,23 @@ _LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warni
 _encode = json.JSONEncoder(default=str, separators=(",", ":")).encode
 _ROOT = logging.getLogger()
 _ACCESS = logging.getLogger(ACCESS_LOGGER)
+_MIN_SECRET = 6  # shorter values would mask ordinary words
+_MASK = "[redacted]"
+# The values masked in every line the gateway's handler writes (see protect_secrets).
+_secrets: set[str] = set()
+
+
+def protect_secrets(values: Iterable[str]) -> None:
+    """Mask these values in every line written from now on (configured secrets)."""
+    _secrets.update(v for v in values if len(v) >= _MIN_SECRET)
+
+
+def _masked(line: str) -> str:
+    """The line with every protected secret's value masked (longest first)."""
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in line:
+            line = line.replace(secret, _MASK)
+    return line
 
 
 class JsonFormatter(logging.Formatter):
@@ -106,7 +124,9 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._keep(line)
 
     def _keep(self, line: str) -> None:
-        """Add a line to the batch; write the batch once it is full."""
+        """Add a line (secrets masked) to the batch; write the batch once it is full."""
+        if _secrets:
+            line = _masked(line)
         self._pending.append(line)
         self._pending_bytes += len(line) + 1
         if self._pending_bytes >= _BATCH_BYTES:

@@ -11,7 +11,13 @@ from multidict import CIMultiDictProxy
 
 from gateway.auth.assertion import AssertionSigner
 from gateway.auth.claims import Identity
-from gateway.auth.extract import AmbiguousToken, EmptyToken, TokenExtractor, effective_sources
+from gateway.auth.extract import (
+    AmbiguousToken,
+    EmptyToken,
+    TokenExtractor,
+    UnreadableToken,
+    effective_sources,
+)
 from gateway.auth.jwks import KeysUnavailable
 from gateway.auth.verify import TokenRejected, Verified, Verifier
 from gateway.config import Settings
@@ -34,8 +40,7 @@ class RequestFacts:
     method: str
     uri: str
     host: str | None
-    headers: CIMultiDictProxy[str]
-    cookies: Mapping[str, str]
+    headers: CIMultiDictProxy[str]  # cookies are read from these, only when needed
     query: Mapping[str, str] | None = None
     client_ip: str | None = None
 
@@ -190,10 +195,10 @@ class Authorizer:
         if access == "deny":
             return Decision(Reason.ACCESS_DENIED, route, path=path, params=match.params)
         try:
-            token = self.extractor.extract(facts.headers, facts.cookies, facts.query)
+            token = self.extractor.extract(facts.headers, facts.query)
         except AmbiguousToken as exc:
             return Decision(Reason.AMBIGUOUS_TOKEN, route, path=path, detail=str(exc))
-        except EmptyToken:
+        except (EmptyToken, UnreadableToken):
             return Decision(Reason.MALFORMED_TOKEN, route, path=path)
         if token is None:
             reason = Reason.ANONYMOUS if access == "optional" else Reason.MISSING_TOKEN

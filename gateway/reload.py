@@ -24,7 +24,9 @@ from gateway.auth.signing_keys import SigningKeyError
 from gateway.auth.verify import Verifier
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.cors import CorsPolicy
+from gateway.logs import protect_secrets
 from gateway.pipeline import extractor_for, router_for
+from gateway.redaction import secret_values
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -100,6 +102,7 @@ async def apply_settings(gateway: Gateway, new: Settings) -> ReloadResult:
     authorizer.cors = CorsPolicy(settings.cors)
     gateway.revocation.introspect_issuers = clerk_issuers(settings)
     gateway.settings = settings
+    protect_secrets(secret_values(settings))  # a reload may bring new secrets
     for keys in fresh.values():
         keys.start()
     for keys in retired:

@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from gateway.numbers import whole_number
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
@@ -59,7 +61,7 @@ def worker_count(requested: int | None, configured: int) -> int:
 def worker_index(environ: dict[str, str] | None = None) -> int | None:
     """This process's worker index when started by `run_workers`, else None."""
     value = (os.environ if environ is None else environ).get(WORKER_ENV)
-    return int(value) if value is not None and value.isdigit() else None
+    return whole_number(value)
 
 
 def multiprocess_registry() -> Callable[[], CollectorRegistry]:

@@ -191,7 +191,7 @@ class AuthorizerDoor:
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         facts = RequestFacts(door="proxy", method=method, uri=target, host=host,
-                             headers=CIMultiDictProxy(headers), cookies={})
+                             headers=CIMultiDictProxy(headers))
         decision = await self.authorizer.authorize(facts)
         return Outcome(
             decision.reason.status, decision.reason.label, dict(decision.headers),

@@ -91,15 +91,17 @@ async def test_list_filters_by_kind(make_gateway: GatewayFactory) -> None:
     assert bad.status == 400
 
 
-async def test_ttl_seconds_sets_the_expiry(make_gateway: GatewayFactory) -> None:
+async def test_ttl_seconds_sets_the_expiry_never_below_the_horizon(
+    make_gateway: GatewayFactory
+) -> None:
     gw = await make_gateway(env=ENV)
-    added = await gw.admin.post(PATH, json={"kind": "user", "id": "u", "ttl_seconds": 120},
-                                headers=admin_headers())
-    entry = (await added.json())["revocation"]
-    assert entry["expires_at"] - entry["created_at"] == pytest.approx(120)
-    default = await gw.admin.post(PATH, json={"kind": "user", "id": "v"}, headers=admin_headers())
-    entry = (await default.json())["revocation"]
-    assert entry["expires_at"] - entry["created_at"] == pytest.approx(3600)
+    horizon = gw.settings.revocation.horizon_seconds  # 24 h + 2 x leeway by default
+    assert horizon == 86400 + 2 * gw.settings.leeway_seconds
+    for ttl, lives in ((200_000, 200_000), (120, horizon), (None, horizon)):
+        body = {"kind": "user", "id": f"u{ttl}", **({"ttl_seconds": ttl} if ttl else {})}
+        added = await gw.admin.post(PATH, json=body, headers=admin_headers())
+        entry = (await added.json())["revocation"]
+        assert entry["expires_at"] - entry["created_at"] == pytest.approx(lives), ttl
 
 
 @pytest.mark.parametrize(("body", "problem"), [
@@ -137,7 +139,25 @@ async def test_every_problem_is_listed_at_once(make_gateway: GatewayFactory) -> 
     response = await gw.admin.post(PATH, json={"kind": "planet", "ttl_seconds": -1, "x": 1},
                                    headers=admin_headers())
     problems = (await response.json())["problems"]
-    assert len(problems) == 3
+    assert [p.split(":")[0] for p in problems] == ["x", "kind", "id", "ttl_seconds"]
+
+
+@pytest.mark.parametrize(("body", "fields"), [
+    ({"kind": ["session"], "id": {"a": 1}}, ["kind", "id"]),
+    ({"kind": 7, "org_id": "a:b", "user_id": 3}, ["kind", "org_id", "user_id"]),
+    ({"kind": "membership", "id": "x", "org_id": 1}, ["id", "org_id", "user_id"]),
+    ({"kind": "user", "id": "", "org_id": "o", "reason": 5}, ["org_id", "id", "reason"]),
+])
+async def test_every_problem_is_listed_whatever_the_kind(
+    make_gateway: GatewayFactory, body: dict[str, object], fields: list[str]
+) -> None:
+    gw = await make_gateway(env=ENV)
+    response = await gw.admin.post(PATH, json=body, headers=admin_headers())
+    assert response.status == 400
+    payload = await response.json()
+    assert [p.split(":")[0] for p in payload["problems"]] == fields
+    assert payload["reason"] == "invalid_body"
+    assert all(p in payload["message"] for p in payload["problems"])
 
 
 @pytest.mark.parametrize("raw", [b"not json", b"[1]", b'"text"', b""])

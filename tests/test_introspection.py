@@ -150,11 +150,19 @@ async def test_outage_fail_open_allows_and_is_metered(
     gw = await introspecting(clerk, make_gateway, clock,
                              introspection_failure_mode="fail_open")
     assert (await gw.get("/", token(clerk))).status == 200
+    gw.gateway.metrics.flush()
+    clear = metric(gw, "revocation_checks_total", source="introspection", result="clear")
     clerk.session_fail_status = 502
     clock.offset = 200
     assert (await gw.get("/", token(clerk))).status == 200
     assert (await gw.get("/", token(clerk, "sess_never_seen"))).status == 200
     assert metric(gw, "fail_open_total", component="introspection") == 2
+    # Counted as what it is, never as a check that came back clear.
+    gw.gateway.metrics.flush()
+    assert metric(gw, "revocation_checks_total", source="introspection",
+                  result="fail_open") == 2
+    assert metric(gw, "revocation_checks_total", source="introspection",
+                  result="clear") == clear
 
 
 async def test_unreachable_api_is_an_outage(

@@ -73,12 +73,47 @@ async def test_expired_entries_stop_revoking(
 ) -> None:
     offset = [0.0]
     gw = await make_gateway(env=ENV, clock=lambda: time.time() + offset[0])
-    token = clerk.token(sub="user_1", lifetime=3600)
+    horizon = gw.settings.revocation.horizon_seconds
     entry = gw.gateway.revocation.make_entry("user", "user_1", ttl=120)
     await gw.gateway.revocation.revoke(entry)
-    assert (await gw.get("/", token)).status == 401
-    offset[0] = 121
+    assert (await gw.get("/", clerk.token(sub="user_1"))).status == 401
+    offset[0] = horizon + 1  # a token issued after the entry expired is let through
+    later = int(time.time() + offset[0])
+    fresh = clerk.token(sub="user_1", iat=later, nbf=later - 5, exp=later + 60)
+    assert (await gw.get("/", fresh)).status == 200
+
+
+@pytest.mark.parametrize("ttl", [None, 120])
+async def test_a_revocation_outlives_every_token_it_applies_to(
+    clerk: DevIssuer, make_gateway: GatewayFactory, ttl: float | None
+) -> None:
+    """A 2-hour token, revoked, is still refused after entry_ttl (and after any ttl given)."""
+    offset = [0.0]
+    gw = await make_gateway(env=ENV, clock=lambda: time.time() + offset[0])
+    token = clerk.token(sub="user_1", sid="sess_1", lifetime=2 * 3600)
     assert (await gw.get("/", token)).status == 200
+    entry = gw.gateway.revocation.make_entry("session", "sess_1", ttl=ttl)
+    await gw.gateway.revocation.revoke(entry)
+    entry_ttl = gw.settings.revocation.entry_ttl_seconds
+    for moment in (1, 121, entry_ttl + 1, 2 * 3600 - 1, 2 * 3600 + 4):
+        offset[0] = moment
+        response = await gw.get("/", token)
+        assert response.status == 401, moment
+        assert await reason_of(response) == "revoked", moment
+    offset[0] = 2 * 3600 + 6  # past exp + leeway: the token itself is refused now
+    assert await reason_of(await gw.get("/", token)) == "expired"
+
+
+async def test_a_token_living_longer_than_the_default_maximum_is_refused(
+    clerk: DevIssuer, make_gateway: GatewayFactory
+) -> None:
+    """An issuer that declares no maximum gets 24 hours: the revocation horizon follows it."""
+    gw = await make_gateway(env=ENV)
+    assert (await gw.get("/", clerk.token(lifetime=86400))).status == 200
+    response = await gw.get("/", clerk.token(lifetime=86400 + 1))
+    assert await reason_of(response) == "lifetime_too_long"
+    no_start = clerk.token(iat=None, nbf=None)
+    assert await reason_of(await gw.get("/", no_start)) == "lifetime_too_long"
 
 
 class Recorder:
@@ -133,6 +168,12 @@ def test_configuration_defaults_and_errors() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({**env, "GATEWAY_REDIS_URL": "http://redis:6379"})
     assert "GATEWAY_REDIS_URL: must be a redis:// or rediss:// URL" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:  # '²' is isdigit() but no port; x no database
+        load_settings({**env, "GATEWAY_REDIS_URL": "redis://:s3cret-pw@redis:\u00b2/x"})
+    text = str(caught.value)
+    assert "GATEWAY_REDIS_URL: the port must be a number" in text
+    assert "GATEWAY_REDIS_URL: the database after / must be a number" in text
+    assert "s3cret-pw" not in text
 
 
 def test_configuration_reports_every_problem(tmp_path: object) -> None:
@@ -161,3 +202,22 @@ def test_entry_ttl_follows_the_longest_token_lifetime(tmp_path: object) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({}, str(path))
     assert "revocation.entry_ttl_seconds: must be at least" in str(caught.value)
+
+
+def test_the_horizon_follows_the_longest_accepted_token_lifetime(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "gateway.yaml"
+    issuers = ("issuers:\n  - name: a\n    issuer: https://a.example.com\n"
+               "    max_token_lifetime_seconds: 7200\n"
+               "  - name: b\n    issuer: https://b.example.com\n"
+               "    max_token_lifetime_seconds: 600\n")
+    path.write_text(issuers)
+    settings = load_settings({}, str(path))
+    assert settings.revocation.horizon_seconds == 7200 + 2 * settings.leeway_seconds
+    path.write_text(issuers.replace("600", "0").replace("7200", str(91 * 86400)))
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, str(path))
+    text = str(caught.value)  # one message naming both problems
+    assert "issuers[0].max_token_lifetime_seconds" in text
+    assert "issuers[1].max_token_lifetime_seconds: 0 (no maximum) is not accepted" in text

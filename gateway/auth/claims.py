@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.config import ClaimPaths
+from gateway.numbers import whole_number
 
 __all__ = ["ClaimError", "Identity", "decode_v2_permissions", "identity_from_claims"]
 
@@ -92,9 +93,9 @@ def decode_v2_permissions(features: str, permissions: str, bitmaps: str) -> tupl
         raise ClaimError("o.fpm has more entries than organization features")
     out: list[str] = []
     for feature, mask_text in zip(org_features, masks, strict=False):
-        if not mask_text.isdigit():
+        mask = whole_number(mask_text, 64)
+        if mask is None:
             raise ClaimError("o.fpm must be a comma list of integers")
-        mask = int(mask_text)
         if mask >> len(per):
             raise ClaimError("o.fpm sets a bit with no permission")
         out.extend(f"org:{feature}:{p}" for j, p in enumerate(per) if mask >> j & 1)
@@ -162,8 +163,9 @@ def _pointer(claims: Mapping[str, Any], pointer: str | None) -> Any:
         part = raw.replace("~1", "/").replace("~0", "~")
         if isinstance(node, dict):
             node = node.get(part)
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
+        elif isinstance(node, list) and (index := whole_number(part)) is not None \
+                and index < len(node):
+            node = node[index]
         else:
             return None
         if node is None:

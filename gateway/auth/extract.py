@@ -2,45 +2,94 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
+from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 
+from gateway.auth.cookies import CookieReader, MalformedCookie, UnclearCookie
 from gateway.config import TokenSource
 
-__all__ = ["AmbiguousToken", "EmptyToken", "TokenExtractor", "effective_sources"]
+__all__ = [
+    "AmbiguousToken", "EmptyToken", "TokenExtractor", "UnreadableToken", "effective_sources",
+]
 
-_SUFFIXED_SESSION = "__session_"
+# What a token may hold: visible ASCII (JWTs and opaque tokens alike).
+_TOKEN_TEXT = re.compile(r"[!-~]+")
+# Blanks some reader splits an Authorization value on: str.split(), JavaScript's \s.
+_OTHER_BLANKS = "\ufeff"
 
 
 class AmbiguousToken(Exception):
-    """The request carries conflicting copies of one token source."""
+    """The request carries conflicting copies of one token source, or one read differently
+    by other parsers."""
 
 
 class EmptyToken(Exception):
     """A token source is present but holds no token."""
 
 
+class UnreadableToken(Exception):
+    """A token source holds something no token is made of (not visible ASCII)."""
+
+
+def _checked(token: str, source: str) -> str:
+    """The token when it is visible ASCII, else UnreadableToken."""
+    if _TOKEN_TEXT.fullmatch(token) is None:
+        raise UnreadableToken(f"{source} holds characters no token has")
+    return token
+
+
+def read_credentials(value: str, scheme: str, source: str) -> str | None:
+    """The token of `<scheme> SP <token>` (scheme in any ASCII case), None for other schemes.
+
+    This is the one form read. A value that other common readers take for this scheme
+    (Werkzeug and Django REST framework split on any whitespace, passport on JavaScript's
+    `\\s`, some strip the token) but that is not exactly this form raises AmbiguousToken,
+    so it can never fall through to the next source or to anonymous access.
+    """
+    head, space, token = value.partition(" ")
+    if head.isascii() and head.lower() == scheme.lower():
+        if not space or not token:
+            raise EmptyToken(f"{source} holds no token")
+        words = token.replace(_OTHER_BLANKS, " ").split()
+        if words != [token]:
+            raise AmbiguousToken(f"{source} is read differently by other parsers")
+        return _checked(token, source)
+    words = value.replace(_OTHER_BLANKS, " ").split(None, 1)
+    if words and words[0].casefold() == scheme.casefold():
+        raise AmbiguousToken(f"{source} is read differently by other parsers")
+    return None  # another scheme (e.g. Basic) is meant for the upstream
+
+
 class TokenExtractor:
-    """Reads tokens from the configured sources in order; the first present one wins."""
+    """Reads tokens from the configured sources in order; the first present one wins.
+
+    Cookies are read only when a cookie source is reached, and only the token cookie is
+    looked for (gateway/auth/cookies.py): a request with a header token, or to a route that
+    needs none, never pays for its Cookie header.
+    """
 
     def __init__(self, sources: tuple[TokenSource, ...]) -> None:
         self._sources = sources
+        self._cookies = {s.name: CookieReader(s.name) for s in sources if s.kind == "cookie"}
 
     def extract(
         self,
         headers: CIMultiDictProxy[str],
-        cookies: Mapping[str, str],
         query: Mapping[str, str] | None = None,
     ) -> str | None:
-        """The token, None when no source holds one; raises on ambiguity or an empty token."""
+        """The token, None when no source holds one; raises on ambiguity or an unusable token."""
         for source in self._sources:
             if source.kind == "header":
                 token = self._from_header(headers, source)
             elif source.kind == "cookie":
-                token = self._from_cookie(cookies, source.name)
+                token = self._from_cookie(headers, source.name)
             elif query is not None:
                 token = query.get(source.name) or None
+                if token is not None:
+                    token = _checked(token, f"the {source.name} query parameter")
             else:
                 token = None
             if token is not None:
@@ -54,30 +103,20 @@ class TokenExtractor:
             return None
         if len(values) > 1:
             raise AmbiguousToken(f"more than one {source.name} header")
-        value = values[0].strip()
+        value = values[0].strip(" \t")
         if source.scheme:
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() != source.scheme.lower():
-                return None  # another scheme (e.g. Basic) is meant for the upstream
-            value = token.strip()
+            return read_credentials(value, source.scheme, source.name)
         if not value:
             raise EmptyToken(f"{source.name} holds no token")
-        return value
+        return _checked(value, source.name)
 
-    @staticmethod
-    def _from_cookie(cookies: Mapping[str, str], name: str) -> str | None:
-        value = cookies.get(name)
-        if value:
-            return value
-        if name != "__session":
-            return None
-        suffixed = {
-            v for k, v in cookies.items()
-            if k.startswith(_SUFFIXED_SESSION) and len(k) == len(_SUFFIXED_SESSION) + 8 and v
-        }
-        if len(suffixed) > 1:
-            raise AmbiguousToken("more than one suffixed __session cookie")
-        return suffixed.pop() if suffixed else None
+    def _from_cookie(self, headers: CIMultiDictProxy[str], name: str) -> str | None:
+        try:
+            return self._cookies[name].read(headers.getall(hdrs.COOKIE, ()))
+        except UnclearCookie as exc:
+            raise AmbiguousToken(str(exc)) from None
+        except MalformedCookie as exc:
+            raise UnreadableToken(str(exc)) from None
 
 
 def effective_sources(

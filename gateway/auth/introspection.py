@@ -22,7 +22,9 @@ from aiohttp import hdrs
 
 from gateway.config import RevocationSettings, Secret
 from gateway.metrics import Metrics
+from gateway.numbers import whole_number
 from gateway.reasons import Reason
+from gateway.redaction import describe_error
 
 __all__ = ["SessionIntrospector"]
 
@@ -47,8 +49,9 @@ def retry_after_seconds(value: str | None, now: float) -> float:
     if not value:
         return _DEFAULT_RETRY_AFTER
     value = value.strip()
-    if value.isdigit():
-        return min(float(value), _MAX_RETRY_AFTER)
+    seconds = whole_number(value)
+    if seconds is not None:
+        return min(float(seconds), _MAX_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError):
@@ -84,11 +87,12 @@ class SessionIntrospector:
             "active", "inactive", "not_found", "rate_limited", "error")}
         self._fail_open_counter = metrics.fail_open.labels("introspection")
 
-    async def check(self, session_id: str) -> tuple[bool, Reason | None]:
-        """(answered from cache, None | REVOKED | REVOCATION_UNAVAILABLE)."""
+    async def check(self, session_id: str) -> tuple[bool, Reason | None, bool]:
+        """(answered from cache, None | REVOKED | REVOCATION_UNAVAILABLE, let through only
+        by the fail-open choice)."""
         fresh = self.answer_now(session_id)
         if fresh is not False:
-            return True, fresh
+            return True, fresh, False
         if self._clock() >= self.blocked_until:
             task = self._inflight.get(session_id)
             if task is None:
@@ -96,7 +100,7 @@ class SessionIntrospector:
                 self._inflight[session_id] = task
             if await asyncio.shield(task):
                 answer = self._answers[session_id]
-                return False, None if answer.active else Reason.REVOKED
+                return False, None if answer.active else Reason.REVOKED, False
         return self._fallback(self._answers.get(session_id), self._clock())
 
     def answer_now(self, session_id: str) -> Reason | Literal[False] | None:
@@ -106,13 +110,14 @@ class SessionIntrospector:
             return False
         return None if answer.active else Reason.REVOKED
 
-    def _fallback(self, answer: _Answer | None, now: float) -> tuple[bool, Reason | None]:
+    def _fallback(self, answer: _Answer | None, now: float
+                  ) -> tuple[bool, Reason | None, bool]:
         if answer is not None and now - answer.fetched_at <= self._ttl + self._grace:
-            return True, None if answer.active else Reason.REVOKED
+            return True, None if answer.active else Reason.REVOKED, False
         if self._fail_open:
             self._fail_open_counter.inc()
-            return False, None
-        return False, Reason.REVOCATION_UNAVAILABLE
+            return False, None, True
+        return False, Reason.REVOCATION_UNAVAILABLE, False
 
     async def _fetch(self, session_id: str) -> bool:
         try:
@@ -157,7 +162,8 @@ class SessionIntrospector:
                 body = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self._calls["error"].inc()
-            log.warning("session introspection unreachable", extra={"error": repr(exc)})
+            log.warning("session introspection unreachable",
+                        extra={"error": describe_error(exc)})
             return None
         status = body.get("status") if isinstance(body, dict) else None
         if not isinstance(status, str) or not status:

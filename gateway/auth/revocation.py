@@ -190,8 +190,11 @@ class RevocationChecker:
                 return self._count(source, reason)
         introspector = self._introspector_for(identity)
         if introspector is not None and identity.session_id:
-            cached, reason = await introspector.check(identity.session_id)
+            cached, reason, failed_open = await introspector.check(identity.session_id)
             source = "introspection_cache" if cached else "introspection"
+            if failed_open:  # not "clear": nobody knows (fail_open_total counts it too)
+                self._metrics.count(self._counters[(source, "fail_open")])
+                return None
             if reason is Reason.REVOKED:
                 self._remember_introspected(identity.session_id)
             if reason is not None:
@@ -350,10 +353,11 @@ class RevocationChecker:
 
     def make_entry(self, kind: str, ident: str, *, ttl: float | None = None, reason: str = "",
                    source: str = "admin") -> RevocationEntry:
-        """A new entry living ``ttl`` seconds (default entry_ttl_seconds)."""
+        """A new entry living ``ttl`` seconds (default entry_ttl_seconds), and never less
+        than the revocation horizon: the longest any token it may apply to stays accepted."""
         now = self._clock()
-        return RevocationEntry(kind, ident, now, now + (ttl or self.settings.entry_ttl_seconds),
-                               reason, source)
+        lifetime = max(ttl or self.settings.entry_ttl_seconds, self.settings.horizon_seconds)
+        return RevocationEntry(kind, ident, now, now + lifetime, reason, source)
 
     async def revoke(self, entry: RevocationEntry) -> None:
         """Store a revocation (raises StoreUnavailable) and apply it here at once."""

@@ -22,6 +22,8 @@ from aiocache.serializers import JsonSerializer
 from redis.exceptions import RedisError
 
 from gateway.config import RevocationSettings
+from gateway.numbers import whole_number
+from gateway.redaction import describe_error
 
 __all__ = [
     "KINDS",
@@ -220,7 +222,7 @@ def _redis_options(url: str, settings: RevocationSettings) -> dict[str, Any]:
     return {
         "endpoint": parts.hostname or "127.0.0.1",
         "port": parts.port or 6379,
-        "db": int(db) if db.isdigit() else 0,
+        "db": whole_number(db) or 0,
         "password": unquote(parts.password) if parts.password else None,
         "ssl": parts.scheme == "rediss",
         "create_connection_timeout": settings.store_timeout_seconds,
@@ -276,7 +278,8 @@ class RedisStore(_CacheStore):
                         last_ping = time.monotonic()
             except (RedisError, OSError, TimeoutError, StoreUnavailable) as exc:
                 if self.healthy:
-                    log.warning("revocation store unreachable", extra={"error": repr(exc)})
+                    log.warning("revocation store unreachable",
+                                extra={"error": describe_error(exc)})
                 self.healthy = False
             finally:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):

@@ -221,10 +221,11 @@ class Verifier:
             raise TokenRejected(Reason.NOT_YET_VALID, "nbf is in the future")
         if iat is not None and iat > now + leeway:
             raise TokenRejected(Reason.NOT_YET_VALID, "iat is in the future")
-        if issuer.max_token_lifetime is not None:
-            start = iat if iat is not None else nbf
-            if start is None or exp - start > issuer.max_token_lifetime:
-                raise TokenRejected(Reason.LIFETIME_TOO_LONG)
+        # Every issuer has a maximum (declared or the default), so no accepted token can
+        # outlive the revocations that apply to it; a token naming no start has no bound.
+        start = iat if iat is not None else nbf
+        if start is None or exp - start > issuer.effective_max_lifetime:
+            raise TokenRejected(Reason.LIFETIME_TOO_LONG)
         if issuer.authorized_parties:
             azp = claims.get("azp")
             if not isinstance(azp, str) or azp not in issuer.authorized_parties:

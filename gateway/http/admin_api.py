@@ -20,7 +20,7 @@ from aiohttp import hdrs, web
 from gateway.auth.revocation import RevocationChecker
 from gateway.auth.revocation_store import KINDS, StoreUnavailable
 from gateway.config import Secret
-from gateway.http.errors import json_response
+from gateway.http.errors import admin_error, json_response
 from gateway.http.headers import request_id
 
 __all__ = ["AdminApi", "valid_id"]
@@ -38,9 +38,41 @@ def valid_id(value: Any) -> bool:
 
 
 def _unavailable(rid: str) -> web.Response:
-    return json_response(503, rid, {"error": "store_unavailable",
-                            "message": "The revocation store is unreachable; retry later."},
-                 {hdrs.RETRY_AFTER: "1"})
+    return admin_error(503, rid, "store_unavailable", "store_unavailable",
+                       "The revocation store is unreachable; retry later.",
+                       {hdrs.RETRY_AFTER: "1"})
+
+
+def _invalid(rid: str, problems: list[str]) -> web.Response:
+    return admin_error(400, rid, "invalid_request", "invalid_body",
+                       "The request is invalid: " + "; ".join(problems) + ".",
+                       problems=problems)
+
+
+def _too_large(rid: str) -> web.Response:
+    return admin_error(413, rid, "body_too_large", "body_too_large",
+                       f"The body exceeds {_MAX_BODY} bytes.")
+
+
+def _id_problems(body: dict[str, Any], *, membership: bool, known: bool) -> list[str]:
+    """Every problem of the id fields; with an unknown kind, of each id field given."""
+    problems = []
+    org, user = body.get("org_id"), body.get("user_id")
+    given = [name for name in ("id", "org_id", "user_id") if name in body]
+    if membership and "id" in body:
+        problems.append("id: not used for a membership (give org_id and user_id)")
+    if (membership or (not known and "org_id" in given)) and (
+            not valid_id(org) or ":" in str(org)):
+        problems.append("org_id: must be an id (printable, no spaces, commas or colons)")
+    if (membership or (not known and "user_id" in given)) and not valid_id(user):
+        problems.append("user_id: must be an id (printable, no spaces or commas)")
+    if known and not membership:
+        problems += [f"{name}: only used for a membership" for name in ("org_id", "user_id")
+                     if name in body]
+    if (not membership and (known or "id" in given or not given)
+            and not valid_id(body.get("id"))):
+        problems.append("id: must be an id (printable, no spaces or commas)")
+    return problems
 
 
 class AdminApi:
@@ -58,13 +90,15 @@ class AdminApi:
 
     def _refuse(self, request: web.Request, rid: str) -> web.Response | None:
         if self._token is None:
-            return json_response(403, rid, {"error": "forbidden", "message": "admin API disabled"})
+            return admin_error(403, rid, "forbidden", "admin_api_disabled",
+                               "admin API disabled")
         scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                 self._token):
-            return json_response(401, rid, {"error": "unauthorized",
-                                    "message": "A valid admin bearer token is required."},
-                         {hdrs.WWW_AUTHENTICATE: 'Bearer realm="clerk-gateway-admin"'})
+        # surrogatepass: a header's undecodable bytes are compared, never a UnicodeError.
+        offered = given.strip().encode("utf-8", "surrogatepass")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(offered, self._token):
+            return admin_error(401, rid, "unauthorized", "admin_token_required",
+                               "A valid admin bearer token is required.",
+                               {hdrs.WWW_AUTHENTICATE: 'Bearer realm="clerk-gateway-admin"'})
         return None
 
     async def add(self, request: web.Request) -> web.Response:
@@ -74,22 +108,19 @@ class AdminApi:
         if refused is not None:
             return refused
         if request.content_length is not None and request.content_length > _MAX_BODY:
-            return json_response(413, rid, {"error": "body_too_large",
-                                    "message": f"The body exceeds {_MAX_BODY} bytes."})
+            return _too_large(rid)
         raw = await request.content.read(_MAX_BODY + 1)
         if len(raw) > _MAX_BODY:
-            return json_response(413, rid, {"error": "body_too_large",
-                                    "message": f"The body exceeds {_MAX_BODY} bytes."})
+            return _too_large(rid)
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            return json_response(400, rid, {"error": "invalid_request",
-                                    "problems": ["the body must be a JSON object"]})
+            return _invalid(rid, ["the body must be a JSON object"])
         problems, kind, ident = self._validate(body)
         if problems:
-            return json_response(400, rid, {"error": "invalid_request", "problems": problems})
+            return _invalid(rid, problems)
         entry = self._checker.make_entry(kind, ident, ttl=body.get("ttl_seconds"),
                                          reason=body.get("reason") or "", source="admin")
         try:
@@ -103,23 +134,14 @@ class AdminApi:
         problems = [f"{name}: unknown field" for name in sorted(set(body) - _FIELDS)]
         kind = body.get("kind")
         ident = ""
-        if kind not in KINDS:
+        if not isinstance(kind, str) or kind not in KINDS:
             problems.append(f"kind: must be one of {', '.join(KINDS)}")
+            problems += _id_problems(body, membership=False, known=False)
         elif kind == "membership":
-            if "id" in body:
-                problems.append("id: not used for a membership (give org_id and user_id)")
-            org, user = body.get("org_id"), body.get("user_id")
-            if not valid_id(org) or ":" in str(org):
-                problems.append("org_id: must be an id (printable, no spaces, commas or colons)")
-            if not valid_id(user):
-                problems.append("user_id: must be an id (printable, no spaces or commas)")
-            ident = f"{org}:{user}"
+            problems += _id_problems(body, membership=True, known=True)
+            ident = f"{body.get('org_id')}:{body.get('user_id')}"
         else:
-            for name in ("org_id", "user_id"):
-                if name in body:
-                    problems.append(f"{name}: only used for a membership")
-            if not valid_id(body.get("id")):
-                problems.append("id: must be an id (printable, no spaces or commas)")
+            problems += _id_problems(body, membership=False, known=True)
             ident = str(body.get("id"))
         ttl = body.get("ttl_seconds")
         if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
@@ -139,8 +161,7 @@ class AdminApi:
             return refused
         kind = request.query.get("kind")
         if kind is not None and kind not in KINDS:
-            return json_response(400, rid, {"error": "invalid_request",
-                                    "problems": [f"kind: must be one of {', '.join(KINDS)}"]})
+            return _invalid(rid, [f"kind: must be one of {', '.join(KINDS)}"])
         try:
             entries = await self._checker.list()
         except StoreUnavailable:
@@ -163,11 +184,11 @@ class AdminApi:
         elif kind == "membership" and ":" not in ident:
             problems.append("id: a membership is given as org_id:user_id")
         if problems:
-            return json_response(400, rid, {"error": "invalid_request", "problems": problems})
+            return _invalid(rid, problems)
         try:
             removed = await self._checker.unrevoke(kind, ident)
         except StoreUnavailable:
             return _unavailable(rid)
         if not removed:
-            return json_response(404, rid, {"error": "not_found", "message": "No such revocation."})
+            return admin_error(404, rid, "not_found", "not_found", "No such revocation.")
         return json_response(200, rid, {"removed": {"kind": kind, "id": ident}})

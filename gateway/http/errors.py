@@ -12,7 +12,8 @@ from gateway.http.headers import REQUEST_ID, request_id
 from gateway.reasons import Category, Reason
 
 __all__ = [
-    "JSON_CONTENT_TYPE", "MESSAGES", "error_body", "error_response", "hasura_refusal",
+    "JSON_CONTENT_TYPE", "MESSAGES", "admin_error", "error_body", "error_response",
+    "hasura_refusal",
     "json_errors", "json_response", "refusal_parts",
 ]
 
@@ -84,6 +85,17 @@ def json_response(status: int, request_id: str, body: dict[str, Any],
     return web.Response(
         status=status, text=json.dumps(body), content_type="application/json",
         headers={hdrs.CACHE_CONTROL: "no-store", REQUEST_ID: request_id, **(headers or {})})
+
+
+def admin_error(status: int, request_id: str, error: str, reason: str, message: str,
+                headers: dict[str, str] | None = None, **details: Any) -> web.Response:
+    """A refusal of the admin listener's endpoints (admin API, webhooks).
+
+    The same four fields as every other error body (`error`, `reason`, `message`,
+    `request_id`), plus details such as `problems`.
+    """
+    return json_response(status, request_id, {
+        "error": error, "reason": reason, "message": message, **details}, headers)
 
 
 def error_body(reason: Reason) -> dict[str, Any]:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from aiohttp import hdrs, web
-from aiohttp._cookie_helpers import parse_cookie_header  # what request.cookies uses
 from multidict import CIMultiDictProxy, istr
 
 from gateway.config import ForwardAuthSettings
@@ -17,7 +14,6 @@ from gateway.reasons import Reason
 
 __all__ = ["ConflictingForwardedRequest", "ForwardAuthHandler"]
 
-_EMPTY: dict[str, str] = {}
 X_FORWARDED_HOST = istr("X-Forwarded-Host")
 X_FORWARDED_METHOD = istr("X-Forwarded-Method")
 X_FORWARDED_URI = istr("X-Forwarded-Uri")
@@ -28,11 +24,6 @@ X_ORIGINAL_URI = istr("X-Original-URI")
 _REROUTING = tuple(istr(spelling) for name in (
     "X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-HTTP-Method",
     "X-Method-Override") for spelling in (name, name.replace("-", "_")))
-
-
-def _cookies(header: str) -> Mapping[str, str]:
-    """The cookies of a Cookie header, parsed as aiohttp parses `request.cookies`."""
-    return {name: morsel.value for name, morsel in parse_cookie_header(header)}
 
 
 class ConflictingForwardedRequest(Exception):
@@ -116,10 +107,8 @@ class ForwardAuthHandler:
               headers: CIMultiDictProxy[str]) -> RequestFacts:
         """The facts of the forwarded request; raises ConflictingForwardedRequest."""
         method, uri, host = self._original(method, own_path, remote, headers)
-        cookie = headers.get(hdrs.COOKIE)
-        cookies = _cookies(cookie) if cookie is not None else _EMPTY
         return RequestFacts(door="forward_auth", method=method, uri=uri, host=host,
-                            headers=headers, cookies=cookies, client_ip=remote)
+                            headers=headers, client_ip=remote)
 
     def refuse_conflict(self) -> Decision:
         """The (counted) refusal of a request whose two header families disagree."""

@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import hdrs, web
-from aiohttp._cookie_helpers import parse_cookie_header  # what request.cookies uses
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.auth.claims import Identity
@@ -114,10 +113,8 @@ class HasuraWebhook:
         return self._respond(rid, decision, headers.get(HASURA_ROLE_VARIABLE))
 
     def _facts(self, request: web.Request, headers: CIMultiDictProxy[str]) -> RequestFacts:
-        cookie = headers.get(hdrs.COOKIE)
-        cookies = {n: m.value for n, m in parse_cookie_header(cookie)} if cookie else {}
         return RequestFacts(door=DOOR, method=hdrs.METH_POST, uri=self._settings.path,
-                            host=headers.get(hdrs.HOST), headers=headers, cookies=cookies,
+                            host=headers.get(hdrs.HOST), headers=headers,
                             client_ip=request.remote)
 
     def _count(self, decision: Decision, reason: Reason) -> None:

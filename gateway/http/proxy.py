@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 from urllib.parse import unquote_plus, urlsplit
 
@@ -44,7 +44,6 @@ __all__ = ["BodyStalled", "BodyTooLarge", "ClientStalled", "ProxyHandler", "clas
 
 log = logging.getLogger("gateway.proxy")
 
-_EMPTY: Mapping[str, str] = {}
 # Bodies up to this size with a Content-Length are read whole and sent with the headers.
 _SMALL_BODY = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -330,7 +329,6 @@ class ProxyHandler:
             uri=request.raw_path,
             host=headers.get(hdrs.HOST),
             headers=headers,
-            cookies=request.cookies if hdrs.COOKIE in headers else _EMPTY,
             query=request.query if websocket and self._ws_param else None,
             client_ip=request.remote,
         )

@@ -20,6 +20,8 @@ from typing import Any
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.numbers import whole_number
+
 __all__ = [
     "UpstreamBusy", "UpstreamConnectError", "UpstreamError", "UpstreamPool",
     "UpstreamProtocolError", "UpstreamReset", "UpstreamResponse",
@@ -340,7 +342,7 @@ class UpstreamResponse:
     @property
     def content_length(self) -> int | None:
         value = self.headers.get("Content-Length")
-        return int(value) if value is not None and value.isdigit() else None
+        return whole_number(value)
 
     @property
     def at_eof(self) -> bool:

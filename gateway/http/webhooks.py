@@ -22,10 +22,11 @@ from gateway.auth.revocation import RevocationChecker
 from gateway.auth.revocation_store import RevocationEntry
 from gateway.config import RevocationSettings, Secret
 from gateway.http.bounded_body import BoundedBodies
-from gateway.http.errors import json_response
+from gateway.http.errors import admin_error, json_response
 from gateway.http.headers import request_id
 from gateway.http.webhook_delivery import MAX_ID, event_text, receive_delivery, revoke_once
 from gateway.metrics import Metrics
+from gateway.numbers import whole_number
 
 __all__ = ["EVENT_TYPES", "WEBHOOK_PATH", "ClerkWebhooks"]
 
@@ -68,16 +69,15 @@ class ClerkWebhooks:
 
     def _reject(self, status: int, rid: str, error: str, message: str) -> web.Response:
         self._count("other", "rejected")
-        return json_response(status, rid, {"error": error, "reason": error, "message": message})
+        return admin_error(status, rid, error, error, message)
 
     async def handle(self, request: web.Request) -> web.Response:
         """Verify one delivery, then apply it once."""
         rid = request_id(request.headers)
         webhook = self._webhook
         if webhook is None:
-            return json_response(404, rid, {
-                "error": "not_found",
-                "message": "Webhooks are not enabled (CLERK_WEBHOOK_SIGNING_SECRET)."})
+            return admin_error(404, rid, "not_found", "webhooks_disabled",
+                               "Webhooks are not enabled (CLERK_WEBHOOK_SIGNING_SECRET).")
         return await receive_delivery(
             request, self._bodies, self._max_body,
             lambda status, code, text: self._reject(status, rid, code, text),
@@ -95,7 +95,8 @@ class ClerkWebhooks:
                                 "svix-id, svix-timestamp and svix-signature are required.")
         if len(msg_id) > MAX_ID or not msg_id.isprintable() or not msg_id.isascii():
             return self._reject(400, rid, "invalid_headers", "svix-id is malformed.")
-        if not timestamp.isdigit() or abs(self._clock() - int(timestamp)) > TOLERANCE_SECONDS:
+        sent_at = whole_number(timestamp, 12)
+        if sent_at is None or abs(self._clock() - sent_at) > TOLERANCE_SECONDS:
             return self._reject(400, rid, "stale_timestamp",
                                 "svix-timestamp is missing, malformed or outside 5 minutes.")
         try:
@@ -145,6 +146,6 @@ class ClerkWebhooks:
             entries = self._entries(event_type, data)
         except _BadEvent as exc:
             self._count(event_type, "rejected")
-            return json_response(400, rid, {"error": "bad_payload", "message": str(exc)})
+            return admin_error(400, rid, "bad_payload", "bad_payload", str(exc))
         return await revoke_once(rid, self._checker, msg_id, MARKER_TTL_SECONDS, event_type,
                                  entries, lambda result: self._count(event_type, result))
