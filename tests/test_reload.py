@@ -193,8 +193,11 @@ async def test_sighup_reloads_a_running_server_without_dropping_connections(
         config.write_text("routes:\n  - name: Broken\n    path_template: /x/{id\n")
         process.send_signal(signal.SIGHUP)
 
-        async def refused_logged() -> bool:  # once by each of the two workers
-            return log_path.read_bytes().count(b"configuration reload refused") == 2
+        async def refused_logged() -> bool:
+            # By each of the two workers: the one serving this connection applied the first
+            # reload, so it logs once; the other may read the broken file for the first
+            # SIGHUP already when its reload runs late (a loaded machine), and then logs twice.
+            return log_path.read_bytes().count(b"configuration reload refused") >= 2
 
         await _wait_for(refused_logged, "the refused reload to be logged")
         assert await _http(reader, writer, anonymous) == 200  # last good config stays
