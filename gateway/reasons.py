@@ -45,6 +45,7 @@ class Reason(enum.Enum):
     INVALID_CLAIMS = ("invalid_claims", Category.INVALID_TOKEN, 401)
     SESSION_PENDING = ("session_pending", Category.INVALID_TOKEN, 401)
     REVOKED = ("revoked", Category.INVALID_TOKEN, 401)
+    WRONG_TOKEN_TYPE = ("wrong_token_type", Category.INVALID_TOKEN, 401)
 
     AMBIGUOUS_TOKEN = ("ambiguous_token", Category.BAD_REQUEST, 400)
     AMBIGUOUS_PATH = ("ambiguous_path", Category.BAD_REQUEST, 400)

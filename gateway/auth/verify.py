@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
 from gateway.auth.claims import ClaimError, Identity, identity_from_claims
+from gateway.auth.classify import TokenType, jwt_token_type
 from gateway.auth.jwks import IssuerKeys, KeyEntry
 from gateway.auth.token_cache import TokenCache
 from gateway.config import IssuerSettings, Settings
@@ -160,6 +161,9 @@ class Verifier:
         claims = _json_object(parts[1], "payload")
         signature = _b64decode(parts[2])
         issuer = self._issuer_for(claims)
+        token_type = jwt_token_type(header, claims, clerk=issuer.preset == "clerk")
+        if token_type is not TokenType.SESSION_TOKEN:
+            raise TokenRejected(Reason.WRONG_TOKEN_TYPE, f"{token_type.value} is not a session")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in issuer.algorithms:
             raise TokenRejected(Reason.UNSUPPORTED_ALGORITHM)

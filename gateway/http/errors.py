@@ -36,6 +36,7 @@ MESSAGES: dict[Reason, str] = {
     Reason.INVALID_CLAIMS: "The session token's claims are invalid.",
     Reason.SESSION_PENDING: "The session has pending tasks and is treated as signed out.",
     Reason.REVOKED: "The session has been revoked.",
+    Reason.WRONG_TOKEN_TYPE: "The token is not a credential of a type accepted here.",
     Reason.AMBIGUOUS_TOKEN: "The request carries more than one session token.",
     Reason.AMBIGUOUS_PATH: "The request path is ambiguous.",
     Reason.MISSING_ROLE: "The organization role does not allow this.",
