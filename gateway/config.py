@@ -26,6 +26,13 @@ from gateway.config_issuers import (
     parse_issuer,
     parse_keys,
 )
+from gateway.config_machine import (
+    DEFAULT_TOKEN_TYPES,
+    MachineTokenSettings,
+    check_accepts,
+    parse_machine_tokens,
+    parse_token_types,
+)
 from gateway.config_sections import (
     DEFAULT_IDENTITY_HEADERS,
     DEFAULT_TOKEN_SOURCES,
@@ -56,6 +63,7 @@ __all__ = [
     "KeySettings",
     "LimitSettings",
     "Listen",
+    "MachineTokenSettings",
     "ProxySettings",
     "RevocationSettings",
     "Secret",
@@ -122,6 +130,8 @@ class Settings:
     clerk_api_url: str = DEFAULT_API_URL
     revocation: RevocationSettings = field(default_factory=RevocationSettings)
     source_path: str | None = None
+    token_types: frozenset[str] = DEFAULT_TOKEN_TYPES
+    machine_tokens: MachineTokenSettings = field(default_factory=MachineTokenSettings)
 
     @property
     def mode(self) -> str:
@@ -262,6 +272,10 @@ def load_settings(
     revocation = parse_revocation(root.child("revocation"), env, issuers, leeway, api_url)
     forward_auth = parse_forward_auth(root.child("forward_auth"))
     limits = parse_limits(root.child("limits"))
+    token_types = parse_token_types(root)
+    check_accepts({r.name: r.accepts for r in routes}, token_types, problems)
+    machine_tokens = parse_machine_tokens(
+        root.child("machine_tokens"), env, token_types, bool(env.get("CLERK_SECRET_KEY")))
     for route in routes:
         if route.upstream and not route.upstream.startswith(("http://", "https://")):
             problems.append(
@@ -308,4 +322,6 @@ def load_settings(
         clerk_api_url=api_url,
         revocation=revocation,
         source_path=path,
+        token_types=token_types,
+        machine_tokens=machine_tokens,
     )

@@ -32,6 +32,7 @@ __all__ = [
 IDENTITY_FIELDS = (
     "user_id", "org_id", "org_role", "org_slug", "org_permissions", "session_id",
     "plan", "features", "actor_id", "issuer", "token_id",
+    "token_type", "scopes", "machine_id",
 )
 DEFAULT_IDENTITY_HEADERS: Mapping[str, str] = {
     "user_id": "X-User-Id",
@@ -43,6 +44,9 @@ DEFAULT_IDENTITY_HEADERS: Mapping[str, str] = {
     "plan": "X-Plan",
     "features": "X-Features",
     "actor_id": "X-Actor-Id",
+    "token_type": "X-Token-Type",
+    "scopes": "X-Scopes",
+    "machine_id": "X-Machine-Id",
 }
 
 

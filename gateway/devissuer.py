@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import secrets
 import time
 import uuid
 from collections import Counter
@@ -60,6 +61,9 @@ class DevIssuer:
         self.sessions: dict[str, str] = {}
         self.session_fail_status: int | None = None
         self.retry_after: int | None = None
+        self.machine_secret_key = "ak_devissuer_machine_secret"
+        self.machine_tokens: dict[str, dict[str, Any]] = {}
+        self.machine_fail_status: int | None = None
 
     @property
     def key(self) -> SigningKey:
@@ -133,9 +137,112 @@ class DevIssuer:
         """Mint a signed session token (see `claims` for the options)."""
         return self.sign(self.claims(**kwargs))
 
+    # -- machine credentials (Clerk's machine authentication) ------------------------------
+
+    def machine_token(self, prefix: str, subject: str, *, scopes: tuple[str, ...] = (),
+                      claims: dict[str, Any] | None = None, lifetime: float | None = None,
+                      ) -> str:
+        """Issue an opaque credential (`ak_`, `mt_` or `oat_`) the verify endpoints know."""
+        token = prefix + secrets.token_urlsafe(24)
+        expiration = None if lifetime is None else int((time.time() + lifetime) * 1000)
+        self.machine_tokens[token] = {
+            "id": f"{prefix}id_{uuid.uuid4().hex[:16]}", "subject": subject,
+            "scopes": list(scopes), "claims": claims, "revoked": False,
+            "revocation_reason": None, "expired": False, "expiration": expiration,
+        }
+        return token
+
+    def api_key(self, subject: str = "user_2demo", **kwargs: Any) -> str:
+        """Issue an API key (`ak_...`) owned by a user or an organization."""
+        return self.machine_token("ak_", subject, **kwargs)
+
+    def m2m_token(self, subject: str = "mch_2demo", **kwargs: Any) -> str:
+        """Issue an opaque machine-to-machine token (`mt_...`)."""
+        return self.machine_token("mt_", subject, **kwargs)
+
+    def oauth_token(self, subject: str = "user_2demo", **kwargs: Any) -> str:
+        """Issue an opaque OAuth access token (`oat_...`)."""
+        return self.machine_token("oat_", subject, **kwargs)
+
+    def revoke_machine_token(self, token: str) -> None:
+        """Revoke an opaque credential (its verify answer says `revoked: true`)."""
+        self.machine_tokens[token].update(revoked=True, revocation_reason="revoked in test")
+
+    def template_token(self, lifetime: int = 60, **extra: Any) -> str:
+        """A JWT-template token (`cat` cl_B7d4PD222AAA) with custom claims."""
+        now = int(time.time())
+        claims = {"iss": self.issuer, "sub": "user_2demo", "iat": now, "nbf": now - 5,
+                  "exp": now + lifetime, "jti": uuid.uuid4().hex[:20], **extra}
+        return self.sign(claims, headers={"cat": "cl_B7d4PD222AAA"})
+
+    def m2m_jwt(self, sub: str = "mch_2demo", scopes: str = "", lifetime: int = 300,
+                **extra: Any) -> str:
+        """An M2M JWT (`cat` cl_B7d4PD333AAA, `sub` mch_...) with space-separated scopes."""
+        now = int(time.time())
+        claims = {"iss": self.issuer, "sub": sub, "iat": now, "nbf": now - 5,
+                  "exp": now + lifetime, "jti": uuid.uuid4().hex[:20], **extra}
+        if scopes:
+            claims["scopes"] = scopes
+        return self.sign(claims, headers={"cat": "cl_B7d4PD333AAA"})
+
+    def oauth_jwt(self, sub: str = "user_2demo", scope: str = "", lifetime: int = 300,
+                  **extra: Any) -> str:
+        """An OAuth JWT access token (RFC 9068: `typ` at+jwt)."""
+        now = int(time.time())
+        claims = {"iss": self.issuer, "sub": sub, "iat": now, "exp": now + lifetime,
+                  "jti": uuid.uuid4().hex[:20], "client_id": "oauth_app_demo", **extra}
+        if scope:
+            claims["scope"] = scope
+        return self.sign(claims, headers={"typ": "at+jwt"})
+
+    def _machine_authorized(self, request: web.Request, machine: bool) -> bool:
+        given = request.headers.get("Authorization", "").encode()
+        keys = [self.secret_key, *([self.machine_secret_key] if machine else [])]
+        return any(hmac.compare_digest(given, f"Bearer {k}".encode()) for k in keys)
+
+    async def _verify_machine(self, request: web.Request, prefix: str, field: str,
+                              hit: str) -> web.Response:
+        self.hits[hit] += 1
+        if not self._machine_authorized(request, prefix == "mt_"):
+            return web.json_response({"errors": [{"code": "unauthorized"}]}, status=401)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.machine_fail_status is not None:
+            headers = {"Retry-After": str(self.retry_after)} if self.retry_after else {}
+            return web.json_response({"errors": [{"code": "injected"}]},
+                                     status=self.machine_fail_status, headers=headers)
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"errors": [{"code": "form_param_missing"}]}, status=400)
+        token = body.get(field) if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token.startswith(prefix):
+            return web.json_response({"errors": [{"code": "resource_not_found"}]}, status=404)
+        record = self.machine_tokens.get(token)
+        if record is None:
+            return web.json_response({"errors": [{"code": "resource_not_found"}]}, status=404)
+        answer = dict(record)
+        if answer["expiration"] is not None and answer["expiration"] <= time.time() * 1000:
+            answer["expired"] = True
+        return web.json_response(answer)
+
+    async def _verify_api_key(self, request: web.Request) -> web.Response:
+        return await self._verify_machine(request, "ak_", "secret", "api_keys_verify")
+
+    async def _verify_m2m(self, request: web.Request) -> web.Response:
+        return await self._verify_machine(request, "mt_", "secret", "m2m_tokens_verify")
+
+    async def _verify_oauth(self, request: web.Request) -> web.Response:
+        return await self._verify_machine(request, "oat_", "access_token",
+                                          "oauth_tokens_verify")
+
     def app(self) -> web.Application:
         """The issuer's HTTP application."""
         app = web.Application()
+        app.router.add_post("/v1/api_keys/verify", self._verify_api_key)
+        app.router.add_post("/v1/m2m_tokens/verify", self._verify_m2m)
+        app.router.add_post("/v1/oauth_applications/access_tokens/verify", self._verify_oauth)
+        app.router.add_get("/_demo/api_key", self._demo_api_key)
         app.router.add_get("/.well-known/jwks.json", self._jwks)
         app.router.add_get("/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/v1/jwks", self._backend_jwks)
@@ -196,6 +303,12 @@ class DevIssuer:
         if status is None:
             return web.json_response({"errors": [{"code": "resource_not_found"}]}, status=404)
         return web.json_response({"object": "session", "id": sid, "status": status})
+
+    async def _demo_api_key(self, request: web.Request) -> web.Response:
+        query = request.query
+        scopes = tuple(s for s in query.get("scopes", "read").split(",") if s)
+        return web.Response(text=self.api_key(query.get("sub", "user_2demo"),
+                                              scopes=scopes) + "\n")
 
     async def _demo_token(self, request: web.Request) -> web.Response:
         query = request.query

@@ -88,6 +88,13 @@ class Metrics:
         self.introspection_calls = Counter(
             "introspection_calls", "Clerk Backend API session look-ups by result.",
             ["result"], namespace=ns, registry=registry)
+        self.machine_token_lookups = Counter(
+            "machine_token_lookups", "Clerk Backend API look-ups of opaque machine credentials "
+            "by token type and result.", ["token_type", "result"], namespace=ns,
+            registry=registry)
+        self.token_type_decisions = Counter(
+            "token_type_decisions", "Decisions on presented credentials by token type and "
+            "outcome.", ["token_type", "outcome"], namespace=ns, registry=registry)
         self.webhook_events = Counter(
             "webhook_events", "Webhook deliveries by event type and result.",
             ["type", "result"], namespace=ns, registry=registry)
@@ -99,6 +106,7 @@ class Metrics:
             namespace=ns, registry=registry, multiprocess_mode="max")
         self.build_info.labels(__version__, platform.python_version()).set(1)
         self._decision_children: dict[tuple[str, str, Reason], Counter] = {}
+        self._token_type_children: dict[tuple[str, str], Counter] = {}
         self._hit = self.token_cache_lookups.labels("hit")
         self._miss = self.token_cache_lookups.labels("miss")
 
@@ -131,6 +139,15 @@ class Metrics:
             outcome = "allow" if reason.allowed else ("error" if reason.status >= 500 else "deny")
             child = self.decisions.labels(door, route, outcome, reason.label)
             self._decision_children[key] = child
+        self.count(child)
+
+    def token_type_decision(self, token_type: str, reason: Reason) -> None:
+        """Count one decision on a presented credential by its type (a closed set)."""
+        outcome = "allow" if reason.allowed else ("error" if reason.status >= 500 else "deny")
+        key = (token_type, outcome)
+        child = self._token_type_children.get(key)
+        if child is None:
+            child = self._token_type_children[key] = self.token_type_decisions.labels(*key)
         self.count(child)
 
     def cache_lookup(self, hit: bool) -> None:

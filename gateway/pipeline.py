@@ -6,9 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 
 from gateway.auth.claims import Identity
+from gateway.auth.classify import MACHINE_TYPE_NAMES, opaque_token_type
 from gateway.auth.extract import AmbiguousToken, EmptyToken, TokenExtractor, effective_sources
 from gateway.auth.jwks import KeysUnavailable
 from gateway.auth.verify import TokenRejected, Verified, Verifier
@@ -49,6 +51,7 @@ class Decision:
     retry_after: int | None = None
     detail: str = ""
     params: Mapping[str, str] = field(default_factory=dict)
+    token_type: str | None = None  # the presented credential's type, once known
 
     @property
     def allowed(self) -> bool:
@@ -119,8 +122,14 @@ class Authorizer:
     async def authorize(self, facts: RequestFacts) -> Decision:
         """Decide one request, and count the decision."""
         decision = await self._decide(facts)
-        self.metrics.decision(facts.door, decision.route.name, decision.reason)
+        self._count(facts.door, decision)
         return decision
+
+    def _count(self, door: str, decision: Decision) -> None:
+        """Count a decision, and its credential type when one was presented."""
+        self.metrics.decision(door, decision.route.name, decision.reason)
+        if decision.token_type is not None:
+            self.metrics.token_type_decision(decision.token_type, decision.reason)
 
     def authorize_now(self, facts: RequestFacts) -> Decision | None:
         """Decide one request without waiting, and count it; None when that needs I/O.
@@ -131,29 +140,41 @@ class Authorizer:
         """
         located = self._locate(facts)
         if isinstance(located, _Located):
-            verified = self.verifier.verified_now(located.token)
+            verified = self.verifier.verified_now(located.token, located.route.accepts)
             if verified is None:
                 return None
-            settled, revoked = self.revocation.check_now(verified.identity)
-            if not settled:
-                return None
-            decision = self._settle(located, verified, revoked)
+            decision = _outside_authorization(facts, located, verified.identity.token_type)
+            if decision is None:
+                settled, revoked = self.revocation.check_now(verified.identity)
+                if not settled:
+                    return None
+                decision = self._settle(located, verified, revoked)
         else:
             decision = located
-        self.metrics.decision(facts.door, decision.route.name, decision.reason)
+        self._count(facts.door, decision)
         return decision
 
     async def _decide(self, facts: RequestFacts) -> Decision:
         located = self._locate(facts)
         if not isinstance(located, _Located):
             return located
+        opaque = opaque_token_type(located.token)
+        if opaque is not None:
+            refused = _outside_authorization(facts, located, opaque.value)
+            if refused is not None:
+                return refused
         try:
-            verified = await self.verifier.verify(located.token)
+            verified = await self.verifier.verify(
+                located.token, located.route.accepts, facts.client_ip)
         except TokenRejected as exc:
-            return Decision(exc.reason, located.route, path=located.path, detail=exc.detail)
+            return Decision(exc.reason, located.route, path=located.path, detail=exc.detail,
+                            retry_after=exc.retry_after, token_type=exc.token_type)
         except KeysUnavailable as exc:
             return Decision(Reason.KEYS_UNAVAILABLE, located.route, path=located.path,
                             retry_after=exc.retry_after)
+        refused = _outside_authorization(facts, located, verified.identity.token_type)
+        if refused is not None:
+            return refused
         revoked = await self.revocation.check(verified.identity)
         return self._settle(located, verified, revoked)
 
@@ -187,11 +208,33 @@ class Authorizer:
         """The decision for a verified token: revoked, refused by the route's rule, or OK."""
         identity = verified.identity
         route = located.route
+        token_type = identity.token_type
         if revoked is not None:
-            return Decision(revoked, route, identity=identity, path=located.path, retry_after=1)
+            return Decision(revoked, route, identity=identity, path=located.path, retry_after=1,
+                            token_type=token_type)
         unmet = route.rule.check(identity, located.params)
         if unmet is not None:
             return Decision(unmet.reason, route, identity=identity, path=located.path,
-                            detail=unmet.requirement, params=located.params)
+                            detail=unmet.requirement, params=located.params,
+                            token_type=token_type)
         return Decision(Reason.OK, route, identity, verified.headers, located.path,
-                        params=located.params)
+                        params=located.params, token_type=token_type)
+
+
+def _from_authorization(headers: CIMultiDictProxy[str], token: str) -> bool:
+    """True when the token is the request's one `Authorization: Bearer` credential."""
+    values = headers.getall(hdrs.AUTHORIZATION, ())
+    if len(values) != 1:
+        return False
+    parts = values[0].split(None, 1)
+    return len(parts) == 2 and parts[0].lower() == "bearer" and parts[1].strip() == token
+
+
+def _outside_authorization(facts: RequestFacts, located: _Located,
+                           token_type: str) -> Decision | None:
+    """The refusal of a machine credential read from anywhere but Authorization (as Clerk)."""
+    if token_type not in MACHINE_TYPE_NAMES or _from_authorization(facts.headers, located.token):
+        return None
+    return Decision(Reason.TOKEN_TYPE_NOT_ACCEPTED, located.route, path=located.path,
+                    detail="machine credentials are read from the Authorization header only",
+                    token_type=token_type)

@@ -18,6 +18,7 @@ class Category(enum.Enum):
     UNAVAILABLE = "temporarily_unavailable"  # 503 with Retry-After
     PROXY = "proxy"  # upstream and body errors: status given per reason
     PROTOCOL = "protocol"  # HTTP-level problems found before any decision
+    RATE_LIMITED = "rate_limited"  # 429 with Retry-After
 
 
 class Reason(enum.Enum):
@@ -46,6 +47,8 @@ class Reason(enum.Enum):
     SESSION_PENDING = ("session_pending", Category.INVALID_TOKEN, 401)
     REVOKED = ("revoked", Category.INVALID_TOKEN, 401)
     WRONG_TOKEN_TYPE = ("wrong_token_type", Category.INVALID_TOKEN, 401)
+    TOKEN_TYPE_NOT_ACCEPTED = ("token_type_not_accepted", Category.INVALID_TOKEN, 401)
+    INVALID_CREDENTIAL = ("invalid_credential", Category.INVALID_TOKEN, 401)
 
     AMBIGUOUS_TOKEN = ("ambiguous_token", Category.BAD_REQUEST, 400)
     AMBIGUOUS_PATH = ("ambiguous_path", Category.BAD_REQUEST, 400)
@@ -60,9 +63,14 @@ class Reason(enum.Enum):
     ISSUER_NOT_ALLOWED = ("issuer_not_allowed", Category.FORBIDDEN, 403)
     METHOD_NOT_ALLOWED = ("method_not_allowed", Category.FORBIDDEN, 403)
     ACCESS_DENIED = ("access_denied", Category.FORBIDDEN, 403)
+    MISSING_SCOPE = ("missing_scope", Category.FORBIDDEN, 403)
+
+    TOKEN_LOOKUPS_EXHAUSTED = ("token_lookups_exhausted", Category.RATE_LIMITED, 429)
 
     KEYS_UNAVAILABLE = ("keys_unavailable", Category.UNAVAILABLE, 503)
     REVOCATION_UNAVAILABLE = ("revocation_unavailable", Category.UNAVAILABLE, 503)
+    TOKEN_VERIFICATION_UNAVAILABLE = (
+        "token_verification_unavailable", Category.UNAVAILABLE, 503)
 
     BODY_TOO_LARGE = ("body_too_large", Category.PROXY, 413)
     UPSTREAM_UNAVAILABLE = ("upstream_unavailable", Category.PROXY, 502)

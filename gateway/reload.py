@@ -34,9 +34,11 @@ RESTART_FIELDS = (
     "listen", "admin_listen", "workers", "upstream", "realm", "log_level", "log_format",
     "admin_token", "redis_url", "webhook_secret", "clerk_secret_key", "clerk_api_url",
     "forward_auth", "proxy", "revocation", "limits", "shutdown_timeout_seconds",
+    "machine_tokens",
 )
 _VERIFIER_FIELDS = (
     "issuers", "identity_headers", "leeway_seconds", "max_token_bytes", "token_cache_size",
+    "token_types",
 )
 
 
@@ -86,7 +88,8 @@ async def apply_settings(gateway: Gateway, new: Settings) -> ReloadResult:
     gateway.keys.update(fresh)
     authorizer = gateway.authorizer
     if any(getattr(old, f) != getattr(settings, f) for f in _VERIFIER_FIELDS) or fresh:
-        gateway.verifier = Verifier(settings, gateway.keys, gateway.metrics, gateway.clock)
+        gateway.verifier = Verifier(settings, gateway.keys, gateway.metrics, gateway.clock,
+                                    gateway.machine)
         authorizer.verifier = gateway.verifier
     authorizer.extractor = extractor_for(settings)
     authorizer.router = router_for(settings)

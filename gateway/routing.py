@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from gateway.auth.policy import ACCESS_KINDS, Rule
 from gateway.auth.requirements import parse_requirement
+from gateway.config_machine import parse_accepts
 from gateway.configreader import Reader
 from gateway.pathnorm import AmbiguousPath, normalize_path
 
@@ -106,6 +107,7 @@ class Route:
     rule: Rule = field(default_factory=Rule)
     upstream: str | None = None
     template: tuple[str, ...] | None = None
+    accepts: frozenset[str] | None = None  # None: the top-level token_types
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -314,9 +316,11 @@ def _parse_route(item: Reader, issuers: Mapping[str, str]) -> tuple[Route, bool]
         item.problem(f"{upstream!r} must be an http:// or https:// URL", "upstream")
     params = tuple(m[1] for s in template or () if (m := _PARAM.match(s)))
     rule = _parse_rule(item, name, params, template is not None, issuers)
+    accepts = parse_accepts(item)
     item.check_unknown()
     route = Route(name=name, prefix=path, exact=exact, methods=methods, host=host, rule=rule,
-                  upstream=upstream.rstrip("/") if upstream else None, template=template)
+                  upstream=upstream.rstrip("/") if upstream else None, template=template,
+                  accepts=accepts)
     return route, parsed is not None
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import ClaimPaths
@@ -33,6 +33,15 @@ class Identity:
     session_status: str | None = None
     token_id: str | None = None
     token_version: int = 1
+    token_type: str = "session_token"
+    scopes: tuple[str, ...] = ()
+    machine_id: str | None = None
+    custom_claims: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def subject(self) -> str | None:
+        """Who the credential names: a user, an organization or a machine."""
+        return self.user_id or self.machine_id or self.org_id
 
     def field_text(self, name: str) -> str | None:
         """The value of one identity field as header text (lists comma-joined)."""

@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
-    "CAT_IGNORE", "CAT_JWT_TEMPLATE", "CAT_M2M", "CAT_SESSION", "MACHINE_PREFIXES", "TokenType",
+    "CAT_IGNORE", "CAT_JWT_TEMPLATE", "CAT_M2M", "CAT_SESSION", "MACHINE_PREFIXES",
+    "MACHINE_TYPES", "MACHINE_TYPE_NAMES", "TokenType",
     "jwt_token_type", "opaque_token_type",
 ]
 
@@ -51,6 +52,9 @@ class TokenType(enum.Enum):
 MACHINE_PREFIXES: Mapping[str, TokenType] = {
     "ak_": TokenType.API_KEY, "mt_": TokenType.M2M_TOKEN, "oat_": TokenType.OAUTH_TOKEN,
 }
+
+MACHINE_TYPES = frozenset((TokenType.API_KEY, TokenType.M2M_TOKEN, TokenType.OAUTH_TOKEN))
+MACHINE_TYPE_NAMES = frozenset(t.value for t in MACHINE_TYPES)
 
 _BY_CAT = {
     CAT_SESSION: TokenType.SESSION_TOKEN,

@@ -21,8 +21,9 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import Settings
+from gateway.config_sections import address_in
 from gateway.http.errors import error_response
-from gateway.http.headers import DECISION, REQUEST_ID, request_id
+from gateway.http.headers import DECISION, REQUEST_ID, client_address, request_id
 from gateway.http.hop import HeaderHygiene
 from gateway.http.observe import RequestObserver
 from gateway.http.upstream import (
@@ -198,6 +199,7 @@ class ProxyHandler:
         assert settings.upstream, "the proxy needs an upstream"
         proxy = settings.proxy
         self._settings = settings
+        self._trusted_proxies = settings.proxy.trusted_proxies
         self._authorizer = authorizer
         self._metrics = metrics
         self._sockets = sockets
@@ -284,7 +286,8 @@ class ProxyHandler:
             headers=headers,
             cookies=request.cookies if hdrs.COOKIE in headers else _EMPTY,
             query=request.query if websocket and self._ws_param else None,
-            client_ip=request.remote,
+            client_ip=client_address(request.remote, headers, address_in(
+                request.remote, self._trusted_proxies)),
         )
         decision = await self._authorizer.authorize(facts)
         request[DECISION] = decision
