@@ -45,7 +45,7 @@ ISSUER = "https://bench.clerk.accounts.dev"
 PATH = "/api/hello"
 STATIC_BODY = '{"upstream":"static","ok":true}'
 CONTENDERS = ("bare", "naive", "gateway_fa", "gateway_fa_logged", "nginx_proxy", "aiohttp_proxy",
-              "gateway_proxy")
+              "gateway_proxy", "gateway_fa_api_key")
 TITLES = {
     "bare": "1. bare aiohttp, 200 on every path",
     "naive": "2. naive aiohttp + jwt.decode per request",
@@ -54,6 +54,7 @@ TITLES = {
     "nginx_proxy": "4. nginx proxy_pass -> static upstream",
     "aiohttp_proxy": "5. plain aiohttp reverse proxy, no auth",
     "gateway_proxy": "6. clerk-gateway proxy mode, cached token",
+    "gateway_fa_api_key": "3c. clerk-gateway forward-auth, cached Clerk API key",
 }
 
 
@@ -68,6 +69,7 @@ class Contender:
     note: str = ""
     pid: int = 0
     runs: list[WrkResult] = field(default_factory=list)
+    headers: dict[str, str] | None = None  # None: the session token
 
 
 def _nginx_conf(workdir: Path, port: int, body: str, upstream_port: int | None) -> str:
@@ -229,6 +231,8 @@ class Bench:
                                          self.upstream_url, cpus=cpus)
             c["aiohttp_proxy"].pid = proc.pid
             c["aiohttp_proxy"].url = f"http://127.0.0.1:{port}{PATH}"
+        if "gateway_fa_api_key" in only:
+            self._start_api_key_gateway(c["gateway_fa_api_key"], cpus)
         if "gateway_proxy" in only:
             env, port, admin = self._gateway_env(upstream=self.upstream_url)
             c["gateway_proxy"].pid = self._start_gateway("gateway_proxy", env, admin, cpus).pid
@@ -238,15 +242,36 @@ class Bench:
             if contender.url:
                 self._check(contender)
 
+    def _start_api_key_gateway(self, contender: Contender, cpus: str | None) -> None:
+        """Forward-auth accepting Clerk API keys, verified at a local fake Backend API once."""
+        issuer_port = free_port()
+        issuer_url = f"http://127.0.0.1:{issuer_port}"
+        cmd = [sys.executable, "-m", "bench.apps", "issuer", "--port", str(issuer_port),
+               "--issuer", issuer_url]
+        self.procs.start("api_key_issuer", cmd, self._python_env(), self.load_cpus)
+        wait_http(f"{issuer_url}/_bench/hits")
+        _, _, minted = http_get(f"{issuer_url}/_demo/api_key?sub=user_2demo&scopes=read")
+        api_key = minted.decode().strip()
+        self.secrets["$API_KEY"] = api_key
+        contender.headers = {"Authorization": f"Bearer {api_key}"}
+        config = self.workdir / "api_key.yaml"
+        config.write_text("token_types: [session_token, api_key]\n")
+        env, port, admin = self._gateway_env(extra={
+            "CLERK_SECRET_KEY": "sk_test_devissuer", "CLERK_API_URL": issuer_url,
+            "GATEWAY_CONFIG": str(config)})
+        contender.pid = self._start_gateway("gateway_fa_api_key", env, admin, cpus).pid
+        contender.url = f"http://127.0.0.1:{port}{PATH}"
+
     def _check(self, contender: Contender) -> None:
         """Prove the contender does its job before measuring it."""
-        status, headers, body = http_get(contender.url, self.headers)
+        status, headers, body = http_get(contender.url, contender.headers or self.headers)
         anon_status, _, _ = http_get(contender.url)
         key = contender.key
         problem = ""
         if status != 200:
             problem = f"answered {status} to a valid token"
-        elif key in ("naive", "gateway_fa", "gateway_fa_logged", "gateway_proxy") and (
+        elif key in ("naive", "gateway_fa", "gateway_fa_logged", "gateway_proxy",
+                     "gateway_fa_api_key") and (
                 anon_status != 401):
             problem = f"answered {anon_status} without a token (expected 401)"
         elif key.startswith("gateway_fa") and headers.get("X-User-Id") != "user_2demo":
@@ -269,8 +294,8 @@ class Bench:
         for number in range(self.args.rounds):
             shift = number % len(active) if active else 0
             for contender in active[shift:] + active[:shift]:
-                result = run_wrk(contender.url, self.load, self.headers, secrets=self.secrets,
-                                 pids=[contender.pid])
+                result = run_wrk(contender.url, self.load, contender.headers or self.headers,
+                                 secrets=self.secrets, pids=[contender.pid])
                 contender.runs.append(result)
                 print(f"  round {number + 1}: {TITLES[contender.key]:48s} "
                       f"{result.rps:9.0f} req/s  p99 {result.p99_ms:6.2f} ms  "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 
@@ -18,7 +19,8 @@ from gateway.server import serve
 __all__ = ["run_demo"]
 
 _IDENTITY_PREFIXES = ("x-user", "x-org", "x-role", "x-session", "x-plan", "x-features",
-                      "x-actor", "x-request-id")
+                      "x-actor", "x-request-id", "x-token-type", "x-scopes", "x-machine-id")
+_TOKEN_TYPES = frozenset({"session_token", "api_key", "m2m_token", "oauth_token", "jwt_template"})
 
 
 def _free_port() -> int:
@@ -45,7 +47,7 @@ async def _start(app: web.Application, port: int) -> web.AppRunner:
     return runner
 
 
-def _banner(issuer: DevIssuer, token: str, port: int, admin_port: int) -> str:
+def _banner(issuer: DevIssuer, token: str, api_key: str, port: int, admin_port: int) -> str:
     return f"""
 clerk-gateway demo is running (Ctrl-C to stop)
   local issuer : {issuer.issuer}  (JWKS at /.well-known/jwks.json)
@@ -54,16 +56,21 @@ clerk-gateway demo is running (Ctrl-C to stop)
 Allowed, with a Clerk v2 token (org admin, plan o:pro):
   curl -s http://127.0.0.1:{port}/api/hello -H 'Authorization: Bearer {token}'
 
+Allowed, with a Clerk API key (a machine credential, verified at the local Backend API):
+  curl -s http://127.0.0.1:{port}/api/hello -H 'Authorization: Bearer {api_key}'
+
 Refused (no token, then a tampered token):
   curl -si http://127.0.0.1:{port}/api/hello
   curl -si http://127.0.0.1:{port}/api/hello -H 'Authorization: Bearer {token[:-4]}AAAA'
 
 Mint more tokens (query: sub, org, slug, role, plan, features, per, fpm, lifetime):
   curl -s '{issuer.issuer}/_demo/token?sub=user_42&org=org_7&role=member'
+Mint more API keys (query: sub = user_... or org_..., scopes = comma list):
+  curl -s '{issuer.issuer}/_demo/api_key?sub=org_7&scopes=read,write'
 """
 
 
-async def _self_check(port: int, token: str) -> bool:
+async def _self_check(port: int, token: str, api_key: str) -> bool:
     url = f"http://127.0.0.1:{port}/api/hello"
     async with aiohttp.ClientSession() as session:
         async with session.get(url, headers={"Authorization": f"Bearer {token}",
@@ -76,9 +83,18 @@ async def _self_check(port: int, token: str) -> bool:
                 echoed = {}
             # Proxied to the echo upstream, with the verified identity (never the spoofed one).
             allowed_ok = allowed.status == 200 and echoed.get("X-User-Id") == "user_2demo"
+        async with session.get(url, headers={"Authorization": f"Bearer {api_key}",
+                                             "X-Token-Type": "spoofed"}) as machine:
+            text = await machine.text()
+            print(f"request with an API key: {machine.status} {text[:400]}")
+            try:
+                echoed = json.loads(text).get("identity_headers", {})
+            except ValueError:
+                echoed = {}
+            machine_ok = machine.status == 200 and echoed.get("X-Token-Type") == "api_key"
         async with session.get(url) as refused:
             print(f"request without a token: {refused.status} {await refused.text()}")
-            return allowed_ok and refused.status == 401
+            return allowed_ok and machine_ok and refused.status == 401
 
 
 async def run_demo(port: int = 8080, admin_port: int = 9090, check: bool = False) -> int:
@@ -95,21 +111,26 @@ async def run_demo(port: int = 8080, admin_port: int = 9090, check: bool = False
         "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
         "GATEWAY_UPSTREAM": f"http://127.0.0.1:{echo_port}",
         "GATEWAY_LOG_FORMAT": "text",
+        "CLERK_SECRET_KEY": issuer.secret_key,
+        "CLERK_MACHINE_SECRET_KEY": issuer.machine_secret_key,
+        "CLERK_API_URL": issuer.issuer,
     })
+    settings = dataclasses.replace(settings, token_types=_TOKEN_TYPES)
     setup_logging("WARNING", "text")
     token = issuer.token(org_id="org_2demo", org_slug="demo-org", role="admin", plan="o:pro",
                          features="o:dashboard,o:teams", org_permissions_v2="manage,read",
                          fpm="3,2", lifetime=3600)
+    api_key = issuer.api_key("org_2demo", scopes=("read", "write"))
     outcome = 0
     done = asyncio.Event()
 
     async def on_ready(_gateway: Gateway) -> None:
         nonlocal outcome
         if check:
-            outcome = 0 if await _self_check(port, token) else 1
+            outcome = 0 if await _self_check(port, token, api_key) else 1
             done.set()
         else:
-            print(_banner(issuer, token, port, admin_port), flush=True)
+            print(_banner(issuer, token, api_key, port, admin_port), flush=True)
 
     server = asyncio.create_task(serve(settings, on_ready=on_ready, shutdown_timeout=1))
     try:
