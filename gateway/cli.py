@@ -34,10 +34,12 @@ def _describe(settings: Settings) -> str:
             f"  issuer {issuer.name}: {issuer.issuer} (preset {issuer.preset}, "
             f"keys from {issuer.key_source}, algorithms {', '.join(issuer.algorithms)})"
         )
+    lines.append(f"  token types: {', '.join(sorted(settings.token_types))}")
     default = settings.route_options.default.rule.access
     lines.append(f"  routes: {len(settings.routes)} (unmatched requests: {default})")
     for route in settings.routes:
-        lines.append(f"    {route.name}: {route.rule.access}")
+        accepts = f" (accepts {', '.join(sorted(route.accepts))})" if route.accepts else ""
+        lines.append(f"    {route.name}: {route.rule.access}{accepts}")
     return "\n".join(lines)
 
 

@@ -64,6 +64,7 @@ class DevIssuer:
         self.machine_secret_key = "ak_devissuer_machine_secret"
         self.machine_tokens: dict[str, dict[str, Any]] = {}
         self.machine_fail_status: int | None = None
+        self.machine_body: bytes | None = None  # answered (200) instead of the real verdict
 
     @property
     def key(self) -> SigningKey:
@@ -211,6 +212,8 @@ class DevIssuer:
             headers = {"Retry-After": str(self.retry_after)} if self.retry_after else {}
             return web.json_response({"errors": [{"code": "injected"}]},
                                      status=self.machine_fail_status, headers=headers)
+        if self.machine_body is not None:
+            return web.Response(body=self.machine_body, content_type="application/json")
         try:
             body = await request.json()
         except ValueError:

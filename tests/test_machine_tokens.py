@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.config import ConfigError, load_settings
 from gateway.devissuer import DevIssuer
@@ -417,3 +419,95 @@ def test_defaults() -> None:
             machine.failure_mode) == (300.0, 30.0, 60.0, "fail_closed")
     assert settings.identity_headers["token_type"] == "X-Token-Type"
     assert set(ALL_TYPES) >= settings.token_types
+
+
+# -- every door, hostile answers, hostile tokens ----------------------------------------------
+
+
+@pytest.mark.parametrize("door", ["fast_door", "aiohttp_door", "proxy"])
+async def test_machine_credentials_through_every_door(
+    clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Any, door: str
+) -> None:
+    extra: dict[str, Any] = {}
+    env: dict[str, str] = {}
+    if door == "aiohttp_door":
+        extra = {"forward_auth": {"fast_path": False}}
+    elif door == "proxy":
+        env = {"GATEWAY_UPSTREAM": upstream.url}
+    gw = await machine_gateway(make_gateway, clerk, extra=extra, env=env)
+    key = clerk.api_key("org_door", scopes=("write",))
+    for _ in range(2):
+        allowed = await gw.get("/scoped", key)
+        assert allowed.status == 200
+        refused = await gw.get("/session", key)
+        assert (refused.status, (await refused.json())["reason"]) == (
+            401, "token_type_not_accepted")
+        cookie = await gw.get("/keys", headers={"Cookie": f"__session={key}"})
+        assert (await cookie.json())["reason"] == "token_type_not_accepted"
+    if door == "proxy":
+        assert upstream.seen[-1].normalised("X-Org-Id") == ["org_door"]
+        assert upstream.seen[-1].normalised("X-Token-Type") == ["api_key"]
+    else:
+        assert allowed.headers["X-Org-Id"] == "org_door"
+    assert clerk.hits["api_keys_verify"] == 1
+
+
+HOSTILE_ANSWERS = [
+    b"not json", b"[]", b"null", b'{"subject": 5}', b'{"subject": "user_1\\r\\nX-Evil: 1"}',
+    b'{"subject": "admin"}', b'{"subject": ""}', b'{"subject": "user_1", "expiration": "soon"}',
+    b'{"subject": "user_1", "expiration": NaN}', b'{"subject": "user_1", "scopes": {"a": 1}}',
+    b'{"subject": "user_1", "claims": [1]}', b'{"subject": "user_1", "scopes": ["a,b"]}',
+    b'{"subject": "user_\\u00e9"}', b"{" * 5000, b"\xff\xfe",
+]
+
+
+@pytest.mark.parametrize("answer", HOSTILE_ANSWERS)
+async def test_a_hostile_backend_answer_never_lets_in_and_never_500s(
+    clerk: DevIssuer, gw: Running, answer: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    clerk.machine_body = answer
+    key = clerk.api_key("user_h")
+    response = await gw.get("/keys", key)
+    body = await response.json()
+    assert (response.status, body["reason"]) == (503, "token_verification_unavailable")
+    assert clerk.secret_key not in caplog.text and key not in caplog.text
+
+
+async def test_the_secret_keys_never_reach_the_log(
+    clerk: DevIssuer, make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    gw = await machine_gateway(make_gateway, clerk, env={"CLERK_API_URL": "http://127.0.0.1:9"})
+    for token in (clerk.api_key(), clerk.m2m_token(), clerk.oauth_token()):
+        response = await gw.get("/any", token)
+        assert response.status == 503
+        assert token not in caplog.text
+    assert clerk.secret_key not in caplog.text
+    assert clerk.machine_secret_key not in caplog.text
+    assert "machine token verification unreachable" in caplog.text
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prefix=st.sampled_from(["ak_", "mt_", "oat_", "AK_", "ak", "mch_", ""]),
+       tail=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7e),
+                    max_size=80))
+async def test_arbitrary_opaque_tokens_are_never_allowed_and_never_500(
+    clerk: DevIssuer, gw: Running, prefix: str, tail: str
+) -> None:
+    token = prefix + tail
+    response = await gw.get("/any", token, headers={"X-Forwarded-For": "10.9.9.9"})
+    assert response.status in (400, 401, 429), await response.text()
+    body = await response.json()
+    assert set(body) == {"error", "reason", "message", "request_id"}
+
+
+def test_check_config_shows_the_token_types_and_what_each_route_accepts(tmp_path: Any) -> None:
+    from gateway.cli import _describe
+
+    path = write(tmp_path, {"token_types": ALL_TYPES, "routes": ROUTES})
+    settings = load_settings({"CLERK_ISSUER": "https://clerk.example.com",
+                              "CLERK_SECRET_KEY": "sk_test_x"}, path)
+    text = _describe(settings)
+    assert "token types: api_key, jwt_template, m2m_token, oauth_token, session_token" in text
+    assert "keys: authenticated (accepts api_key)" in text
