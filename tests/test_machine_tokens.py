@@ -511,3 +511,18 @@ def test_check_config_shows_the_token_types_and_what_each_route_accepts(tmp_path
     text = _describe(settings)
     assert "token types: api_key, jwt_template, m2m_token, oauth_token, session_token" in text
     assert "keys: authenticated (accepts api_key)" in text
+
+
+async def test_a_reload_changes_the_accepted_types_and_keeps_the_verdicts(
+    clerk: DevIssuer, gw: Running, tmp_path: Any
+) -> None:
+    key = clerk.api_key("user_reload")
+    assert (await gw.get("/any", key)).status == 200
+    path = write(tmp_path, {"token_types": ["session_token", "api_key"], "routes": [
+        {"name": "keys", "path_prefix": "/keys", "accepts": ["api_key"]}]})
+    narrower = load_settings({"CLERK_ISSUER": clerk.issuer, **machine_env(clerk)}, path)
+    await gw.gateway.reload(narrower)
+    assert (await gw.get("/keys", key)).status == 200
+    refused = await gw.get("/keys", clerk.m2m_jwt())
+    assert (await refused.json())["reason"] == "wrong_token_type"
+    assert clerk.hits["api_keys_verify"] == 1  # the verdict outlived the reload

@@ -81,7 +81,7 @@ class RequestObserver:
             "status": status,
             "reason": (reason.label if reason is not None
                        else decision.reason.label if decision is not None else None),
-            "user": identity.user_id if identity else None,
+            "user": (identity.user_id or None) if identity else None,
             "org": identity.org_id if identity else None,
             "token_type": decision.token_type if decision is not None else None,
             "duration_ms": round(elapsed * 1000, 3),
