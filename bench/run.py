@@ -242,14 +242,19 @@ class Bench:
             if contender.url:
                 self._check(contender)
 
-    def _start_api_key_gateway(self, contender: Contender, cpus: str | None) -> None:
-        """Forward-auth accepting Clerk API keys, verified at a local fake Backend API once."""
+    def _start_issuer(self, name: str) -> str:
+        """A counting fake Clerk (bench.apps issuer) on the load CPUs; returns its URL."""
         issuer_port = free_port()
         issuer_url = f"http://127.0.0.1:{issuer_port}"
         cmd = [sys.executable, "-m", "bench.apps", "issuer", "--port", str(issuer_port),
                "--issuer", issuer_url]
-        self.procs.start("api_key_issuer", cmd, self._python_env(), self.load_cpus)
+        self.procs.start(name, cmd, self._python_env(), self.load_cpus)
         wait_http(f"{issuer_url}/_bench/hits")
+        return issuer_url
+
+    def _start_api_key_gateway(self, contender: Contender, cpus: str | None) -> None:
+        """Forward-auth accepting Clerk API keys, verified at a local fake Backend API once."""
+        issuer_url = self._start_issuer("api_key_issuer")
         _, _, minted = http_get(f"{issuer_url}/_demo/api_key?sub=user_2demo&scopes=read")
         api_key = minted.decode().strip()
         self.secrets["$API_KEY"] = api_key
@@ -322,12 +327,7 @@ class Bench:
     def storm(self) -> dict[str, Any]:
         """Flood a JWKS-backed gateway with random unknown kids; count the key fetches."""
         cooldown, seconds = self.args.storm_cooldown, self.args.storm_duration
-        issuer_port = free_port()
-        issuer_url = f"http://127.0.0.1:{issuer_port}"
-        cmd = [sys.executable, "-m", "bench.apps", "issuer", "--port", str(issuer_port),
-               "--issuer", issuer_url]
-        self.procs.start("storm_issuer", cmd, self._python_env(), self.load_cpus)
-        wait_http(f"{issuer_url}/_bench/hits")
+        issuer_url = self._start_issuer("storm_issuer")
         config = self.workdir / "storm.yaml"
         config.write_text(f"keys:\n  unknown_kid_cooldown_seconds: {cooldown:g}\n")
         env, port, admin = self._gateway_env(extra={

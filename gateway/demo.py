@@ -70,31 +70,31 @@ Mint more API keys (query: sub = user_... or org_..., scopes = comma list):
 """
 
 
+async def _ask(session: aiohttp.ClientSession, url: str, label: str,
+               headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """One request through the gateway: its status and the identity headers echoed upstream."""
+    async with session.get(url, headers=headers) as response:
+        text = await response.text()
+        print(f"{label}: {response.status} {text[:400]}")
+        try:
+            echoed = json.loads(text).get("identity_headers", {})
+        except (ValueError, AttributeError):
+            echoed = {}
+        return response.status, echoed
+
+
 async def _self_check(port: int, token: str, api_key: str) -> bool:
     url = f"http://127.0.0.1:{port}/api/hello"
     async with aiohttp.ClientSession() as session:
-        async with session.get(url, headers={"Authorization": f"Bearer {token}",
-                                             "X-User-Id": "spoofed"}) as allowed:
-            text = await allowed.text()
-            print(f"allowed request: {allowed.status} {text[:400]}")
-            try:
-                echoed = json.loads(text).get("identity_headers", {})
-            except ValueError:
-                echoed = {}
-            # Proxied to the echo upstream, with the verified identity (never the spoofed one).
-            allowed_ok = allowed.status == 200 and echoed.get("X-User-Id") == "user_2demo"
-        async with session.get(url, headers={"Authorization": f"Bearer {api_key}",
-                                             "X-Token-Type": "spoofed"}) as machine:
-            text = await machine.text()
-            print(f"request with an API key: {machine.status} {text[:400]}")
-            try:
-                echoed = json.loads(text).get("identity_headers", {})
-            except ValueError:
-                echoed = {}
-            machine_ok = machine.status == 200 and echoed.get("X-Token-Type") == "api_key"
-        async with session.get(url) as refused:
-            print(f"request without a token: {refused.status} {await refused.text()}")
-            return allowed_ok and machine_ok and refused.status == 401
+        # Proxied to the echo upstream, with the verified identity (never the spoofed one).
+        status, echoed = await _ask(session, url, "allowed request", {
+            "Authorization": f"Bearer {token}", "X-User-Id": "spoofed"})
+        allowed_ok = status == 200 and echoed.get("X-User-Id") == "user_2demo"
+        status, echoed = await _ask(session, url, "request with an API key", {
+            "Authorization": f"Bearer {api_key}", "X-Token-Type": "spoofed"})
+        machine_ok = status == 200 and echoed.get("X-Token-Type") == "api_key"
+        status, _ = await _ask(session, url, "request without a token", {})
+        return allowed_ok and machine_ok and status == 401
 
 
 async def run_demo(port: int = 8080, admin_port: int = 9090, check: bool = False) -> int:

@@ -169,32 +169,29 @@ class DevIssuer:
         """Revoke an opaque credential (its verify answer says `revoked: true`)."""
         self.machine_tokens[token].update(revoked=True, revocation_reason="revoked in test")
 
-    def template_token(self, lifetime: int = 60, **extra: Any) -> str:
-        """A JWT-template token (`cat` cl_B7d4PD222AAA) with custom claims."""
+    def _class_token(self, header: dict[str, Any], sub: str, lifetime: int,
+                     **extra: Any) -> str:
+        """A JWT of a non-session class, with times relative to now (None claims dropped)."""
         now = int(time.time())
-        claims = {"iss": self.issuer, "sub": "user_2demo", "iat": now, "nbf": now - 5,
+        claims = {"iss": self.issuer, "sub": sub, "iat": now, "nbf": now - 5,
                   "exp": now + lifetime, "jti": uuid.uuid4().hex[:20], **extra}
-        return self.sign(claims, headers={"cat": "cl_B7d4PD222AAA"})
+        return self.sign({k: v for k, v in claims.items() if v is not None}, headers=header)
+
+    def template_token(self, sub: str = "user_2demo", lifetime: int = 60, **extra: Any) -> str:
+        """A JWT-template token (`cat` cl_B7d4PD222AAA) with custom claims."""
+        return self._class_token({"cat": "cl_B7d4PD222AAA"}, sub, lifetime, **extra)
 
     def m2m_jwt(self, sub: str = "mch_2demo", scopes: str = "", lifetime: int = 300,
                 **extra: Any) -> str:
         """An M2M JWT (`cat` cl_B7d4PD333AAA, `sub` mch_...) with space-separated scopes."""
-        now = int(time.time())
-        claims = {"iss": self.issuer, "sub": sub, "iat": now, "nbf": now - 5,
-                  "exp": now + lifetime, "jti": uuid.uuid4().hex[:20], **extra}
-        if scopes:
-            claims["scopes"] = scopes
-        return self.sign(claims, headers={"cat": "cl_B7d4PD333AAA"})
+        return self._class_token({"cat": "cl_B7d4PD333AAA"}, sub, lifetime,
+                                 scopes=scopes or None, **extra)
 
     def oauth_jwt(self, sub: str = "user_2demo", scope: str = "", lifetime: int = 300,
                   **extra: Any) -> str:
         """An OAuth JWT access token (RFC 9068: `typ` at+jwt)."""
-        now = int(time.time())
-        claims = {"iss": self.issuer, "sub": sub, "iat": now, "exp": now + lifetime,
-                  "jti": uuid.uuid4().hex[:20], "client_id": "oauth_app_demo", **extra}
-        if scope:
-            claims["scope"] = scope
-        return self.sign(claims, headers={"typ": "at+jwt"})
+        return self._class_token({"typ": "at+jwt"}, sub, lifetime, scope=scope or None,
+                                 client_id="oauth_app_demo", **extra)
 
     def _machine_authorized(self, request: web.Request, machine: bool) -> bool:
         given = request.headers.get("Authorization", "").encode()

@@ -26,27 +26,18 @@ from gateway.auth.claims import ClaimError, Identity
 from gateway.auth.classify import TokenType
 from gateway.auth.machine_api import MachineApi
 from gateway.auth.machine_identity import identity_from_api
+from gateway.auth.rejection import TokenRejected
 from gateway.auth.verdicts import Verdict, VerdictStore
 from gateway.config_machine import MachineTokenSettings
 from gateway.metrics import Metrics
 from gateway.reasons import Reason
 
-__all__ = ["LOOKUP_RESULTS", "MachineRefused", "MachineVerifier", "Verification"]
+__all__ = ["LOOKUP_RESULTS", "MachineVerifier", "Verification"]
 
 LOOKUP_RESULTS = ("valid", "invalid", "revoked", "expired", "rate_limited", "failed",
                   "throttled")
 _FAILURE_BACKOFF = 1.0
 _YEAR = 365 * 86400.0
-
-
-class MachineRefused(Exception):
-    """The credential is refused (or cannot be verified now), with a reason of the closed set."""
-
-    def __init__(self, reason: Reason, detail: str = "", retry_after: int | None = None) -> None:
-        super().__init__(detail or reason.label)
-        self.reason = reason
-        self.detail = detail
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +80,9 @@ class MachineVerifier:
 
     async def verify(self, token: str, key: bytes, token_type: TokenType,
                      client: str | None) -> Verification:
-        """The identity behind an opaque token; raises MachineRefused."""
+        """The identity behind an opaque token; raises TokenRejected."""
         if not self._api.can_verify(token_type):
-            raise MachineRefused(Reason.WRONG_TOKEN_TYPE,
+            raise TokenRejected(Reason.WRONG_TOKEN_TYPE,
                                  f"no Backend API key to verify {token_type.value}")
         now = self._clock()
         verdict = await self._store.get(key)
@@ -105,7 +96,7 @@ class MachineVerifier:
                 wait = self._budget.take(client or "unknown", now)
                 if wait > 0:
                     self._count(token_type, "throttled")
-                    raise MachineRefused(Reason.TOKEN_LOOKUPS_EXHAUSTED,
+                    raise TokenRejected(Reason.TOKEN_LOOKUPS_EXHAUSTED,
                                          retry_after=max(1, math.ceil(wait)))
             task = asyncio.create_task(self._lookup(key, token_type, token))
             self._inflight[key] = task
@@ -119,9 +110,9 @@ class MachineVerifier:
     def _use(self, verdict: Verdict, now: float, reusable_until: float | None) -> Verification:
         identity = verdict.identity
         if identity is None:
-            raise MachineRefused(verdict.reason or Reason.INVALID_CREDENTIAL)
+            raise TokenRejected(verdict.reason or Reason.INVALID_CREDENTIAL)
         if now > identity.expires_at + self._leeway:
-            raise MachineRefused(Reason.EXPIRED)
+            raise TokenRejected(Reason.EXPIRED)
         return Verification(identity, reusable_until)
 
     def _fallback(self, verdict: Verdict | None, now: float) -> Verification:
@@ -134,7 +125,7 @@ class MachineVerifier:
             self._fail_open_counter.inc()
             return self._use(verdict, now, None)
         retry = max(1, math.ceil(self.blocked_until - now))
-        raise MachineRefused(Reason.TOKEN_VERIFICATION_UNAVAILABLE, retry_after=retry)
+        raise TokenRejected(Reason.TOKEN_VERIFICATION_UNAVAILABLE, retry_after=retry)
 
     async def _lookup(self, key: bytes, token_type: TokenType, token: str) -> Verdict | None:
         """Ask the API once and remember its verdict; None when it gave no usable answer."""

@@ -24,8 +24,9 @@ from jwt.algorithms import get_default_algorithms
 from gateway.auth.claims import ClaimError, Identity, identity_from_claims
 from gateway.auth.classify import MACHINE_TYPES, TokenType, jwt_token_type, opaque_token_type
 from gateway.auth.jwks import IssuerKeys, KeyEntry
-from gateway.auth.machine import MachineRefused, MachineVerifier
+from gateway.auth.machine import MachineVerifier
 from gateway.auth.machine_identity import identity_from_machine_jwt
+from gateway.auth.rejection import TokenRejected
 from gateway.auth.token_cache import TokenCache
 from gateway.config import IssuerSettings, Settings
 from gateway.metrics import Metrics
@@ -41,18 +42,6 @@ _KEY_TYPES: dict[str, tuple[type, ...]] = {
     "ES": (ec.EllipticCurvePublicKey,),
     "Ed": (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey),
 }
-
-
-class TokenRejected(Exception):
-    """The token is not acceptable, for one reason of the closed set."""
-
-    def __init__(self, reason: Reason, detail: str = "", retry_after: int | None = None,
-                 token_type: str | None = None) -> None:
-        super().__init__(detail or reason.label)
-        self.reason = reason
-        self.detail = detail
-        self.retry_after = retry_after
-        self.token_type = token_type
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +191,9 @@ class Verifier:
                                 token_type=token_type.value)
         try:
             result = await self.machine.verify(token, key, token_type, client)
-        except MachineRefused as exc:
-            raise TokenRejected(exc.reason, exc.detail, exc.retry_after,
-                                token_type.value) from None
+        except TokenRejected as exc:
+            exc.token_type = exc.token_type or token_type.value
+            raise
         identity = result.identity
         if result.reusable_until is None:
             return Verified(identity, self._headers_for(identity))
