@@ -26,6 +26,9 @@ IDENTITY_HEADERS = (
     "X-Plan",
     "X-Features",
     "X-Actor-Id",
+    "X-Token-Type",
+    "X-Scopes",
+    "X-Machine-Id",
     "X-Request-Id",
 )
 
@@ -41,6 +44,8 @@ _COUNTERS = (
     "webhook_events_total",
     "fail_open_total",
     "forward_auth_fast_path_total",
+    "machine_token_lookups_total",
+    "token_type_decisions_total",
 )
 _GAUGES = (
     "in_flight_requests",

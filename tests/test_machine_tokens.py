@@ -526,3 +526,16 @@ async def test_a_reload_changes_the_accepted_types_and_keeps_the_verdicts(
     refused = await gw.get("/keys", clerk.m2m_jwt())
     assert (await refused.json())["reason"] == "wrong_token_type"
     assert clerk.hits["api_keys_verify"] == 1  # the verdict outlived the reload
+
+
+async def test_a_jwt_template_s_custom_claims_are_mapped_by_the_issuer_s_claims(
+    clerk: DevIssuer, make_gateway: GatewayFactory
+) -> None:
+    gw = await machine_gateway(make_gateway, clerk, extra={"issuers": [{
+        "name": "clerk", "claims": {"org_id": "/tenant", "org_role": "/grants/role"}}]})
+    token = clerk.template_token("user_t", tenant="org_tenant", grants={"role": "org:admin"})
+    response = await gw.get("/admin", token)
+    assert response.status == 200, await response.text()
+    assert response.headers["X-Org-Id"] == "org_tenant"
+    assert response.headers["X-Token-Type"] == "jwt_template"
+    assert "X-Session-Id" not in response.headers
