@@ -106,7 +106,7 @@ class Metrics:
             namespace=ns, registry=registry, multiprocess_mode="max")
         self.build_info.labels(__version__, platform.python_version()).set(1)
         self._decision_children: dict[tuple[str, str, Reason], Counter] = {}
-        self._token_type_children: dict[tuple[str, str], Counter] = {}
+        self._token_type_children: dict[tuple[str, Reason], Counter] = {}
         self._hit = self.token_cache_lookups.labels("hit")
         self._miss = self.token_cache_lookups.labels("miss")
 
@@ -143,11 +143,12 @@ class Metrics:
 
     def token_type_decision(self, token_type: str, reason: Reason) -> None:
         """Count one decision on a presented credential by its type (a closed set)."""
-        outcome = "allow" if reason.allowed else ("error" if reason.status >= 500 else "deny")
-        key = (token_type, outcome)
+        key = (token_type, reason)
         child = self._token_type_children.get(key)
         if child is None:
-            child = self._token_type_children[key] = self.token_type_decisions.labels(*key)
+            outcome = "allow" if reason.allowed else ("error" if reason.status >= 500 else "deny")
+            child = self._token_type_children[key] = self.token_type_decisions.labels(
+                token_type, outcome)
         self.count(child)
 
     def cache_lookup(self, hit: bool) -> None:

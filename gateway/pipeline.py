@@ -37,6 +37,18 @@ class RequestFacts:
     cookies: Mapping[str, str]
     query: Mapping[str, str] | None = None
     client_ip: str | None = None
+    trusted_peer: bool = False  # the peer may say who the client is (X-Forwarded-For)
+
+    def client_address(self) -> str | None:
+        """The client's address: the last `X-Forwarded-For` entry a trusted peer added, else
+        the peer's own (it keys the per-client budget of Backend API look-ups)."""
+        if self.trusted_peer:
+            forwarded = self.headers.get(hdrs.X_FORWARDED_FOR)
+            if forwarded:
+                last = forwarded.rsplit(",", 1)[-1].strip()
+                if last:
+                    return last
+        return self.client_ip
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +155,9 @@ class Authorizer:
             verified = self.verifier.verified_now(located.token, located.route.accepts)
             if verified is None:
                 return None
-            decision = _outside_authorization(facts, located, verified.identity.token_type)
+            token_type = verified.identity.token_type
+            decision = (_outside_authorization(facts, located, token_type)
+                        if token_type in MACHINE_TYPE_NAMES else None)
             if decision is None:
                 settled, revoked = self.revocation.check_now(verified.identity)
                 if not settled:
@@ -165,7 +179,7 @@ class Authorizer:
                 return refused
         try:
             verified = await self.verifier.verify(
-                located.token, located.route.accepts, facts.client_ip)
+                located.token, located.route.accepts, facts.client_address())
         except TokenRejected as exc:
             return Decision(exc.reason, located.route, path=located.path, detail=exc.detail,
                             retry_after=exc.retry_after, token_type=exc.token_type)

@@ -539,3 +539,22 @@ async def test_a_jwt_template_s_custom_claims_are_mapped_by_the_issuer_s_claims(
     assert response.headers["X-Org-Id"] == "org_tenant"
     assert response.headers["X-Token-Type"] == "jwt_template"
     assert "X-Session-Id" not in response.headers
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+async def test_in_proxy_mode_x_forwarded_for_names_the_client_only_from_a_trusted_proxy(
+    clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Any, trusted: bool
+) -> None:
+    proxy: dict[str, Any] = {"trusted_proxies": ["127.0.0.1/32"]} if trusted else {}
+    gw = await machine_gateway(
+        make_gateway, clerk, env={"GATEWAY_UPSTREAM": upstream.url}, extra={"proxy": proxy},
+        machine_tokens={"client_lookup_burst": 3, "client_lookups_per_second": 0.01})
+    statuses = []
+    for i in range(6):  # a new claimed address each time
+        response = await gw.get("/keys", f"ak_guess_{i}", headers=from_client(f"10.1.0.{i}"))
+        statuses.append(response.status)
+    if trusted:  # each address has its own budget
+        assert statuses == [401] * 6
+    else:  # a spoofed X-Forwarded-For does not buy a fresh budget
+        assert statuses == [401, 401, 401, 429, 429, 429]
+    assert not upstream.seen

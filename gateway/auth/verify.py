@@ -50,12 +50,8 @@ class Verified:
 
     identity: Identity
     headers: tuple[tuple[str, str], ...]
-    ask_again_at: float | None = None  # opaque credentials: when the cached verdict goes stale
-
-    def usable(self, expires_at: float, now: float, leeway: float) -> bool:
-        """True while a cached verification may answer (JWTs: until exp plus the leeway)."""
-        return now < self.ask_again_at if self.ask_again_at is not None else (
-            now <= expires_at + leeway)
+    # Opaque credentials: when the cached verdict goes stale (JWTs: exp plus the leeway).
+    ask_again_at: float | None = None
 
 
 def _b64decode(segment: str) -> bytes:
@@ -148,7 +144,9 @@ class Verifier:
         cached = self.cache.get(key)
         if cached is not None:
             verified, expires_at = cached
-            if verified.usable(expires_at, now, self._leeway):
+            ask_again_at = verified.ask_again_at
+            if (now <= expires_at + self._leeway if ask_again_at is None
+                    else now < ask_again_at):
                 self._metrics.cache_lookup(True)
                 self._admit(verified.identity.token_type, accepts)
                 return verified
@@ -173,7 +171,9 @@ class Verifier:
         if cached is None:
             return None
         verified, expires_at = cached
-        if not verified.usable(expires_at, self._clock(), self._leeway):
+        now = self._clock()
+        ask_again_at = verified.ask_again_at
+        if (now > expires_at + self._leeway if ask_again_at is None else now >= ask_again_at):
             return None
         token_type = verified.identity.token_type
         if token_type not in self._types or (accepts is not None and token_type not in accepts):

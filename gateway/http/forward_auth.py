@@ -10,13 +10,7 @@ from multidict import CIMultiDictProxy, istr
 
 from gateway.config import ForwardAuthSettings
 from gateway.http.errors import error_response
-from gateway.http.headers import (
-    DECISION,
-    REQUEST_ID,
-    REQUEST_ID_KEY,
-    client_address,
-    request_id,
-)
+from gateway.http.headers import DECISION, REQUEST_ID, REQUEST_ID_KEY, request_id
 from gateway.http.observe import RequestObserver
 from gateway.pipeline import Authorizer, Decision, RequestFacts
 from gateway.reasons import Reason
@@ -92,9 +86,8 @@ class ForwardAuthHandler:
         cookie = headers.get(hdrs.COOKIE)
         cookies = _cookies(cookie) if cookie is not None else _EMPTY
         return RequestFacts(door="forward_auth", method=method, uri=uri, host=host,
-                            headers=headers, cookies=cookies,
-                            client_ip=client_address(remote, headers,
-                                                     self._settings.trusts(remote)))
+                            headers=headers, cookies=cookies, client_ip=remote,
+                            trusted_peer=self._settings.trusts(remote))
 
     def refuse_conflict(self) -> Decision:
         """The (counted) refusal of a request whose two header families disagree."""

@@ -10,9 +10,7 @@ from multidict import CIMultiDictProxy
 
 from gateway.pipeline import Decision
 
-__all__ = [
-    "DECISION", "REQUEST_ID", "REQUEST_ID_KEY", "client_address", "new_request_id", "request_id",
-]
+__all__ = ["DECISION", "REQUEST_ID", "REQUEST_ID_KEY", "new_request_id", "request_id"]
 
 DECISION = web.RequestKey("decision", Decision)
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
@@ -32,15 +30,3 @@ def request_id(headers: CIMultiDictProxy[str]) -> str:
 def new_request_id() -> str:
     """A fresh random request id: 32 hex digits (as uuid4().hex, at a third of the cost)."""
     return os.urandom(16).hex()
-
-
-def client_address(remote: str | None, headers: CIMultiDictProxy[str], trusted: bool) -> str | None:
-    """The client's address: the last `X-Forwarded-For` entry a trusted peer added, else the
-    peer's own (used to budget Backend API look-ups per client)."""
-    if trusted:
-        forwarded = headers.get("X-Forwarded-For")
-        if forwarded:
-            last = forwarded.rsplit(",", 1)[-1].strip()
-            if last:
-                return last
-    return remote

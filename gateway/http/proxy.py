@@ -23,7 +23,7 @@ from yarl import URL
 from gateway.config import Settings
 from gateway.config_sections import address_in
 from gateway.http.errors import error_response
-from gateway.http.headers import DECISION, REQUEST_ID, client_address, request_id
+from gateway.http.headers import DECISION, REQUEST_ID, request_id
 from gateway.http.hop import HeaderHygiene
 from gateway.http.observe import RequestObserver
 from gateway.http.upstream import (
@@ -286,8 +286,9 @@ class ProxyHandler:
             headers=headers,
             cookies=request.cookies if hdrs.COOKIE in headers else _EMPTY,
             query=request.query if websocket and self._ws_param else None,
-            client_ip=client_address(request.remote, headers, address_in(
-                request.remote, self._trusted_proxies)),
+            client_ip=request.remote,
+            trusted_peer=bool(self._trusted_proxies) and address_in(
+                request.remote, self._trusted_proxies),
         )
         decision = await self._authorizer.authorize(facts)
         request[DECISION] = decision
