@@ -34,12 +34,13 @@ def _describe(settings: Settings) -> str:
             f"  issuer {issuer.name}: {issuer.issuer} (preset {issuer.preset}, "
             f"keys from {issuer.key_source}, algorithms {', '.join(issuer.algorithms)})"
         )
-    lines.append(f"  token types: {', '.join(sorted(settings.token_types))}")
+    lines.append(f"  token types: {', '.join(sorted(settings.token_types))}" + "".join(
+        f"; {r.name} accepts {', '.join(sorted(r.rule.accepts))}"
+        for r in settings.routes if r.rule.accepts is not None))
     default = settings.route_options.default.rule.access
     lines.append(f"  routes: {len(settings.routes)} (unmatched requests: {default})")
     for route in settings.routes:
-        accepts = f" (accepts {', '.join(sorted(route.accepts))})" if route.accepts else ""
-        lines.append(f"    {route.name}: {route.rule.access}{accepts}")
+        lines.append(f"    {route.name}: {route.rule.access}")
     return "\n".join(lines)
 
 

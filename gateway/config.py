@@ -128,10 +128,10 @@ class Settings:
     webhook_secret: Secret | None = None
     clerk_secret_key: Secret | None = None
     clerk_api_url: str = DEFAULT_API_URL
-    revocation: RevocationSettings = field(default_factory=RevocationSettings)
-    source_path: str | None = None
     token_types: frozenset[str] = DEFAULT_TOKEN_TYPES
     machine_tokens: MachineTokenSettings = field(default_factory=MachineTokenSettings)
+    revocation: RevocationSettings = field(default_factory=RevocationSettings)
+    source_path: str | None = None
 
     @property
     def mode(self) -> str:
@@ -270,12 +270,12 @@ def load_settings(
     routes = parse_routes(
         root, problems, {i.name: i.issuer for i in issuers}, route_options)
     revocation = parse_revocation(root.child("revocation"), env, issuers, leeway, api_url)
-    forward_auth = parse_forward_auth(root.child("forward_auth"))
-    limits = parse_limits(root.child("limits"))
     token_types = parse_token_types(root)
-    check_accepts({r.name: r.accepts for r in routes}, token_types, problems)
+    check_accepts({r.name: r.rule.accepts for r in routes}, token_types, problems)
     machine_tokens = parse_machine_tokens(
         root.child("machine_tokens"), env, token_types, bool(env.get("CLERK_SECRET_KEY")))
+    forward_auth = parse_forward_auth(root.child("forward_auth"))
+    limits = parse_limits(root.child("limits"))
     for route in routes:
         if route.upstream and not route.upstream.startswith(("http://", "https://")):
             problems.append(
@@ -320,8 +320,8 @@ def load_settings(
         webhook_secret=secret("CLERK_WEBHOOK_SIGNING_SECRET"),
         clerk_secret_key=secret("CLERK_SECRET_KEY"),
         clerk_api_url=api_url,
-        revocation=revocation,
-        source_path=path,
         token_types=token_types,
         machine_tokens=machine_tokens,
+        revocation=revocation,
+        source_path=path,
     )

@@ -29,10 +29,9 @@ __all__ = [
     "parse_token_sources",
 ]
 
-IDENTITY_FIELDS = (
+IDENTITY_FIELDS: tuple[str, ...] = (
     "user_id", "org_id", "org_role", "org_slug", "org_permissions", "session_id",
     "plan", "features", "actor_id", "issuer", "token_id",
-    "token_type", "scopes", "machine_id",
 )
 DEFAULT_IDENTITY_HEADERS: Mapping[str, str] = {
     "user_id": "X-User-Id",
@@ -48,6 +47,8 @@ DEFAULT_IDENTITY_HEADERS: Mapping[str, str] = {
     "scopes": "X-Scopes",
     "machine_id": "X-Machine-Id",
 }
+# The presented credential's type and what machine credentials carry (issue 14).
+IDENTITY_FIELDS = (*IDENTITY_FIELDS, "token_type", "scopes", "machine_id")
 
 
 FAILURE_MODES = ("fail_closed", "fail_open")

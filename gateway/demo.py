@@ -56,7 +56,8 @@ clerk-gateway demo is running (Ctrl-C to stop)
 Allowed, with a Clerk v2 token (org admin, plan o:pro):
   curl -s http://127.0.0.1:{port}/api/hello -H 'Authorization: Bearer {token}'
 
-Allowed, with a Clerk API key (a machine credential, verified at the local Backend API):
+Allowed, with a Clerk API key (a machine credential, verified at the local Backend API's
+/v1/api_keys/verify; mint more with '{issuer.issuer}/_demo/api_key?sub=org_7&scopes=read'):
   curl -s http://127.0.0.1:{port}/api/hello -H 'Authorization: Bearer {api_key}'
 
 Refused (no token, then a tampered token):
@@ -65,36 +66,40 @@ Refused (no token, then a tampered token):
 
 Mint more tokens (query: sub, org, slug, role, plan, features, per, fpm, lifetime):
   curl -s '{issuer.issuer}/_demo/token?sub=user_42&org=org_7&role=member'
-Mint more API keys (query: sub = user_... or org_..., scopes = comma list):
-  curl -s '{issuer.issuer}/_demo/api_key?sub=org_7&scopes=read,write'
 """
 
 
-async def _ask(session: aiohttp.ClientSession, url: str, label: str,
-               headers: dict[str, str]) -> tuple[int, dict[str, str]]:
-    """One request through the gateway: its status and the identity headers echoed upstream."""
-    async with session.get(url, headers=headers) as response:
-        text = await response.text()
-        print(f"{label}: {response.status} {text[:400]}")
+async def _self_check(port: int, token: str) -> bool:
+    url = f"http://127.0.0.1:{port}/api/hello"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers={"Authorization": f"Bearer {token}",
+                                             "X-User-Id": "spoofed"}) as allowed:
+            text = await allowed.text()
+            print(f"allowed request: {allowed.status} {text[:400]}")
+            try:
+                echoed = json.loads(text).get("identity_headers", {})
+            except ValueError:
+                echoed = {}
+            # Proxied to the echo upstream, with the verified identity (never the spoofed one).
+            allowed_ok = allowed.status == 200 and echoed.get("X-User-Id") == "user_2demo"
+        async with session.get(url) as refused:
+            print(f"request without a token: {refused.status} {await refused.text()}")
+            return allowed_ok and refused.status == 401
+
+
+async def _api_key_check(port: int, api_key: str) -> bool:
+    """The API key reaches the echo upstream as an org's machine credential, unspoofed."""
+    url = f"http://127.0.0.1:{port}/api/hello"
+    headers = {"Authorization": f"Bearer {api_key}", "X-Token-Type": "spoofed"}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as machine:
+        text = await machine.text()
+        print(f"request with an API key: {machine.status} {text[:400]}")
         try:
             echoed = json.loads(text).get("identity_headers", {})
         except (ValueError, AttributeError):
             echoed = {}
-        return response.status, echoed
-
-
-async def _self_check(port: int, token: str, api_key: str) -> bool:
-    url = f"http://127.0.0.1:{port}/api/hello"
-    async with aiohttp.ClientSession() as session:
-        # Proxied to the echo upstream, with the verified identity (never the spoofed one).
-        status, echoed = await _ask(session, url, "allowed request", {
-            "Authorization": f"Bearer {token}", "X-User-Id": "spoofed"})
-        allowed_ok = status == 200 and echoed.get("X-User-Id") == "user_2demo"
-        status, echoed = await _ask(session, url, "request with an API key", {
-            "Authorization": f"Bearer {api_key}", "X-Token-Type": "spoofed"})
-        machine_ok = status == 200 and echoed.get("X-Token-Type") == "api_key"
-        status, _ = await _ask(session, url, "request without a token", {})
-        return allowed_ok and machine_ok and status == 401
+        return machine.status == 200 and echoed.get("X-Token-Type") == "api_key" and (
+            echoed.get("X-Org-Id") == "org_2demo")
 
 
 async def run_demo(port: int = 8080, admin_port: int = 9090, check: bool = False) -> int:
@@ -110,12 +115,12 @@ async def run_demo(port: int = 8080, admin_port: int = 9090, check: bool = False
         "GATEWAY_LISTEN": f"127.0.0.1:{port}",
         "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
         "GATEWAY_UPSTREAM": f"http://127.0.0.1:{echo_port}",
-        "GATEWAY_LOG_FORMAT": "text",
         "CLERK_SECRET_KEY": issuer.secret_key,
         "CLERK_MACHINE_SECRET_KEY": issuer.machine_secret_key,
         "CLERK_API_URL": issuer.issuer,
+        "GATEWAY_LOG_FORMAT": "text",
     })
-    settings = dataclasses.replace(settings, token_types=_TOKEN_TYPES)
+    settings = dataclasses.replace(settings, token_types=_TOKEN_TYPES)  # every credential type
     setup_logging("WARNING", "text")
     token = issuer.token(org_id="org_2demo", org_slug="demo-org", role="admin", plan="o:pro",
                          features="o:dashboard,o:teams", org_permissions_v2="manage,read",
@@ -127,7 +132,8 @@ async def run_demo(port: int = 8080, admin_port: int = 9090, check: bool = False
     async def on_ready(_gateway: Gateway) -> None:
         nonlocal outcome
         if check:
-            outcome = 0 if await _self_check(port, token, api_key) else 1
+            checked = await _self_check(port, token) and await _api_key_check(port, api_key)
+            outcome = 0 if checked else 1
             done.set()
         else:
             print(_banner(issuer, token, api_key, port, admin_port), flush=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import secrets
 import time
 import uuid
 from collections import Counter
@@ -58,13 +57,13 @@ class DevIssuer:
         self.delay = 0.0
         self.cache_control = "public, max-age=300"
         self.secret_key = "sk_test_devissuer"
+        self.machine_secret_key = "ak_devissuer_machine_secret"
+        self.machine_tokens: dict[str, dict[str, Any]] = {}  # opaque credentials it issued
+        self.machine_fail_status: int | None = None
+        self.machine_body: bytes | None = None  # answered (200) instead of the real verdict
         self.sessions: dict[str, str] = {}
         self.session_fail_status: int | None = None
         self.retry_after: int | None = None
-        self.machine_secret_key = "ak_devissuer_machine_secret"
-        self.machine_tokens: dict[str, dict[str, Any]] = {}
-        self.machine_fail_status: int | None = None
-        self.machine_body: bytes | None = None  # answered (200) instead of the real verdict
 
     @property
     def key(self) -> SigningKey:
@@ -138,13 +137,93 @@ class DevIssuer:
         """Mint a signed session token (see `claims` for the options)."""
         return self.sign(self.claims(**kwargs))
 
+    def app(self) -> web.Application:
+        """The issuer's HTTP application."""
+        app = web.Application()
+        app.router.add_get("/.well-known/jwks.json", self._jwks)
+        app.router.add_get("/.well-known/openid-configuration", self._discovery)
+        app.router.add_get("/v1/jwks", self._backend_jwks)
+        app.router.add_get("/v1/sessions/{sid}", self._session)
+        app.router.add_get("/_demo/token", self._demo_token)
+        self._add_machine_routes(app)
+        return app
+
+    async def _fail_or_wait(self) -> web.Response | None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_status is not None:
+            return web.json_response({"error": "injected failure"}, status=self.fail_status)
+        return None
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        self.hits["jwks"] += 1
+        failure = await self._fail_or_wait()
+        if failure is not None:
+            return failure
+        return web.json_response(
+            {"keys": [k.jwk() for k in self.keys]},
+            headers={"Cache-Control": self.cache_control},
+        )
+
+    async def _discovery(self, request: web.Request) -> web.Response:
+        self.hits["discovery"] += 1
+        failure = await self._fail_or_wait()
+        if failure is not None:
+            return failure
+        return web.json_response({
+            "issuer": self.issuer,
+            "jwks_uri": f"{self.issuer}/.well-known/jwks.json",
+            "id_token_signing_alg_values_supported": ["RS256"],
+        })
+
+    def _authorized(self, request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "").encode()
+        return hmac.compare_digest(given, f"Bearer {self.secret_key}".encode())
+
+    async def _backend_jwks(self, request: web.Request) -> web.Response:
+        self.hits["backend_jwks"] += 1
+        if not self._authorized(request):
+            return web.json_response({"errors": [{"code": "unauthorized"}]}, status=401)
+        return await self._jwks(request)
+
+    async def _session(self, request: web.Request) -> web.Response:
+        self.hits["session"] += 1
+        if not self._authorized(request):
+            return web.json_response({"errors": [{"code": "unauthorized"}]}, status=401)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.session_fail_status is not None:
+            headers = {"Retry-After": str(self.retry_after)} if self.retry_after else {}
+            return web.json_response({"errors": [{"code": "injected"}]},
+                                     status=self.session_fail_status, headers=headers)
+        sid = request.match_info["sid"]
+        status = self.sessions.get(sid)
+        if status is None:
+            return web.json_response({"errors": [{"code": "resource_not_found"}]}, status=404)
+        return web.json_response({"object": "session", "id": sid, "status": status})
+
+    async def _demo_token(self, request: web.Request) -> web.Response:
+        query = request.query
+        token = self.token(
+            sub=query.get("sub", "user_2demo"),
+            org_id=query.get("org", "org_2demo"),
+            org_slug=query.get("slug", "demo-org"),
+            role=query.get("role", "admin"),
+            plan=query.get("plan", "o:pro"),
+            features=query.get("features", "o:dashboard,o:teams"),
+            org_permissions_v2=query.get("per", "manage,read"),
+            fpm=query.get("fpm", "3,2"),
+            lifetime=min(int(query.get("lifetime", "3600") or 3600), 86400),
+        )
+        return web.Response(text=token + "\n")
+
     # -- machine credentials (Clerk's machine authentication) ------------------------------
 
     def machine_token(self, prefix: str, subject: str, *, scopes: tuple[str, ...] = (),
                       claims: dict[str, Any] | None = None, lifetime: float | None = None,
                       ) -> str:
         """Issue an opaque credential (`ak_`, `mt_` or `oat_`) the verify endpoints know."""
-        token = prefix + secrets.token_urlsafe(24)
+        token = prefix + uuid.uuid4().hex + uuid.uuid4().hex  # 244 random bits
         expiration = None if lifetime is None else int((time.time() + lifetime) * 1000)
         self.machine_tokens[token] = {
             "id": f"{prefix}id_{uuid.uuid4().hex[:16]}", "subject": subject,
@@ -236,91 +315,15 @@ class DevIssuer:
         return await self._verify_machine(request, "oat_", "access_token",
                                           "oauth_tokens_verify")
 
-    def app(self) -> web.Application:
-        """The issuer's HTTP application."""
-        app = web.Application()
+    def _add_machine_routes(self, app: web.Application) -> None:
+        """Clerk's verify endpoints for opaque machine credentials, and the demo's minting."""
         app.router.add_post("/v1/api_keys/verify", self._verify_api_key)
         app.router.add_post("/v1/m2m_tokens/verify", self._verify_m2m)
         app.router.add_post("/v1/oauth_applications/access_tokens/verify", self._verify_oauth)
         app.router.add_get("/_demo/api_key", self._demo_api_key)
-        app.router.add_get("/.well-known/jwks.json", self._jwks)
-        app.router.add_get("/.well-known/openid-configuration", self._discovery)
-        app.router.add_get("/v1/jwks", self._backend_jwks)
-        app.router.add_get("/v1/sessions/{sid}", self._session)
-        app.router.add_get("/_demo/token", self._demo_token)
-        return app
-
-    async def _fail_or_wait(self) -> web.Response | None:
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.fail_status is not None:
-            return web.json_response({"error": "injected failure"}, status=self.fail_status)
-        return None
-
-    async def _jwks(self, request: web.Request) -> web.Response:
-        self.hits["jwks"] += 1
-        failure = await self._fail_or_wait()
-        if failure is not None:
-            return failure
-        return web.json_response(
-            {"keys": [k.jwk() for k in self.keys]},
-            headers={"Cache-Control": self.cache_control},
-        )
-
-    async def _discovery(self, request: web.Request) -> web.Response:
-        self.hits["discovery"] += 1
-        failure = await self._fail_or_wait()
-        if failure is not None:
-            return failure
-        return web.json_response({
-            "issuer": self.issuer,
-            "jwks_uri": f"{self.issuer}/.well-known/jwks.json",
-            "id_token_signing_alg_values_supported": ["RS256"],
-        })
-
-    def _authorized(self, request: web.Request) -> bool:
-        given = request.headers.get("Authorization", "").encode()
-        return hmac.compare_digest(given, f"Bearer {self.secret_key}".encode())
-
-    async def _backend_jwks(self, request: web.Request) -> web.Response:
-        self.hits["backend_jwks"] += 1
-        if not self._authorized(request):
-            return web.json_response({"errors": [{"code": "unauthorized"}]}, status=401)
-        return await self._jwks(request)
-
-    async def _session(self, request: web.Request) -> web.Response:
-        self.hits["session"] += 1
-        if not self._authorized(request):
-            return web.json_response({"errors": [{"code": "unauthorized"}]}, status=401)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.session_fail_status is not None:
-            headers = {"Retry-After": str(self.retry_after)} if self.retry_after else {}
-            return web.json_response({"errors": [{"code": "injected"}]},
-                                     status=self.session_fail_status, headers=headers)
-        sid = request.match_info["sid"]
-        status = self.sessions.get(sid)
-        if status is None:
-            return web.json_response({"errors": [{"code": "resource_not_found"}]}, status=404)
-        return web.json_response({"object": "session", "id": sid, "status": status})
 
     async def _demo_api_key(self, request: web.Request) -> web.Response:
         query = request.query
         scopes = tuple(s for s in query.get("scopes", "read").split(",") if s)
         return web.Response(text=self.api_key(query.get("sub", "user_2demo"),
                                               scopes=scopes) + "\n")
-
-    async def _demo_token(self, request: web.Request) -> web.Response:
-        query = request.query
-        token = self.token(
-            sub=query.get("sub", "user_2demo"),
-            org_id=query.get("org", "org_2demo"),
-            org_slug=query.get("slug", "demo-org"),
-            role=query.get("role", "admin"),
-            plan=query.get("plan", "o:pro"),
-            features=query.get("features", "o:dashboard,o:teams"),
-            org_permissions_v2=query.get("per", "manage,read"),
-            fpm=query.get("fpm", "3,2"),
-            lifetime=min(int(query.get("lifetime", "3600") or 3600), 86400),
-        )
-        return web.Response(text=token + "\n")

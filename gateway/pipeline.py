@@ -63,12 +63,18 @@ class Decision:
     retry_after: int | None = None
     detail: str = ""
     params: Mapping[str, str] = field(default_factory=dict)
-    token_type: str | None = None  # the presented credential's type, once known
+    presented_type: str | None = None  # a refused credential's type, when it was classified
 
     @property
     def allowed(self) -> bool:
         """True when the request may go through."""
         return self.reason.allowed
+
+    @property
+    def token_type(self) -> str | None:
+        """The presented credential's type, once known (metrics and the access log)."""
+        identity = self.identity
+        return identity.token_type if identity is not None else self.presented_type
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +120,25 @@ def extractor_for(settings: Settings) -> TokenExtractor:
         settings.token_sources, settings.upstream, settings.proxy.websocket_query_token))
 
 
+def _from_authorization(headers: CIMultiDictProxy[str], token: str) -> bool:
+    """True when the token is the request's one `Authorization: Bearer` credential."""
+    values = headers.getall(hdrs.AUTHORIZATION, ())
+    if len(values) != 1:
+        return False
+    parts = values[0].split(None, 1)
+    return len(parts) == 2 and parts[0].lower() == "bearer" and parts[1].strip() == token
+
+
+def _outside_authorization(facts: RequestFacts, located: _Located,
+                           token_type: str) -> Decision | None:
+    """The refusal of a machine credential read from anywhere but Authorization (as Clerk)."""
+    if token_type not in MACHINE_TYPE_NAMES or _from_authorization(facts.headers, located.token):
+        return None
+    return Decision(Reason.TOKEN_TYPE_NOT_ACCEPTED, located.route, path=located.path,
+                    detail="machine credentials are read from the Authorization header only",
+                    presented_type=token_type)
+
+
 class Authorizer:
     """Runs route matching, token extraction, verification, revocation and policy."""
 
@@ -134,14 +159,8 @@ class Authorizer:
     async def authorize(self, facts: RequestFacts) -> Decision:
         """Decide one request, and count the decision."""
         decision = await self._decide(facts)
-        self._count(facts.door, decision)
+        self.metrics.decision(facts.door, decision.route.name, decision.reason)
         return decision
-
-    def _count(self, door: str, decision: Decision) -> None:
-        """Count a decision, and its credential type when one was presented."""
-        self.metrics.decision(door, decision.route.name, decision.reason)
-        if decision.token_type is not None:
-            self.metrics.token_type_decision(decision.token_type, decision.reason)
 
     def authorize_now(self, facts: RequestFacts) -> Decision | None:
         """Decide one request without waiting, and count it; None when that needs I/O.
@@ -152,7 +171,7 @@ class Authorizer:
         """
         located = self._locate(facts)
         if isinstance(located, _Located):
-            verified = self.verifier.verified_now(located.token, located.route.accepts)
+            verified = self.verifier.verified_now(located.token, located.route.rule.accepts)
             if verified is None:
                 return None
             token_type = verified.identity.token_type
@@ -165,7 +184,7 @@ class Authorizer:
                 decision = self._settle(located, verified, revoked)
         else:
             decision = located
-        self._count(facts.door, decision)
+        self.metrics.decision(facts.door, decision.route.name, decision.reason)
         return decision
 
     async def _decide(self, facts: RequestFacts) -> Decision:
@@ -179,10 +198,10 @@ class Authorizer:
                 return refused
         try:
             verified = await self.verifier.verify(
-                located.token, located.route.accepts, facts.client_address())
+                located.token, located.route.rule.accepts, facts.client_address())
         except TokenRejected as exc:
             return Decision(exc.reason, located.route, path=located.path, detail=exc.detail,
-                            retry_after=exc.retry_after, token_type=exc.token_type)
+                            retry_after=exc.retry_after, presented_type=exc.token_type)
         except KeysUnavailable as exc:
             return Decision(Reason.KEYS_UNAVAILABLE, located.route, path=located.path,
                             retry_after=exc.retry_after)
@@ -222,33 +241,11 @@ class Authorizer:
         """The decision for a verified token: revoked, refused by the route's rule, or OK."""
         identity = verified.identity
         route = located.route
-        token_type = identity.token_type
         if revoked is not None:
-            return Decision(revoked, route, identity=identity, path=located.path, retry_after=1,
-                            token_type=token_type)
+            return Decision(revoked, route, identity=identity, path=located.path, retry_after=1)
         unmet = route.rule.check(identity, located.params)
         if unmet is not None:
             return Decision(unmet.reason, route, identity=identity, path=located.path,
-                            detail=unmet.requirement, params=located.params,
-                            token_type=token_type)
+                            detail=unmet.requirement, params=located.params)
         return Decision(Reason.OK, route, identity, verified.headers, located.path,
-                        params=located.params, token_type=token_type)
-
-
-def _from_authorization(headers: CIMultiDictProxy[str], token: str) -> bool:
-    """True when the token is the request's one `Authorization: Bearer` credential."""
-    values = headers.getall(hdrs.AUTHORIZATION, ())
-    if len(values) != 1:
-        return False
-    parts = values[0].split(None, 1)
-    return len(parts) == 2 and parts[0].lower() == "bearer" and parts[1].strip() == token
-
-
-def _outside_authorization(facts: RequestFacts, located: _Located,
-                           token_type: str) -> Decision | None:
-    """The refusal of a machine credential read from anywhere but Authorization (as Clerk)."""
-    if token_type not in MACHINE_TYPE_NAMES or _from_authorization(facts.headers, located.token):
-        return None
-    return Decision(Reason.TOKEN_TYPE_NOT_ACCEPTED, located.route, path=located.path,
-                    detail="machine credentials are read from the Authorization header only",
-                    token_type=token_type)
+                        params=located.params)

@@ -57,20 +57,20 @@ class Reason(enum.Enum):
     MISSING_PERMISSION = ("missing_permission", Category.FORBIDDEN, 403)
     MISSING_PLAN = ("missing_plan", Category.FORBIDDEN, 403)
     MISSING_FEATURE = ("missing_feature", Category.FORBIDDEN, 403)
+    MISSING_SCOPE = ("missing_scope", Category.FORBIDDEN, 403)
     ORGANIZATION_REQUIRED = ("organization_required", Category.FORBIDDEN, 403)
     ORGANIZATION_MISMATCH = ("organization_mismatch", Category.FORBIDDEN, 403)
     USER_MISMATCH = ("user_mismatch", Category.FORBIDDEN, 403)
     ISSUER_NOT_ALLOWED = ("issuer_not_allowed", Category.FORBIDDEN, 403)
     METHOD_NOT_ALLOWED = ("method_not_allowed", Category.FORBIDDEN, 403)
     ACCESS_DENIED = ("access_denied", Category.FORBIDDEN, 403)
-    MISSING_SCOPE = ("missing_scope", Category.FORBIDDEN, 403)
-
-    TOKEN_LOOKUPS_EXHAUSTED = ("token_lookups_exhausted", Category.RATE_LIMITED, 429)
 
     KEYS_UNAVAILABLE = ("keys_unavailable", Category.UNAVAILABLE, 503)
     REVOCATION_UNAVAILABLE = ("revocation_unavailable", Category.UNAVAILABLE, 503)
     TOKEN_VERIFICATION_UNAVAILABLE = (
         "token_verification_unavailable", Category.UNAVAILABLE, 503)
+
+    TOKEN_LOOKUPS_EXHAUSTED = ("token_lookups_exhausted", Category.RATE_LIMITED, 429)
 
     BODY_TOO_LARGE = ("body_too_large", Category.PROXY, 413)
     UPSTREAM_UNAVAILABLE = ("upstream_unavailable", Category.PROXY, 502)

@@ -31,10 +31,10 @@ __all__ = ["RESTART_FIELDS", "ReloadResult", "apply_settings", "reload_from_sour
 log = logging.getLogger("gateway.reload")
 
 RESTART_FIELDS = (
+    "machine_tokens",
     "listen", "admin_listen", "workers", "upstream", "realm", "log_level", "log_format",
     "admin_token", "redis_url", "webhook_secret", "clerk_secret_key", "clerk_api_url",
     "forward_auth", "proxy", "revocation", "limits", "shutdown_timeout_seconds",
-    "machine_tokens",
 )
 _VERIFIER_FIELDS = (
     "issuers", "identity_headers", "leeway_seconds", "max_token_bytes", "token_cache_size",

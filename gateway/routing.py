@@ -107,7 +107,6 @@ class Route:
     rule: Rule = field(default_factory=Rule)
     upstream: str | None = None
     template: tuple[str, ...] | None = None
-    accepts: frozenset[str] | None = None  # None: the top-level token_types
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -282,15 +281,16 @@ def _parse_rule(item: Reader, route: str, params: tuple[str, ...], template: boo
                 issuers: Mapping[str, str]) -> Rule:
     has_require = item.has("require")
     access = item.choice("access", "authenticated", ACCESS_KINDS)
+    accepts = parse_accepts(item)
     if has_require and access != "authenticated":
         item.problem(f"require needs access authenticated, not {access}", "require")
-        return Rule(access)
+        return Rule(access, accepts=accepts)
     if not has_require:
-        return Rule(access)
+        return Rule(access, accepts=accepts)
     where = f"{item.path}.require"
     require = parse_requirement(item.raw("require"), where, item.problems, issuers)
     if require is None:
-        return Rule(access)
+        return Rule(access, accepts=accepts)
     for param in dict.fromkeys(require.bound_params()):
         if not template:
             item.problem(f"bind needs a path_template (route {route} has no parameters)",
@@ -298,7 +298,7 @@ def _parse_rule(item: Reader, route: str, params: tuple[str, ...], template: boo
         elif param not in params:
             item.problem(f"bind refers to {{{param}}}, which the template does not have",
                          "require")
-    return Rule(access, require)
+    return Rule(access, require, accepts)
 
 
 def _parse_route(item: Reader, issuers: Mapping[str, str]) -> tuple[Route, bool]:
@@ -316,11 +316,9 @@ def _parse_route(item: Reader, issuers: Mapping[str, str]) -> tuple[Route, bool]
         item.problem(f"{upstream!r} must be an http:// or https:// URL", "upstream")
     params = tuple(m[1] for s in template or () if (m := _PARAM.match(s)))
     rule = _parse_rule(item, name, params, template is not None, issuers)
-    accepts = parse_accepts(item)
     item.check_unknown()
     route = Route(name=name, prefix=path, exact=exact, methods=methods, host=host, rule=rule,
-                  upstream=upstream.rstrip("/") if upstream else None, template=template,
-                  accepts=accepts)
+                  upstream=upstream.rstrip("/") if upstream else None, template=template)
     return route, parsed is not None
 
 

@@ -510,7 +510,7 @@ def test_check_config_shows_the_token_types_and_what_each_route_accepts(tmp_path
                               "CLERK_SECRET_KEY": "sk_test_x"}, path)
     text = _describe(settings)
     assert "token types: api_key, jwt_template, m2m_token, oauth_token, session_token" in text
-    assert "keys: authenticated (accepts api_key)" in text
+    assert "; keys accepts api_key;" in text
 
 
 async def test_a_reload_changes_the_accepted_types_and_keeps_the_verdicts(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import ClaimPaths
@@ -31,17 +32,14 @@ class Identity:
     features: tuple[str, ...] = ()
     actor_id: str | None = None
     session_status: str | None = None
-    token_id: str | None = None
-    token_version: int = 1
+    # The credential's type and what machines carry (gateway/auth/machine_identity.py).
     token_type: str = "session_token"
     scopes: tuple[str, ...] = ()
     machine_id: str | None = None
-    custom_claims: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def subject(self) -> str | None:
-        """Who the credential names: a user, an organization or a machine."""
-        return self.user_id or self.machine_id or self.org_id
+    custom_claims: Mapping[str, Any] = dataclasses.field(
+        default_factory=dict, compare=False, hash=False)
+    token_id: str | None = None
+    token_version: int = 1
 
     def field_text(self, name: str) -> str | None:
         """The value of one identity field as header text (lists comma-joined)."""

@@ -70,6 +70,8 @@ class RequestObserver:
             histogram = self._durations[route] = self._metrics.request_duration.labels(
                 self._door, route)
         histogram.observe(elapsed)
+        if decision is not None and (token_type := decision.token_type) is not None:
+            self._metrics.token_type_decision(token_type, decision.reason)
         if not access_log.isEnabledFor(logging.INFO):
             return
         identity = decision.identity if decision is not None else None
