@@ -35,6 +35,8 @@ class MachineTokenSettings:
     cache_size: int = 100_000
     client_lookups_per_second: float = 1.0
     client_lookup_burst: int = 20
+    lookups_per_second: float = 5.0  # every client together (Clerk allows 10/s in development)
+    lookup_burst: int = 50
     machine_secret_key: Secret | None = None
 
 
@@ -96,6 +98,9 @@ def parse_machine_tokens(reader: Reader, env: Mapping[str, str], token_types: fr
                                                 minimum=0.001, maximum=10_000),
         client_lookup_burst=reader.integer("client_lookup_burst", 20, minimum=1,
                                            maximum=100_000),
+        lookups_per_second=reader.number("lookups_per_second", 5.0, minimum=0.001,
+                                         maximum=100_000),
+        lookup_burst=reader.integer("lookup_burst", 50, minimum=1, maximum=1_000_000),
         machine_secret_key=Secret(env["CLERK_MACHINE_SECRET_KEY"])
         if env.get("CLERK_MACHINE_SECRET_KEY") else None,
     )

@@ -417,6 +417,8 @@ def test_defaults() -> None:
     machine = settings.machine_tokens
     assert (machine.cache_ttl_seconds, machine.negative_ttl_seconds, machine.grace_seconds,
             machine.failure_mode) == (300.0, 30.0, 60.0, "fail_closed")
+    assert (machine.client_lookups_per_second, machine.client_lookup_burst,
+            machine.lookups_per_second, machine.lookup_burst) == (1.0, 20, 5.0, 50)
     assert settings.identity_headers["token_type"] == "X-Token-Type"
     assert set(ALL_TYPES) >= settings.token_types
 
@@ -558,3 +560,21 @@ async def test_in_proxy_mode_x_forwarded_for_names_the_client_only_from_a_truste
     else:  # a spoofed X-Forwarded-For does not buy a fresh budget
         assert statuses == [401, 401, 401, 429, 429, 429]
     assert not upstream.seen
+
+
+async def test_a_flood_from_many_addresses_is_bounded_for_the_whole_instance(
+    clerk: DevIssuer, make_gateway: GatewayFactory
+) -> None:
+    gw = await machine_gateway(make_gateway, clerk, machine_tokens={
+        "lookup_burst": 15, "lookups_per_second": 0.01})
+    known = clerk.api_key("user_known")
+    assert (await gw.get("/keys", known)).status == 200
+    statuses = []
+    for i in range(40):  # every request from a new address: no per-client budget runs out
+        response = await gw.get("/keys", f"ak_spread_{i:03d}",
+                                headers=from_client(f"10.{i // 250}.{i % 250}.9"))
+        statuses.append((response.status, (await response.json())["reason"]))
+    assert statuses[:14] == [(401, "invalid_credential")] * 14
+    assert statuses[14:] == [(429, "token_lookups_exhausted")] * 26
+    assert clerk.hits["api_keys_verify"] == 15
+    assert (await gw.get("/keys", known)).status == 200  # known keys are not looked up again

@@ -5,7 +5,9 @@
   revoked or expired one for `cache_ttl_seconds` (those do not come back);
 - concurrent requests with one token share one call (single flight);
 - a token with no valid verdict costs its client address one look-up from a token bucket
-  (`client_lookups_per_second`, `client_lookup_burst`); an empty bucket answers 429;
+  (`client_lookups_per_second`, `client_lookup_burst`), and the instance one from another
+  (`lookups_per_second`, `lookup_burst`: a flood from many addresses stays bounded too); an
+  empty bucket answers 429;
 - a 429 from the API stops every call until its `Retry-After`; a failed call stops calls
   for a second;
 - while the API cannot answer, a valid verdict serves `grace_seconds` past its freshness,
@@ -69,6 +71,7 @@ class MachineVerifier:
         self._leeway = leeway
         self._budget = ClientBudget(settings.client_lookups_per_second,
                                     settings.client_lookup_burst)
+        self._instance_budget = ClientBudget(settings.lookups_per_second, settings.lookup_burst)
         self._inflight: dict[bytes, asyncio.Task[Verdict | None]] = {}
         self._fail_open = settings.failure_mode == "fail_open"
         self.blocked_until = 0.0
@@ -93,7 +96,8 @@ class MachineVerifier:
             if now < self.blocked_until:
                 return self._fallback(verdict, now)
             if verdict is None or not verdict.valid:
-                wait = self._budget.take(client or "unknown", now)
+                wait = self._budget.take(client or "unknown", now) or (
+                    self._instance_budget.take("*", now))
                 if wait > 0:
                     self._count(token_type, "throttled")
                     raise TokenRejected(Reason.TOKEN_LOOKUPS_EXHAUSTED,
