@@ -578,3 +578,15 @@ async def test_a_flood_from_many_addresses_is_bounded_for_the_whole_instance(
     assert statuses[14:] == [(429, "token_lookups_exhausted")] * 26
     assert clerk.hits["api_keys_verify"] == 15
     assert (await gw.get("/keys", known)).status == 200  # known keys are not looked up again
+
+
+def test_the_machine_secret_key_never_shows(tmp_path: Any) -> None:
+    from gateway.cli import _describe
+
+    path = write(tmp_path, {"token_types": ALL_TYPES})
+    settings = load_settings({"CLERK_ISSUER": "https://clerk.example.com",
+                              "CLERK_SECRET_KEY": "sk_test_hidden",
+                              "CLERK_MACHINE_SECRET_KEY": "ak_machine_hidden"}, path)
+    assert settings.machine_tokens.machine_secret_key is not None
+    for text in (repr(settings), str(settings.machine_tokens), _describe(settings)):
+        assert "ak_machine_hidden" not in text and "sk_test_hidden" not in text
