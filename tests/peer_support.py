@@ -56,8 +56,7 @@ STOP_TIMEOUT = 5.0
 # The gateway's default identity headers: the ones each peer copies onto the upstream request.
 IDENTITY_HEADERS = (
     "X-User-Id", "X-Org-Id", "X-Role", "X-Org-Slug", "X-Org-Permissions",
-    "X-Session-Id", "X-Plan", "X-Features", "X-Actor-Id", "X-Token-Type", "X-Scopes",
-    "X-Machine-Id",
+    "X-Session-Id", "X-Plan", "X-Features", "X-Actor-Id",
 )
 
 
