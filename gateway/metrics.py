@@ -141,6 +141,10 @@ class Metrics:
             self._decision_children[key] = child
         self.count(child)
 
+    def cache_lookup(self, hit: bool) -> None:
+        """Count one verified-token cache lookup."""
+        self.count(self._hit if hit else self._miss)
+
     def token_type_decision(self, token_type: str, reason: Reason) -> None:
         """Count one decision on a presented credential by its type (a closed set)."""
         key = (token_type, reason)
@@ -150,7 +154,3 @@ class Metrics:
             child = self._token_type_children[key] = self.token_type_decisions.labels(
                 token_type, outcome)
         self.count(child)
-
-    def cache_lookup(self, hit: bool) -> None:
-        """Count one verified-token cache lookup."""
-        self.count(self._hit if hit else self._miss)

@@ -36,6 +36,8 @@ IDENTITY_HEADERS = (
 # derives from counters and histograms.
 _COUNTERS = (
     "decisions_total",
+    "machine_token_lookups_total",
+    "token_type_decisions_total",
     "upstream_errors_total",
     "key_fetches_total",
     "token_cache_lookups_total",
@@ -44,8 +46,6 @@ _COUNTERS = (
     "webhook_events_total",
     "fail_open_total",
     "forward_auth_fast_path_total",
-    "machine_token_lookups_total",
-    "token_type_decisions_total",
 )
 _GAUGES = (
     "in_flight_requests",
