@@ -590,3 +590,24 @@ def test_the_machine_secret_key_never_shows(tmp_path: Any) -> None:
     assert settings.machine_tokens.machine_secret_key is not None
     for text in (repr(settings), str(settings.machine_tokens), _describe(settings)):
         assert "ak_machine_hidden" not in text and "sk_test_hidden" not in text
+
+
+def test_verdicts_survive_the_bytes_a_shared_store_keeps() -> None:
+    from gateway.auth.claims import Identity
+    from gateway.auth.verdicts import Verdict, decode, encode
+    from gateway.reasons import Reason
+
+    machine = Identity(issuer="https://clerk.example.com", user_id="", expires_at=2e9,
+                       org_id="org_1", token_type="api_key", scopes=("read", "write"),
+                       token_id="ak_id_1", custom_claims={"tier": {"level": 2}, "tags": [1]})
+    for verdict in (Verdict(machine, None, 100.0, 400.0),
+                    Verdict(None, Reason.REVOKED, 100.0, 400.0),
+                    Verdict(None, Reason.INVALID_CREDENTIAL, 1.5, 31.5)):
+        again = decode(encode(verdict))
+        assert again == verdict
+        if verdict.identity is not None:
+            assert again.identity is not None
+            assert again.identity.custom_claims == verdict.identity.custom_claims
+    for garbage in (b"", b"{}", b"[]", b'{"identity": 1, "reason": null}', b"\xff"):
+        with pytest.raises(ValueError):
+            decode(garbage)

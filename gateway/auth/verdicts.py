@@ -2,18 +2,21 @@
 
 `VerdictStore` is the interface the machine verifier uses; `LocalVerdicts` keeps verdicts in
 this process. A store shared by every worker (the SQLite/Redis store of "one gateway, many
-workers, one truth") implements the same two methods.
+workers, one truth") implements the same two methods, keeping `encode(verdict)` (JSON bytes)
+under the digest with an expiry of `fresh_until + grace`, and answering `decode(bytes)`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.auth.claims import Identity
 from gateway.reasons import Reason
 
-__all__ = ["LocalVerdicts", "Verdict", "VerdictStore"]
+__all__ = ["LocalVerdicts", "Verdict", "VerdictStore", "decode", "encode"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +66,30 @@ class LocalVerdicts:
         if len(entries) > self.max_entries:
             for old in list(entries)[: max(1, self.max_entries // 10)]:
                 del entries[old]
+
+
+_REASONS = {reason.label: reason for reason in Reason}
+
+
+def encode(verdict: Verdict) -> bytes:
+    """A verdict as JSON bytes (for a store shared by workers)."""
+    identity = None if verdict.identity is None else dataclasses.asdict(verdict.identity)
+    return json.dumps({
+        "identity": identity, "reason": None if verdict.reason is None else verdict.reason.label,
+        "fetched_at": verdict.fetched_at, "fresh_until": verdict.fresh_until,
+    }, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> Verdict:
+    """The verdict `encode` wrote; raises ValueError when the bytes are not one."""
+    try:
+        doc: Any = json.loads(data)
+        fields: Any = doc["identity"]
+        values: dict[str, Any] = {} if fields is None else {
+            k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        identity = None if fields is None else Identity(**values)
+        label = doc["reason"]
+        reason = None if label is None else _REASONS[label]
+        return Verdict(identity, reason, float(doc["fetched_at"]), float(doc["fresh_until"]))
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise ValueError("not an encoded verdict") from exc
