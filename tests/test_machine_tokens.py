@@ -361,10 +361,19 @@ async def test_identity_headers_can_be_renamed(clerk: DevIssuer,
 async def test_metrics_and_access_log_carry_the_token_type(
     clerk: DevIssuer, gw: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
-    key = clerk.api_key("user_m")
+    caplog.set_level("INFO", logger="gateway.access")
+    key = clerk.api_key("org_m")
     for _ in range(3):
         assert (await gw.get("/keys", key)).status == 200
     assert (await gw.get("/session", key)).status == 401
+    assert (await gw.get("/session", clerk.token())).status == 200
+    fields = ("status", "reason", "token_type", "user", "org")
+    lines = [tuple(getattr(r, f) for f in fields)
+             for r in caplog.records if r.name == "gateway.access"]
+    assert lines == [(200, "ok", "api_key", None, "org_m")] * 3 + [
+        (401, "token_type_not_accepted", "api_key", None, None),
+        (200, "ok", "session_token", "user_2demo", None)]
+    assert key not in caplog.text
     registry = gw.gateway.registry
     gw.gateway.metrics.flush()
     sample: Callable[..., float | None] = registry.get_sample_value
