@@ -57,7 +57,8 @@ Allowed, with a Clerk v2 token (org admin, plan o:pro):
   curl -s http://127.0.0.1:{port}/api/hello -H 'Authorization: Bearer {token}'
 
 Allowed, with a Clerk API key (a machine credential, verified at the local Backend API's
-/v1/api_keys/verify; mint more with '{issuer.issuer}/_demo/api_key?sub=org_7&scopes=read'):
+/v1/api_keys/verify). Mint any type (api_key, m2m_token, oauth_token, m2m_jwt, oauth_jwt,
+jwt_template) with '{issuer.issuer}/_demo/credential?type=m2m_token&scopes=read':
   curl -s http://127.0.0.1:{port}/api/hello -H 'Authorization: Bearer {api_key}'
 
 Refused (no token, then a tampered token):

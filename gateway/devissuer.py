@@ -321,9 +321,31 @@ class DevIssuer:
         app.router.add_post("/v1/m2m_tokens/verify", self._verify_m2m)
         app.router.add_post("/v1/oauth_applications/access_tokens/verify", self._verify_oauth)
         app.router.add_get("/_demo/api_key", self._demo_api_key)
+        app.router.add_get("/_demo/credential", self._demo_credential)
 
     async def _demo_api_key(self, request: web.Request) -> web.Response:
         query = request.query
         scopes = tuple(s for s in query.get("scopes", "read").split(",") if s)
         return web.Response(text=self.api_key(query.get("sub", "user_2demo"),
                                               scopes=scopes) + "\n")
+
+    async def _demo_credential(self, request: web.Request) -> web.Response:
+        """Any credential type: ?type=api_key|m2m_token|oauth_token|m2m_jwt|oauth_jwt|
+        jwt_template, with sub and scopes (comma list)."""
+        query = request.query
+        kind = query.get("type", "api_key")
+        scopes = tuple(s for s in query.get("scopes", "read").split(",") if s)
+        machine = {"api_key": ("ak_", "user_2demo"), "m2m_token": ("mt_", "mch_2demo"),
+                   "oauth_token": ("oat_", "user_2demo")}
+        if kind in machine:
+            prefix, subject = machine[kind]
+            token = self.machine_token(prefix, query.get("sub", subject), scopes=scopes)
+        elif kind == "m2m_jwt":
+            token = self.m2m_jwt(query.get("sub", "mch_2demo"), scopes=" ".join(scopes))
+        elif kind == "oauth_jwt":
+            token = self.oauth_jwt(query.get("sub", "user_2demo"), scope=" ".join(scopes))
+        elif kind == "jwt_template":
+            token = self.template_token(query.get("sub", "user_2demo"), lifetime=3600)
+        else:
+            return web.json_response({"error": f"unknown type {kind!r}"}, status=400)
+        return web.Response(text=token + "\n")

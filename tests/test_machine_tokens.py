@@ -620,3 +620,19 @@ def test_verdicts_survive_the_bytes_a_shared_store_keeps() -> None:
     for garbage in (b"", b"{}", b"[]", b'{"identity": 1, "reason": null}', b"\xff"):
         with pytest.raises(ValueError):
             decode(garbage)
+
+
+@pytest.mark.parametrize("kind", ["api_key", "m2m_token", "oauth_token", "m2m_jwt",
+                                  "oauth_jwt", "jwt_template"])
+async def test_the_dev_issuer_mints_every_type_the_gateway_accepts(
+    clerk: DevIssuer, gw: Running, kind: str
+) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{clerk.issuer}/_demo/credential", params={"type": kind, "scopes": "write"}) as minted:
+        token = (await minted.text()).strip()
+    response = await gw.get("/any", token)
+    assert response.status == 200, await response.text()
+    expected = {"m2m_jwt": "m2m_token", "oauth_jwt": "oauth_token"}.get(kind, kind)
+    assert response.headers["X-Token-Type"] == expected
