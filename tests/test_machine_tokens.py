@@ -636,3 +636,12 @@ async def test_the_dev_issuer_mints_every_type_the_gateway_accepts(
     assert response.status == 200, await response.text()
     expected = {"m2m_jwt": "m2m_token", "oauth_jwt": "oauth_token"}.get(kind, kind)
     assert response.headers["X-Token-Type"] == expected
+
+
+async def test_an_m2m_jwt_without_scopes_takes_them_from_aud_as_clerk_does(
+    clerk: DevIssuer, gw: Running
+) -> None:
+    token = clerk.m2m_jwt("mch_caller", aud=["mch_target_1", "mch_target_2"])
+    response = await gw.get("/m2m", token)
+    assert response.status == 200
+    assert response.headers["X-Scopes"] == "mch_target_1,mch_target_2"

@@ -84,6 +84,8 @@ def identity_from_machine_jwt(claims: Mapping[str, Any], token_type: str) -> Ide
     if not subject:
         raise ClaimError("sub is required")
     raw_scopes = next((claims[k] for k in ("scope", "scp", "scopes") if k in claims), None)
+    if raw_scopes is None and token_type == "m2m_token":
+        raw_scopes = claims.get("aud")  # Clerk's M2M JWTs name the machines they may call
     custom = _custom(dict(claims))
     return Identity(
         issuer=claims["iss"], expires_at=float(claims["exp"]), token_type=token_type,
