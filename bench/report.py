@@ -71,6 +71,15 @@ def evaluate(results: Result) -> list[Result]:
             detail = note or detail
         targets.append(_target(f"{top} / {bottom} (req/s)", ratio, f">= {goal:g}x",
                                None if ratio is None else ratio >= goal, detail))
+    ratio = _ratio(results, "gateway_fa", "gateway_fa_api_key")
+    if ratio is not None:
+        cpu = _cpu_ratio(results, "gateway_fa", "gateway_fa_api_key")
+        targets.append(_target(
+            "cached API key cost / cached session token cost (gateway_fa / gateway_fa_api_key "
+            "req/s)", ratio, "<= 1.1x", ratio <= 1.1,
+            "per round: " + ", ".join(
+                f"{r:.2f}" for r in _round_ratios(results, "gateway_fa", "gateway_fa_api_key"))
+            + (f"; by server CPU per request: {cpu:.2f}x" if cpu else "")))
     ratio = _ratio(results, "gateway_fa_logged", "bare")
     cpu = _cpu_ratio(results, "gateway_fa_logged", "bare")
     targets.append(_target(

@@ -58,6 +58,9 @@ TITLES = {
     "gateway_fa_asserted": "3c. forward-auth with signed assertions on",
     "gateway_proxy_asserted": "6b. proxy mode with signed assertions on",
 }
+# Issue 14: a cached Clerk API key must cost no more than 1.1x a cached session token.
+CONTENDERS += ("gateway_fa_api_key",)
+TITLES["gateway_fa_api_key"] = "3m. clerk-gateway forward-auth, cached Clerk API key"
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Contender:
     note: str = ""
     pid: int = 0
     runs: list[WrkResult] = field(default_factory=list)
+    headers: dict[str, str] | None = None  # None: the session token
 
 
 def _nginx_conf(workdir: Path, port: int, body: str, upstream_port: int | None) -> str:
@@ -245,6 +249,8 @@ class Bench:
                                          self.upstream_url, cpus=cpus)
             c["aiohttp_proxy"].pid = proc.pid
             c["aiohttp_proxy"].url = f"http://127.0.0.1:{port}{PATH}"
+        if "gateway_fa_api_key" in only:
+            self._start_api_key_gateway(c["gateway_fa_api_key"], cpus)
         if "gateway_proxy" in only:
             env, port, admin = self._gateway_env(upstream=self.upstream_url)
             c["gateway_proxy"].pid = self._start_gateway("gateway_proxy", env, admin, cpus).pid
@@ -254,9 +260,34 @@ class Bench:
             if contender.url:
                 self._check(contender)
 
+    def _start_issuer(self, name: str) -> str:
+        """A counting fake Clerk (bench.apps issuer) on the load CPUs; returns its URL."""
+        issuer_port = free_port()
+        issuer_url = f"http://127.0.0.1:{issuer_port}"
+        cmd = [sys.executable, "-m", "bench.apps", "issuer", "--port", str(issuer_port),
+               "--issuer", issuer_url]
+        self.procs.start(name, cmd, self._python_env(), self.load_cpus)
+        wait_http(f"{issuer_url}/_bench/hits")
+        return issuer_url
+
+    def _start_api_key_gateway(self, contender: Contender, cpus: str | None) -> None:
+        """Forward-auth accepting Clerk API keys, verified at a local fake Backend API once."""
+        issuer_url = self._start_issuer("api_key_issuer")
+        _, _, minted = http_get(f"{issuer_url}/_demo/api_key?sub=user_2demo&scopes=read")
+        api_key = minted.decode().strip()
+        self.secrets["$API_KEY"] = api_key
+        contender.headers = {"Authorization": f"Bearer {api_key}"}
+        config = self.workdir / "api_key.yaml"
+        config.write_text("token_types: [session_token, api_key]\n")
+        env, port, admin = self._gateway_env(extra={
+            "CLERK_SECRET_KEY": "sk_test_devissuer", "CLERK_API_URL": issuer_url,
+            "GATEWAY_CONFIG": str(config)})
+        contender.pid = self._start_gateway("gateway_fa_api_key", env, admin, cpus).pid
+        contender.url = f"http://127.0.0.1:{port}{PATH}"
+
     def _check(self, contender: Contender) -> None:
         """Prove the contender does its job before measuring it."""
-        status, headers, body = http_get(contender.url, self.headers)
+        status, headers, body = http_get(contender.url, contender.headers or self.headers)
         anon_status, _, _ = http_get(contender.url)
         key = contender.key
         problem = ""
@@ -288,8 +319,8 @@ class Bench:
         for number in range(self.args.rounds):
             shift = number % len(active) if active else 0
             for contender in active[shift:] + active[:shift]:
-                result = run_wrk(contender.url, self.load, self.headers, secrets=self.secrets,
-                                 pids=[contender.pid])
+                result = run_wrk(contender.url, self.load, contender.headers or self.headers,
+                                 secrets=self.secrets, pids=[contender.pid])
                 contender.runs.append(result)
                 print(f"  round {number + 1}: {TITLES[contender.key]:48s} "
                       f"{result.rps:9.0f} req/s  p99 {result.p99_ms:6.2f} ms  "
@@ -316,12 +347,7 @@ class Bench:
     def storm(self) -> dict[str, Any]:
         """Flood a JWKS-backed gateway with random unknown kids; count the key fetches."""
         cooldown, seconds = self.args.storm_cooldown, self.args.storm_duration
-        issuer_port = free_port()
-        issuer_url = f"http://127.0.0.1:{issuer_port}"
-        cmd = [sys.executable, "-m", "bench.apps", "issuer", "--port", str(issuer_port),
-               "--issuer", issuer_url]
-        self.procs.start("storm_issuer", cmd, self._python_env(), self.load_cpus)
-        wait_http(f"{issuer_url}/_bench/hits")
+        issuer_url = self._start_issuer("storm_issuer")
         config = self.workdir / "storm.yaml"
         config.write_text(f"keys:\n  unknown_kid_cooldown_seconds: {cooldown:g}\n")
         env, port, admin = self._gateway_env(extra={

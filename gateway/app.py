@@ -15,8 +15,11 @@ from prometheus_client import CollectorRegistry
 from gateway.auth.assertion import build_signer
 from gateway.auth.introspection import SessionIntrospector
 from gateway.auth.jwks import IssuerKeys
+from gateway.auth.machine import MachineVerifier
+from gateway.auth.machine_api import MachineApi
 from gateway.auth.revocation import RevocationChecker, SocketCloser, clerk_issuers
 from gateway.auth.revocation_store import build_store
+from gateway.auth.verdicts import LocalVerdicts
 from gateway.auth.verify import Verifier
 from gateway.config import Settings
 from gateway.cors import CorsPolicy
@@ -63,7 +66,8 @@ class Gateway:
         self.scrape_registry = scrape_registry or (lambda: self.registry)
         self.session: aiohttp.ClientSession | None = None
         self.keys: dict[str, IssuerKeys] = {}
-        self.verifier = Verifier(settings, self.keys, self.metrics, clock)
+        self.machine = _machine_verifier(settings, lambda: self.session, self.metrics, clock)
+        self.verifier = Verifier(settings, self.keys, self.metrics, clock, self.machine)
         revocation = settings.revocation
         introspector = None
         if revocation.introspection and settings.clerk_secret_key is not None:
@@ -165,6 +169,22 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def _machine_verifier(
+    settings: Settings,
+    session: Callable[[], aiohttp.ClientSession | None],
+    metrics: Metrics,
+    clock: Callable[[], float],
+) -> MachineVerifier:
+    """The verifier of opaque machine credentials (its verdicts kept in this process)."""
+    machine = settings.machine_tokens
+    api = MachineApi(settings.clerk_api_url, settings.clerk_secret_key,
+                     machine.machine_secret_key, session, machine.timeout_seconds, clock)
+    issuer = next((i.issuer for i in settings.issuers if i.preset == "clerk"),
+                  settings.clerk_api_url)
+    return MachineVerifier(machine, api, LocalVerdicts(machine.cache_size), metrics, issuer,
+                           clock, settings.leeway_seconds)
 
 
 async def _reserved_not_found(request: web.Request) -> web.Response:

@@ -75,6 +75,9 @@ def _describe(settings: Settings) -> str:
             f"  issuer {issuer.name}: {issuer.issuer} (preset {issuer.preset}, "
             f"keys from {issuer.key_source}, algorithms {', '.join(issuer.algorithms)})"
         )
+    lines.append(f"  token types: {', '.join(sorted(settings.token_types))}" + "".join(
+        f"; {r.name} accepts {', '.join(sorted(r.rule.accepts))}"
+        for r in settings.routes if r.rule.accepts is not None))
     default = settings.route_options.default.rule.access
     lines.append(f"  routes: {len(settings.routes)} (unmatched requests: {default})")
     for route in settings.routes:

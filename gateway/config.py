@@ -27,6 +27,13 @@ from gateway.config_issuers import (
     parse_issuer,
     parse_keys,
 )
+from gateway.config_machine import (
+    DEFAULT_TOKEN_TYPES,
+    MachineTokenSettings,
+    check_accepts,
+    parse_machine_tokens,
+    parse_token_types,
+)
 from gateway.config_sections import (
     DEFAULT_IDENTITY_HEADERS,
     DEFAULT_TOKEN_SOURCES,
@@ -63,6 +70,7 @@ __all__ = [
     "KeySettings",
     "LimitSettings",
     "Listen",
+    "MachineTokenSettings",
     "ProxySettings",
     "RevocationSettings",
     "Secret",
@@ -129,6 +137,8 @@ class Settings:
     webhook_secret: Secret | None = None
     clerk_secret_key: Secret | None = None
     clerk_api_url: str = DEFAULT_API_URL
+    token_types: frozenset[str] = DEFAULT_TOKEN_TYPES
+    machine_tokens: MachineTokenSettings = field(default_factory=MachineTokenSettings)
     revocation: RevocationSettings = field(default_factory=RevocationSettings)
     source_path: str | None = None
     workos_webhook_secret: Secret | None = None
@@ -292,6 +302,10 @@ def load_settings(
     routes = parse_routes(
         root, problems, {i.name: i.issuer for i in issuers}, route_options)
     revocation = parse_revocation(root.child("revocation"), env, issuers, leeway, api_url)
+    token_types = parse_token_types(root)
+    check_accepts({r.name: r.rule.accepts for r in routes}, token_types, problems)
+    machine_tokens = parse_machine_tokens(
+        root.child("machine_tokens"), env, token_types, bool(env.get("CLERK_SECRET_KEY")))
     forward_auth = parse_forward_auth(root.child("forward_auth"))
     limits = parse_limits(root.child("limits"))
     hasura = parse_hasura(root.child("hasura"))
@@ -344,6 +358,8 @@ def load_settings(
         webhook_secret=secret("CLERK_WEBHOOK_SIGNING_SECRET"),
         clerk_secret_key=secret("CLERK_SECRET_KEY"),
         clerk_api_url=api_url,
+        token_types=token_types,
+        machine_tokens=machine_tokens,
         revocation=revocation,
         source_path=path,
         workos_webhook_secret=secret("WORKOS_WEBHOOK_SECRET"),

@@ -35,7 +35,7 @@ __all__ = [
     "parse_token_sources",
 ]
 
-IDENTITY_FIELDS = (
+IDENTITY_FIELDS: tuple[str, ...] = (
     "user_id", "org_id", "org_role", "org_slug", "org_permissions", "session_id",
     "plan", "features", "actor_id", "issuer", "token_id", "roles",
 )
@@ -49,7 +49,12 @@ DEFAULT_IDENTITY_HEADERS: Mapping[str, str] = {
     "plan": "X-Plan",
     "features": "X-Features",
     "actor_id": "X-Actor-Id",
+    "token_type": "X-Token-Type",
+    "scopes": "X-Scopes",
+    "machine_id": "X-Machine-Id",
 }
+# The presented credential's type and what machine credentials carry (issue 14).
+IDENTITY_FIELDS = (*IDENTITY_FIELDS, "token_type", "scopes", "machine_id")
 
 
 FAILURE_MODES = ("fail_closed", "fail_open")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 
@@ -18,7 +19,8 @@ from gateway.server import serve
 __all__ = ["run_demo"]
 
 _IDENTITY_PREFIXES = ("x-user", "x-org", "x-role", "x-session", "x-plan", "x-features",
-                      "x-actor", "x-request-id")
+                      "x-actor", "x-request-id", "x-token-type", "x-scopes", "x-machine-id")
+_TOKEN_TYPES = frozenset({"session_token", "api_key", "m2m_token", "oauth_token", "jwt_template"})
 
 
 def _free_port() -> int:
@@ -45,7 +47,7 @@ async def _start(app: web.Application, port: int) -> web.AppRunner:
     return runner
 
 
-def _banner(issuer: DevIssuer, token: str, port: int, admin_port: int) -> str:
+def _banner(issuer: DevIssuer, token: str, api_key: str, port: int, admin_port: int) -> str:
     return f"""
 clerk-gateway demo is running (Ctrl-C to stop)
   local issuer : {issuer.issuer}  (JWKS at /.well-known/jwks.json)
@@ -53,6 +55,11 @@ clerk-gateway demo is running (Ctrl-C to stop)
 
 Allowed, with a Clerk v2 token (org admin, plan o:pro):
   curl -s http://127.0.0.1:{port}/api/hello -H 'Authorization: Bearer {token}'
+
+Allowed, with a Clerk API key (a machine credential, verified at the local Backend API's
+/v1/api_keys/verify). Mint any type (api_key, m2m_token, oauth_token, m2m_jwt, oauth_jwt,
+jwt_template) with '{issuer.issuer}/_demo/credential?type=m2m_token&scopes=read':
+  curl -s http://127.0.0.1:{port}/api/hello -H 'Authorization: Bearer {api_key}'
 
 Refused (no token, then a tampered token):
   curl -si http://127.0.0.1:{port}/api/hello
@@ -89,6 +96,21 @@ async def _self_check(port: int, token: str, workos_token: str) -> bool:
             return allowed_ok and refused.status == 401
 
 
+async def _api_key_check(port: int, api_key: str) -> bool:
+    """The API key reaches the echo upstream as an org's machine credential, unspoofed."""
+    url = f"http://127.0.0.1:{port}/api/hello"
+    headers = {"Authorization": f"Bearer {api_key}", "X-Token-Type": "spoofed"}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as machine:
+        text = await machine.text()
+        print(f"request with an API key: {machine.status} {text[:400]}")
+        try:
+            echoed = json.loads(text).get("identity_headers", {})
+        except (ValueError, AttributeError):
+            echoed = {}
+        return machine.status == 200 and echoed.get("X-Token-Type") == "api_key" and (
+            echoed.get("X-Org-Id") == "org_2demo")
+
+
 async def run_demo(port: int = 8080, admin_port: int = 9090, check: bool = False) -> int:
     """Run the demo until interrupted (or, with check, verify it once and exit)."""
     issuer_port, echo_port = _free_port(), _free_port()
@@ -102,14 +124,19 @@ async def run_demo(port: int = 8080, admin_port: int = 9090, check: bool = False
         "GATEWAY_LISTEN": f"127.0.0.1:{port}",
         "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
         "GATEWAY_UPSTREAM": f"http://127.0.0.1:{echo_port}",
+        "CLERK_SECRET_KEY": issuer.secret_key,
+        "CLERK_MACHINE_SECRET_KEY": issuer.machine_secret_key,
+        "CLERK_API_URL": issuer.issuer,
         "GATEWAY_LOG_FORMAT": "text",
         "WORKOS_CLIENT_ID": issuer.workos_client_id,
         "WORKOS_API_URL": issuer.issuer,
     })
+    settings = dataclasses.replace(settings, token_types=_TOKEN_TYPES)  # every credential type
     setup_logging("WARNING", "text")
     token = issuer.token(org_id="org_2demo", org_slug="demo-org", role="admin", plan="o:pro",
                          features="o:dashboard,o:teams", org_permissions_v2="manage,read",
                          fpm="3,2", lifetime=3600)
+    api_key = issuer.api_key("org_2demo", scopes=("read", "write"))
     outcome = 0
     done = asyncio.Event()
 
@@ -117,10 +144,12 @@ async def run_demo(port: int = 8080, admin_port: int = 9090, check: bool = False
         nonlocal outcome
         if check:
             workos_token = issuer.workos_token(org_id="org_01DEMO", role="admin")
-            outcome = 0 if await _self_check(port, token, workos_token) else 1
+            checked = (await _self_check(port, token, workos_token)
+                       and await _api_key_check(port, api_key))
+            outcome = 0 if checked else 1
             done.set()
         else:
-            print(_banner(issuer, token, port, admin_port), flush=True)
+            print(_banner(issuer, token, api_key, port, admin_port), flush=True)
 
     server = asyncio.create_task(serve(settings, on_ready=on_ready, shutdown_timeout=1))
     try:

@@ -62,6 +62,10 @@ class DevIssuer:
         self.delay = 0.0
         self.cache_control = "public, max-age=300"
         self.secret_key = "sk_test_devissuer"
+        self.machine_secret_key = "ak_devissuer_machine_secret"
+        self.machine_tokens: dict[str, dict[str, Any]] = {}  # opaque credentials it issued
+        self.machine_fail_status: int | None = None
+        self.machine_body: bytes | None = None  # answered (200) instead of the real verdict
         self.sessions: dict[str, str] = {}
         self.session_fail_status: int | None = None
         self.retry_after: int | None = None
@@ -203,6 +207,7 @@ class DevIssuer:
         app.router.add_get("/v1/jwks", self._backend_jwks)
         app.router.add_get("/v1/sessions/{sid}", self._session)
         app.router.add_get("/_demo/token", self._demo_token)
+        self._add_machine_routes(app)
         return app
 
     async def _fail_or_wait(self) -> web.Response | None:
@@ -289,4 +294,137 @@ class DevIssuer:
             fpm=query.get("fpm", "3,2"),
             lifetime=min(int(query.get("lifetime", "3600") or 3600), 86400),
         )
+        return web.Response(text=token + "\n")
+
+    # -- machine credentials (Clerk's machine authentication) ------------------------------
+
+    def machine_token(self, prefix: str, subject: str, *, scopes: tuple[str, ...] = (),
+                      claims: dict[str, Any] | None = None, lifetime: float | None = None,
+                      ) -> str:
+        """Issue an opaque credential (`ak_`, `mt_` or `oat_`) the verify endpoints know."""
+        token = prefix + uuid.uuid4().hex + uuid.uuid4().hex  # 244 random bits
+        expiration = None if lifetime is None else int((time.time() + lifetime) * 1000)
+        self.machine_tokens[token] = {
+            "id": f"{prefix}id_{uuid.uuid4().hex[:16]}", "subject": subject,
+            "scopes": list(scopes), "claims": claims, "revoked": False,
+            "revocation_reason": None, "expired": False, "expiration": expiration,
+        }
+        return token
+
+    def api_key(self, subject: str = "user_2demo", **kwargs: Any) -> str:
+        """Issue an API key (`ak_...`) owned by a user or an organization."""
+        return self.machine_token("ak_", subject, **kwargs)
+
+    def m2m_token(self, subject: str = "mch_2demo", **kwargs: Any) -> str:
+        """Issue an opaque machine-to-machine token (`mt_...`)."""
+        return self.machine_token("mt_", subject, **kwargs)
+
+    def oauth_token(self, subject: str = "user_2demo", **kwargs: Any) -> str:
+        """Issue an opaque OAuth access token (`oat_...`)."""
+        return self.machine_token("oat_", subject, **kwargs)
+
+    def revoke_machine_token(self, token: str) -> None:
+        """Revoke an opaque credential (its verify answer says `revoked: true`)."""
+        self.machine_tokens[token].update(revoked=True, revocation_reason="revoked in test")
+
+    def _class_token(self, header: dict[str, Any], sub: str, lifetime: int,
+                     **extra: Any) -> str:
+        """A JWT of a non-session class, with times relative to now (None claims dropped)."""
+        now = int(time.time())
+        claims = {"iss": self.issuer, "sub": sub, "iat": now, "nbf": now - 5,
+                  "exp": now + lifetime, "jti": uuid.uuid4().hex[:20], **extra}
+        return self.sign({k: v for k, v in claims.items() if v is not None}, headers=header)
+
+    def template_token(self, sub: str = "user_2demo", lifetime: int = 60, **extra: Any) -> str:
+        """A JWT-template token (`cat` cl_B7d4PD222AAA) with custom claims."""
+        return self._class_token({"cat": "cl_B7d4PD222AAA"}, sub, lifetime, **extra)
+
+    def m2m_jwt(self, sub: str = "mch_2demo", scopes: str = "", lifetime: int = 300,
+                **extra: Any) -> str:
+        """An M2M JWT (`cat` cl_B7d4PD333AAA, `sub` mch_...) with space-separated scopes."""
+        return self._class_token({"cat": "cl_B7d4PD333AAA"}, sub, lifetime,
+                                 scopes=scopes or None, **extra)
+
+    def oauth_jwt(self, sub: str = "user_2demo", scope: str = "", lifetime: int = 300,
+                  **extra: Any) -> str:
+        """An OAuth JWT access token (RFC 9068: `typ` at+jwt)."""
+        return self._class_token({"typ": "at+jwt"}, sub, lifetime, scope=scope or None,
+                                 client_id="oauth_app_demo", **extra)
+
+    def _machine_authorized(self, request: web.Request, machine: bool) -> bool:
+        given = request.headers.get("Authorization", "").encode()
+        keys = [self.secret_key, *([self.machine_secret_key] if machine else [])]
+        return any(hmac.compare_digest(given, f"Bearer {k}".encode()) for k in keys)
+
+    async def _verify_machine(self, request: web.Request, prefix: str, field: str,
+                              hit: str) -> web.Response:
+        self.hits[hit] += 1
+        if not self._machine_authorized(request, prefix == "mt_"):
+            return web.json_response({"errors": [{"code": "unauthorized"}]}, status=401)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.machine_fail_status is not None:
+            headers = {"Retry-After": str(self.retry_after)} if self.retry_after else {}
+            return web.json_response({"errors": [{"code": "injected"}]},
+                                     status=self.machine_fail_status, headers=headers)
+        if self.machine_body is not None:
+            return web.Response(body=self.machine_body, content_type="application/json")
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"errors": [{"code": "form_param_missing"}]}, status=400)
+        token = body.get(field) if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token.startswith(prefix):
+            return web.json_response({"errors": [{"code": "resource_not_found"}]}, status=404)
+        record = self.machine_tokens.get(token)
+        if record is None:
+            return web.json_response({"errors": [{"code": "resource_not_found"}]}, status=404)
+        answer = dict(record)
+        if answer["expiration"] is not None and answer["expiration"] <= time.time() * 1000:
+            answer["expired"] = True
+        return web.json_response(answer)
+
+    async def _verify_api_key(self, request: web.Request) -> web.Response:
+        return await self._verify_machine(request, "ak_", "secret", "api_keys_verify")
+
+    async def _verify_m2m(self, request: web.Request) -> web.Response:
+        return await self._verify_machine(request, "mt_", "secret", "m2m_tokens_verify")
+
+    async def _verify_oauth(self, request: web.Request) -> web.Response:
+        return await self._verify_machine(request, "oat_", "access_token",
+                                          "oauth_tokens_verify")
+
+    def _add_machine_routes(self, app: web.Application) -> None:
+        """Clerk's verify endpoints for opaque machine credentials, and the demo's minting."""
+        app.router.add_post("/v1/api_keys/verify", self._verify_api_key)
+        app.router.add_post("/v1/m2m_tokens/verify", self._verify_m2m)
+        app.router.add_post("/v1/oauth_applications/access_tokens/verify", self._verify_oauth)
+        app.router.add_get("/_demo/api_key", self._demo_api_key)
+        app.router.add_get("/_demo/credential", self._demo_credential)
+
+    async def _demo_api_key(self, request: web.Request) -> web.Response:
+        query = request.query
+        scopes = tuple(s for s in query.get("scopes", "read").split(",") if s)
+        return web.Response(text=self.api_key(query.get("sub", "user_2demo"),
+                                              scopes=scopes) + "\n")
+
+    async def _demo_credential(self, request: web.Request) -> web.Response:
+        """Any credential type: ?type=api_key|m2m_token|oauth_token|m2m_jwt|oauth_jwt|
+        jwt_template, with sub and scopes (comma list)."""
+        query = request.query
+        kind = query.get("type", "api_key")
+        scopes = tuple(s for s in query.get("scopes", "read").split(",") if s)
+        machine = {"api_key": ("ak_", "user_2demo"), "m2m_token": ("mt_", "mch_2demo"),
+                   "oauth_token": ("oat_", "user_2demo")}
+        if kind in machine:
+            prefix, subject = machine[kind]
+            token = self.machine_token(prefix, query.get("sub", subject), scopes=scopes)
+        elif kind == "m2m_jwt":
+            token = self.m2m_jwt(query.get("sub", "mch_2demo"), scopes=" ".join(scopes))
+        elif kind == "oauth_jwt":
+            token = self.oauth_jwt(query.get("sub", "user_2demo"), scope=" ".join(scopes))
+        elif kind == "jwt_template":
+            token = self.template_token(query.get("sub", "user_2demo"), lifetime=3600)
+        else:
+            return web.json_response({"error": f"unknown type {kind!r}"}, status=400)
         return web.Response(text=token + "\n")

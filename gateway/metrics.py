@@ -88,6 +88,13 @@ class Metrics:
         self.introspection_calls = Counter(
             "introspection_calls", "Clerk Backend API session look-ups by result.",
             ["result"], namespace=ns, registry=registry)
+        self.machine_token_lookups = Counter(
+            "machine_token_lookups", "Clerk Backend API look-ups of opaque machine credentials "
+            "by token type and result.", ["token_type", "result"], namespace=ns,
+            registry=registry)
+        self.token_type_decisions = Counter(
+            "token_type_decisions", "Decisions on presented credentials by token type and "
+            "outcome.", ["token_type", "outcome"], namespace=ns, registry=registry)
         self.webhook_events = Counter(
             "webhook_events", "Webhook deliveries by event type and result.",
             ["type", "result"], namespace=ns, registry=registry)
@@ -106,6 +113,7 @@ class Metrics:
             namespace=ns, registry=registry, multiprocess_mode="max")
         self.build_info.labels(__version__, platform.python_version()).set(1)
         self._decision_children: dict[tuple[str, str, Reason], Counter] = {}
+        self._token_type_children: dict[tuple[str, Reason], Counter] = {}
         self._hit = self.token_cache_lookups.labels("hit")
         self._miss = self.token_cache_lookups.labels("miss")
 
@@ -147,3 +155,13 @@ class Metrics:
     def cache_lookup(self, hit: bool) -> None:
         """Count one verified-token cache lookup."""
         self.count(self._hit if hit else self._miss)
+
+    def token_type_decision(self, token_type: str, reason: Reason) -> None:
+        """Count one decision on a presented credential by its type (a closed set)."""
+        key = (token_type, reason)
+        child = self._token_type_children.get(key)
+        if child is None:
+            outcome = "allow" if reason.allowed else ("error" if reason.status >= 500 else "deny")
+            child = self._token_type_children[key] = self.token_type_decisions.labels(
+                token_type, outcome)
+        self.count(child)

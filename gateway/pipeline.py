@@ -11,6 +11,7 @@ from multidict import CIMultiDictProxy
 
 from gateway.auth.assertion import AssertionSigner
 from gateway.auth.claims import Identity
+from gateway.auth.classify import MACHINE_TYPE_NAMES, opaque_token_type
 from gateway.auth.extract import (
     AmbiguousToken,
     EmptyToken,
@@ -43,6 +44,18 @@ class RequestFacts:
     headers: CIMultiDictProxy[str]  # cookies are read from these, only when needed
     query: Mapping[str, str] | None = None
     client_ip: str | None = None
+    trusted_peer: bool = False  # the peer may say who the client is (X-Forwarded-For)
+
+    def client_address(self) -> str | None:
+        """The client's address: the last `X-Forwarded-For` entry a trusted peer added, else
+        the peer's own (it keys the per-client budget of Backend API look-ups)."""
+        if self.trusted_peer:
+            forwarded = self.headers.get(hdrs.X_FORWARDED_FOR)
+            if forwarded:
+                last = forwarded.rsplit(",", 1)[-1].strip()
+                if last:
+                    return last
+        return self.client_ip
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +70,18 @@ class Decision:
     retry_after: int | None = None
     detail: str = ""
     params: Mapping[str, str] = field(default_factory=dict)
+    presented_type: str | None = None  # a refused credential's type, when it was classified
 
     @property
     def allowed(self) -> bool:
         """True when the request may go through."""
         return self.reason.allowed
+
+    @property
+    def token_type(self) -> str | None:
+        """The presented credential's type, once known (metrics and the access log)."""
+        identity = self.identity
+        return identity.token_type if identity is not None else self.presented_type
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +129,25 @@ def extractor_for(settings: Settings) -> TokenExtractor:
         settings.token_sources, settings.upstream, settings.proxy.websocket_query_token))
 
 
+def _from_authorization(headers: CIMultiDictProxy[str], token: str) -> bool:
+    """True when the token is the request's one `Authorization: Bearer` credential."""
+    values = headers.getall(hdrs.AUTHORIZATION, ())
+    if len(values) != 1:
+        return False
+    parts = values[0].split(None, 1)
+    return len(parts) == 2 and parts[0].lower() == "bearer" and parts[1].strip() == token
+
+
+def _outside_authorization(facts: RequestFacts, located: _Located,
+                           token_type: str) -> Decision | None:
+    """The refusal of a machine credential read from anywhere but Authorization (as Clerk)."""
+    if token_type not in MACHINE_TYPE_NAMES or _from_authorization(facts.headers, located.token):
+        return None
+    return Decision(Reason.TOKEN_TYPE_NOT_ACCEPTED, located.route, path=located.path,
+                    detail="machine credentials are read from the Authorization header only",
+                    presented_type=token_type)
+
+
 class Authorizer:
     """Runs route matching, token extraction, verification, revocation and policy."""
 
@@ -149,13 +188,17 @@ class Authorizer:
         """
         located = self._locate(facts)
         if isinstance(located, _Located):
-            verified = self.verifier.verified_now(located.token)
+            verified = self.verifier.verified_now(located.token, located.route.rule.accepts)
             if verified is None:
                 return None
-            settled, revoked = self.revocation.check_now(verified.identity)
-            if not settled:
-                return None
-            decision = self._settle(located, verified, revoked)
+            token_type = verified.identity.token_type
+            decision = (_outside_authorization(facts, located, token_type)
+                        if token_type in MACHINE_TYPE_NAMES else None)
+            if decision is None:
+                settled, revoked = self.revocation.check_now(verified.identity)
+                if not settled:
+                    return None
+                decision = self._settle(located, verified, revoked)
         else:
             decision = located
         self.metrics.decision(facts.door, decision.route.name, decision.reason)
@@ -165,13 +208,23 @@ class Authorizer:
         located = self._locate(facts)
         if not isinstance(located, _Located):
             return located
+        opaque = opaque_token_type(located.token)
+        if opaque is not None:
+            refused = _outside_authorization(facts, located, opaque.value)
+            if refused is not None:
+                return refused
         try:
-            verified = await self.verifier.verify(located.token)
+            verified = await self.verifier.verify(
+                located.token, located.route.rule.accepts, facts.client_address())
         except TokenRejected as exc:
-            return Decision(exc.reason, located.route, path=located.path, detail=exc.detail)
+            return Decision(exc.reason, located.route, path=located.path, detail=exc.detail,
+                            retry_after=exc.retry_after, presented_type=exc.token_type)
         except KeysUnavailable as exc:
             return Decision(Reason.KEYS_UNAVAILABLE, located.route, path=located.path,
                             retry_after=exc.retry_after)
+        refused = _outside_authorization(facts, located, verified.identity.token_type)
+        if refused is not None:
+            return refused
         revoked = await self.revocation.check(verified.identity)
         return self._settle(located, verified, revoked)
 

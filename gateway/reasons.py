@@ -18,6 +18,7 @@ class Category(enum.Enum):
     UNAVAILABLE = "temporarily_unavailable"  # 503 with Retry-After
     PROXY = "proxy"  # upstream and body errors: status given per reason
     PROTOCOL = "protocol"  # HTTP-level problems found before any decision
+    RATE_LIMITED = "rate_limited"  # 429 with Retry-After
 
 
 class Reason(enum.Enum):
@@ -46,6 +47,9 @@ class Reason(enum.Enum):
     INVALID_CLAIMS = ("invalid_claims", Category.INVALID_TOKEN, 401)
     SESSION_PENDING = ("session_pending", Category.INVALID_TOKEN, 401)
     REVOKED = ("revoked", Category.INVALID_TOKEN, 401)
+    WRONG_TOKEN_TYPE = ("wrong_token_type", Category.INVALID_TOKEN, 401)
+    TOKEN_TYPE_NOT_ACCEPTED = ("token_type_not_accepted", Category.INVALID_TOKEN, 401)
+    INVALID_CREDENTIAL = ("invalid_credential", Category.INVALID_TOKEN, 401)
 
     AMBIGUOUS_TOKEN = ("ambiguous_token", Category.BAD_REQUEST, 400)
     AMBIGUOUS_PATH = ("ambiguous_path", Category.BAD_REQUEST, 400)
@@ -54,6 +58,7 @@ class Reason(enum.Enum):
     MISSING_PERMISSION = ("missing_permission", Category.FORBIDDEN, 403)
     MISSING_PLAN = ("missing_plan", Category.FORBIDDEN, 403)
     MISSING_FEATURE = ("missing_feature", Category.FORBIDDEN, 403)
+    MISSING_SCOPE = ("missing_scope", Category.FORBIDDEN, 403)
     ORGANIZATION_REQUIRED = ("organization_required", Category.FORBIDDEN, 403)
     ORGANIZATION_MISMATCH = ("organization_mismatch", Category.FORBIDDEN, 403)
     USER_MISMATCH = ("user_mismatch", Category.FORBIDDEN, 403)
@@ -64,6 +69,10 @@ class Reason(enum.Enum):
 
     KEYS_UNAVAILABLE = ("keys_unavailable", Category.UNAVAILABLE, 503)
     REVOCATION_UNAVAILABLE = ("revocation_unavailable", Category.UNAVAILABLE, 503)
+    TOKEN_VERIFICATION_UNAVAILABLE = (
+        "token_verification_unavailable", Category.UNAVAILABLE, 503)
+
+    TOKEN_LOOKUPS_EXHAUSTED = ("token_lookups_exhausted", Category.RATE_LIMITED, 429)
 
     BODY_TOO_LARGE = ("body_too_large", Category.PROXY, 413)
     UPSTREAM_UNAVAILABLE = ("upstream_unavailable", Category.PROXY, 502)

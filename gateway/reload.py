@@ -36,6 +36,7 @@ __all__ = ["RESTART_FIELDS", "ReloadResult", "apply_settings", "reload_from_sour
 log = logging.getLogger("gateway.reload")
 
 RESTART_FIELDS = (
+    "machine_tokens",
     "listen", "admin_listen", "workers", "upstream", "realm", "log_level", "log_format",
     "admin_token", "redis_url", "webhook_secret", "clerk_secret_key", "clerk_api_url",
     "forward_auth", "proxy", "revocation", "limits", "shutdown_timeout_seconds",
@@ -44,6 +45,7 @@ RESTART_FIELDS = (
 )
 _VERIFIER_FIELDS = (
     "issuers", "identity_headers", "leeway_seconds", "max_token_bytes", "token_cache_size",
+    "token_types",
 )
 
 
@@ -94,7 +96,8 @@ async def apply_settings(gateway: Gateway, new: Settings) -> ReloadResult:
     gateway.keys.update(fresh)
     authorizer = gateway.authorizer
     if any(getattr(old, f) != getattr(settings, f) for f in _VERIFIER_FIELDS) or fresh:
-        gateway.verifier = Verifier(settings, gateway.keys, gateway.metrics, gateway.clock)
+        gateway.verifier = Verifier(settings, gateway.keys, gateway.metrics, gateway.clock,
+                                    gateway.machine)
         authorizer.verifier = gateway.verifier
     authorizer.extractor = extractor_for(settings)
     authorizer.router = router_for(settings)

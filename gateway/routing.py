@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from gateway.auth.policy import ACCESS_KINDS, Rule
 from gateway.auth.requirements import parse_requirement
+from gateway.config_machine import parse_accepts
 from gateway.configreader import Reader
 from gateway.pathnorm import MAX_PATH_ESCAPES, MAX_PATH_SEGMENTS, AmbiguousPath, normalize_path
 
@@ -289,15 +290,16 @@ def _parse_rule(item: Reader, route: str, params: tuple[str, ...], template: boo
                 issuers: Mapping[str, str]) -> Rule:
     has_require = item.has("require")
     access = item.choice("access", "authenticated", ACCESS_KINDS)
+    accepts = parse_accepts(item)
     if has_require and access != "authenticated":
         item.problem(f"require needs access authenticated, not {access}", "require")
-        return Rule(access)
+        return Rule(access, accepts=accepts)
     if not has_require:
-        return Rule(access)
+        return Rule(access, accepts=accepts)
     where = f"{item.path}.require"
     require = parse_requirement(item.raw("require"), where, item.problems, issuers)
     if require is None:
-        return Rule(access)
+        return Rule(access, accepts=accepts)
     for param in dict.fromkeys(require.bound_params()):
         if not template:
             item.problem(f"bind needs a path_template (route {route} has no parameters)",
@@ -305,7 +307,7 @@ def _parse_rule(item: Reader, route: str, params: tuple[str, ...], template: boo
         elif param not in params:
             item.problem(f"bind refers to {{{param}}}, which the template does not have",
                          "require")
-    return Rule(access, require)
+    return Rule(access, require, accepts)
 
 
 def _parse_route(item: Reader, issuers: Mapping[str, str]) -> tuple[Route, bool]:

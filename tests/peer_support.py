@@ -69,6 +69,7 @@ STOP_TIMEOUT = 5.0
 IDENTITY_HEADERS = (
     "X-User-Id", "X-Org-Id", "X-Role", "X-Org-Slug", "X-Org-Permissions",
     "X-Session-Id", "X-Plan", "X-Features", "X-Actor-Id", "X-Gateway-Assertion",
+    "X-Token-Type", "X-Scopes", "X-Machine-Id",
 )
 
 

@@ -26,6 +26,8 @@ REQUIRED_ALERTS = {
     "ClerkGatewayUnavailableDecisions",
     "ClerkGatewayIntrospectionErrors",
     "ClerkGatewayUpstreamErrorRatioHigh",
+    "ClerkGatewayMachineTokenLookupsFailing",
+    "ClerkGatewayMachineTokenClientsThrottled",
 }
 
 

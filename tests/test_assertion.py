@@ -350,3 +350,24 @@ def test_check_config_names_the_key(
     Path(path).write_text("garbage")
     assert main(["check-config", "--config", str(config)]) == 2
     assert "not an unencrypted PEM private key" in capsys.readouterr().err
+
+
+async def test_machine_credentials_carry_their_type_and_scopes(
+    make_gateway: GatewayFactory, clerk: DevIssuer, tmp_path: Path
+) -> None:
+    """An API key's and an M2M token's assertions name the type, the scopes, the machine."""
+    from tests.machine_support import machine_gateway
+
+    running = await machine_gateway(make_gateway, clerk, extra=_config(),
+                                     env={"GATEWAY_STATE_DIR": str(tmp_path)})
+    keys = await _jwks(running)
+    api_key = clerk.api_key("user_k", scopes=("read", "write"))
+    claims = _verify((await running.get("/keys", api_key)).headers[HEADER], keys)
+    assert (claims["sub"], claims["token_type"]) == ("user_k", "api_key")
+    assert claims["scopes"] == ["read", "write"]
+    m2m = clerk.m2m_token("mch_job", scopes=("jobs",))
+    claims = _verify((await running.get("/m2m", m2m)).headers[HEADER], keys)
+    assert (claims["token_type"], claims["machine_id"]) == ("m2m_token", "mch_job")
+    assert claims["scopes"] == ["jobs"]
+    session = _verify((await running.get("/session", clerk.token())).headers[HEADER], keys)
+    assert session["token_type"] == "session_token" and "scopes" not in session

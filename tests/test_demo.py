@@ -17,3 +17,5 @@ def test_demo_self_check_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "allowed request: 200" in result.stdout
     assert "request without a token: 401" in result.stdout
+    assert "request with an API key: 200" in result.stdout
+    assert '"X-Token-Type": "api_key"' in result.stdout

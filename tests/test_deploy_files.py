@@ -28,6 +28,9 @@ IDENTITY_HEADERS = (
     "X-Plan",
     "X-Features",
     "X-Actor-Id",
+    "X-Token-Type",
+    "X-Scopes",
+    "X-Machine-Id",
     "X-Request-Id",
 )
 
@@ -35,6 +38,8 @@ IDENTITY_HEADERS = (
 # derives from counters and histograms.
 _COUNTERS = (
     "decisions_total",
+    "machine_token_lookups_total",
+    "token_type_decisions_total",
     "upstream_errors_total",
     "key_fetches_total",
     "token_cache_lookups_total",

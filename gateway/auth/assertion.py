@@ -68,6 +68,7 @@ def assertion_claims(identity: Identity, settings: AssertionSettings, audience: 
         "exp": int(min(now + settings.lifetime_seconds, identity.expires_at)),
         "jti": secrets.token_urlsafe(16),
         "source_issuer": identity.issuer,
+        "token_type": identity.token_type,
     }
     optional: Mapping[str, Any] = {
         "sid": identity.session_id,
@@ -78,6 +79,8 @@ def assertion_claims(identity: Identity, settings: AssertionSettings, audience: 
         "plan": identity.plan,
         "features": list(identity.features),
         "act": {"sub": identity.actor_id} if identity.actor_id else None,
+        "scopes": list(identity.scopes),
+        "machine_id": identity.machine_id,
     }
     claims.update({k: v for k, v in optional.items() if v})
     if settings.claims_namespace:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,6 +33,12 @@ class Identity:
     features: tuple[str, ...] = ()
     actor_id: str | None = None
     session_status: str | None = None
+    # The credential's type and what machines carry (gateway/auth/machine_identity.py).
+    token_type: str = "session_token"
+    scopes: tuple[str, ...] = ()
+    machine_id: str | None = None
+    custom_claims: Mapping[str, Any] = dataclasses.field(
+        default_factory=dict, compare=False, hash=False)
     token_id: str | None = None
     token_version: int = 1
     roles: tuple[str, ...] = ()

@@ -21,10 +21,12 @@ ACCESS_KINDS = ("public", "optional", "authenticated", "deny")
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """How a route is guarded: its access kind and, when authenticated, its requirements."""
+    """How a route is guarded: its access kind, the credential types it accepts and, when
+    authenticated, its requirements."""
 
     access: str = "authenticated"
     require: Requirement | None = None
+    accepts: frozenset[str] | None = None  # credential types (None: the top-level token_types)
 
     def check(self, identity: Identity, params: Mapping[str, str]) -> Unmet | None:
         """None when the identity satisfies the rule, else the unmet requirement."""

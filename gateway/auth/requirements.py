@@ -30,13 +30,14 @@ __all__ = [
     "PlanIn",
     "Requirement",
     "RoleIn",
+    "ScopeIn",
     "Unmet",
     "parse_requirement",
 ]
 
 REQUIREMENT_KINDS = (
     "all_of", "any_of", "role", "permission", "plan", "feature", "organization", "issuer",
-    "bind",
+    "bind", "scope",
 )
 BIND_FIELDS = ("org_id", "org_slug", "user_id")
 _MAX_DEPTH = 8
@@ -231,6 +232,19 @@ class Bind(Requirement):
         yield self.param
 
 
+@dataclass(frozen=True, slots=True)
+class ScopeIn(Requirement):
+    """The credential carries one of these scopes (API keys, M2M and OAuth tokens)."""
+
+    scopes: frozenset[str]
+
+    def check(self, identity: Identity, params: Mapping[str, str]) -> Unmet | None:
+        """MISSING_SCOPE unless one is held."""
+        if not self.scopes.isdisjoint(identity.scopes):
+            return None
+        return Unmet(Reason.MISSING_SCOPE, "scope " + "|".join(sorted(self.scopes)))
+
+
 class _Parser:
     """Turns the YAML form of a requirement into Requirement nodes, collecting problems."""
 
@@ -322,6 +336,9 @@ class _Parser:
             return OrganizationActive()
         if kind == "issuer":
             return self._issuer(value, where)
+        if kind == "scope":
+            scopes = self._values(value, where)
+            return ScopeIn(frozenset(scopes)) if scopes else None
         return self._bind(value, where)
 
     def _issuer(self, value: Any, where: str) -> Requirement | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import math
 import re
@@ -21,8 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
 from gateway.auth.claims import ClaimError, Identity, identity_from_claims
+from gateway.auth.classify import MACHINE_TYPES, TokenType, jwt_token_type, opaque_token_type
 from gateway.auth.jwks import IssuerKeys, KeyEntry
+from gateway.auth.machine import MachineVerifier
+from gateway.auth.machine_identity import identity_from_machine_jwt
 from gateway.auth.mismatch import MismatchLog
+from gateway.auth.rejection import TokenRejected
 from gateway.auth.token_cache import TokenCache
 from gateway.config import IssuerSettings, Settings
 from gateway.metrics import Metrics
@@ -40,21 +45,14 @@ _KEY_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-class TokenRejected(Exception):
-    """The token is not acceptable, for one reason of the closed set."""
-
-    def __init__(self, reason: Reason, detail: str = "") -> None:
-        super().__init__(detail or reason.label)
-        self.reason = reason
-        self.detail = detail
-
-
 @dataclass(frozen=True, slots=True)
 class Verified:
     """A verified token's identity and the identity headers it yields."""
 
     identity: Identity
     headers: tuple[tuple[str, str], ...]
+    # Opaque credentials: when the cached verdict goes stale (JWTs: exp plus the leeway).
+    ask_again_at: float | None = None
 
 
 def _b64decode(segment: str) -> bytes:
@@ -110,7 +108,10 @@ class Verifier:
         keys: Mapping[str, IssuerKeys],
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        machine: MachineVerifier | None = None,
     ) -> None:
+        self._types = settings.token_types
+        self.machine = machine
         self._issuers: dict[str, IssuerSettings] = {i.issuer: i for i in settings.issuers}
         self._keys = keys
         self._metrics = metrics
@@ -121,40 +122,91 @@ class Verifier:
         self._header_map = tuple(settings.identity_headers.items())
         self.cache: TokenCache[Verified] = TokenCache(settings.token_cache_size)
 
-    async def verify(self, token: str) -> Verified:
-        """Verify a token, using the cache for tokens already seen."""
+    def _admit(self, token_type: str, accepts: frozenset[str] | None) -> None:
+        """Refuse a type the gateway does not verify, or this route does not accept."""
+        if token_type not in self._types:
+            raise TokenRejected(Reason.WRONG_TOKEN_TYPE, f"{token_type} is not accepted",
+                                token_type=token_type)
+        if accepts is not None and token_type not in accepts:
+            raise TokenRejected(Reason.TOKEN_TYPE_NOT_ACCEPTED,
+                                f"this route does not accept {token_type}",
+                                token_type=token_type)
+
+    async def verify(self, token: str, accepts: frozenset[str] | None = None,
+                     client: str | None = None) -> Verified:
+        """Verify a token of a type the route accepts, using the cache for tokens already seen.
+
+        `accepts` (None: every type of `token_types`) is checked before any network call;
+        `client` is the address whose budget an unknown opaque token spends.
+        """
         if len(token) > self._max_bytes:
             raise TokenRejected(Reason.TOKEN_TOO_LARGE)
         now = self._clock()
         key = TokenCache.key(token)
         cached = self.cache.get(key)
         if cached is not None:
-            self._metrics.cache_lookup(True)
             verified, expires_at = cached
-            if now > expires_at + self._leeway:
-                self.cache.discard(key)
-                raise TokenRejected(Reason.EXPIRED)
-            return verified
+            ask_again_at = verified.ask_again_at
+            if (now <= expires_at + self._leeway if ask_again_at is None
+                    else now < ask_again_at):
+                self._metrics.cache_lookup(True)
+                self._admit(verified.identity.token_type, accepts)
+                return verified
+            self.cache.discard(key)
+            if opaque_token_type(token) is None:
+                raise TokenRejected(Reason.EXPIRED, token_type=verified.identity.token_type)
         self._metrics.cache_lookup(False)
-        verified = await self._verify_uncached(token, now)
+        opaque = opaque_token_type(token)
+        if opaque is not None:
+            return await self._verify_opaque(token, key, opaque, accepts, client, now)
+        verified = await self._verify_uncached(token, now, accepts)
         self.cache.put(key, verified, verified.identity.expires_at, now)
         self._metrics.token_cache_entries.set(len(self.cache))
         return verified
 
-    def verified_now(self, token: str) -> Verified | None:
-        """The cached verification of a still-valid token; None (uncounted) for `verify`."""
+    def verified_now(self, token: str, accepts: frozenset[str] | None = None) -> Verified | None:
+        """The cached verification of a still-valid token the route accepts; None (uncounted)
+        for `verify` to decide."""
         if len(token) > self._max_bytes:
             return None
         cached = self.cache.get(TokenCache.key(token))
         if cached is None:
             return None
         verified, expires_at = cached
-        if self._clock() > expires_at + self._leeway:
+        now = self._clock()
+        ask_again_at = verified.ask_again_at
+        if (now > expires_at + self._leeway if ask_again_at is None else now >= ask_again_at):
+            return None
+        token_type = verified.identity.token_type
+        if token_type not in self._types or (accepts is not None and token_type not in accepts):
             return None
         self._metrics.cache_lookup(True)
         return verified
 
-    async def _verify_uncached(self, token: str, now: float) -> Verified:
+    async def _verify_opaque(self, token: str, key: bytes, token_type: TokenType,
+                             accepts: frozenset[str] | None, client: str | None,
+                             now: float) -> Verified:
+        """An opaque machine credential, verified at Clerk's Backend API (gateway/auth/machine)."""
+        self._admit(token_type.value, accepts)
+        if self.machine is None:
+            raise TokenRejected(Reason.WRONG_TOKEN_TYPE, "machine credentials are not enabled",
+                                token_type=token_type.value)
+        try:
+            result = await self.machine.verify(token, key, token_type, client)
+        except TokenRejected as exc:
+            exc.token_type = exc.token_type or token_type.value
+            raise
+        identity = result.identity
+        if result.reusable_until is None:
+            return Verified(identity, self._headers_for(identity))
+        until = min(result.reusable_until, identity.expires_at)
+        verified = Verified(identity, self._headers_for(identity), until)
+        self.cache.put(key, verified, until, now)
+        self._metrics.token_cache_entries.set(len(self.cache))
+        return verified
+
+    async def _verify_uncached(self, token: str, now: float,
+                               accepts: frozenset[str] | None = None) -> Verified:
         parts = token.split(".")
         if len(parts) != 3:
             raise TokenRejected(Reason.MALFORMED_TOKEN, f"{len(parts)} segments, expected 3")
@@ -162,6 +214,8 @@ class Verifier:
         claims = _json_object(parts[1], "payload")
         signature = _b64decode(parts[2])
         issuer = self._issuer_for(claims)
+        token_type = jwt_token_type(header, claims, clerk=issuer.preset == "clerk")
+        self._admit(token_type.value, accepts)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in issuer.algorithms:
             raise TokenRejected(Reason.UNSUPPORTED_ALGORITHM)
@@ -169,12 +223,23 @@ class Verifier:
             raise TokenRejected(Reason.UNSUPPORTED_HEADER, "crit is not supported")
         entry = await self._key_for(issuer, header.get("kid"))
         self._check_signature(alg, entry, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
-        self._check_claims(issuer, claims, now)
+        self._check_claims(issuer, claims, now, token_type)
         try:
-            identity = identity_from_claims(claims, issuer.preset, issuer.claims)
+            identity = self._identity(token_type, claims, issuer)
         except ClaimError as exc:
             raise TokenRejected(Reason.INVALID_CLAIMS, str(exc)) from exc
         return Verified(identity, self._headers_for(identity))
+
+    @staticmethod
+    def _identity(token_type: TokenType, claims: Mapping[str, Any],
+                  issuer: IssuerSettings) -> Identity:
+        """The identity of verified claims, by the token's class."""
+        if token_type in MACHINE_TYPES:
+            return identity_from_machine_jwt(claims, token_type.value)
+        if token_type is TokenType.JWT_TEMPLATE:
+            identity = identity_from_claims(claims, "oidc", issuer.claims)
+            return dataclasses.replace(identity, token_type=token_type.value)
+        return identity_from_claims(claims, issuer.preset, issuer.claims)
 
     def _issuer_for(self, claims: Mapping[str, Any]) -> IssuerSettings:
         iss = claims.get("iss")
@@ -209,7 +274,8 @@ class Verifier:
         if not _ALGORITHMS[alg].verify(signing_input, entry.key, signature):
             raise TokenRejected(Reason.BAD_SIGNATURE)
 
-    def _check_claims(self, issuer: IssuerSettings, claims: Mapping[str, Any], now: float) -> None:
+    def _check_claims(self, issuer: IssuerSettings, claims: Mapping[str, Any], now: float,
+                      token_type: TokenType = TokenType.SESSION_TOKEN) -> None:
         leeway = self._leeway
         exp = _numeric_date(claims, "exp", required=True)
         nbf = _numeric_date(claims, "nbf")
@@ -226,7 +292,7 @@ class Verifier:
         start = iat if iat is not None else nbf
         if start is None or exp - start > issuer.effective_max_lifetime:
             raise TokenRejected(Reason.LIFETIME_TOO_LONG)
-        if issuer.authorized_parties:
+        if issuer.authorized_parties and token_type not in MACHINE_TYPES:
             azp = claims.get("azp")
             if not isinstance(azp, str) or azp not in issuer.authorized_parties:
                 self.mismatches.note(Reason.WRONG_AUTHORIZED_PARTY, issuer.authorized_parties,
@@ -238,7 +304,8 @@ class Verifier:
             if not any(isinstance(a, str) and a in issuer.audiences for a in audiences):
                 self.mismatches.note(Reason.WRONG_AUDIENCE, issuer.audiences, aud)
                 raise TokenRejected(Reason.WRONG_AUDIENCE)
-        if claims.get("sts") == "pending" and not issuer.accept_pending_sessions:
+        if (claims.get("sts") == "pending" and not issuer.accept_pending_sessions
+                and token_type is TokenType.SESSION_TOKEN):
             raise TokenRejected(Reason.SESSION_PENDING)
 
     def _headers_for(self, identity: Identity) -> tuple[tuple[str, str], ...]:

@@ -37,6 +37,13 @@ MESSAGES: dict[Reason, str] = {
     Reason.INVALID_CLAIMS: "The session token's claims are invalid.",
     Reason.SESSION_PENDING: "The session has pending tasks and is treated as signed out.",
     Reason.REVOKED: "The session has been revoked.",
+    Reason.WRONG_TOKEN_TYPE: "The token is not a credential of a type accepted here.",
+    Reason.TOKEN_TYPE_NOT_ACCEPTED: "This route does not accept this type of credential.",
+    Reason.MISSING_SCOPE: "A required scope is missing.",
+    Reason.INVALID_CREDENTIAL: "Clerk does not know this credential.",
+    Reason.TOKEN_LOOKUPS_EXHAUSTED: "Too many unknown credentials; try again later.",
+    Reason.TOKEN_VERIFICATION_UNAVAILABLE:
+        "The credential cannot be verified right now; try again shortly.",
     Reason.AMBIGUOUS_TOKEN: "The request carries more than one session token.",
     Reason.AMBIGUOUS_PATH: "The request path is ambiguous.",
     Reason.MISSING_ROLE: "The organization role does not allow this.",

@@ -108,7 +108,8 @@ class ForwardAuthHandler:
         """The facts of the forwarded request; raises ConflictingForwardedRequest."""
         method, uri, host = self._original(method, own_path, remote, headers)
         return RequestFacts(door="forward_auth", method=method, uri=uri, host=host,
-                            headers=headers, client_ip=remote)
+                            headers=headers, client_ip=remote,
+                            trusted_peer=self._settings.trusts(remote))
 
     def refuse_conflict(self) -> Decision:
         """The (counted) refusal of a request whose two header families disagree."""

@@ -70,6 +70,8 @@ class RequestObserver:
             histogram = self._durations[route] = self._metrics.request_duration.labels(
                 self._door, route)
         histogram.observe(elapsed)
+        if decision is not None and (token_type := decision.token_type) is not None:
+            self._metrics.token_type_decision(token_type, decision.reason)
         if not access_log.isEnabledFor(logging.INFO):
             return
         identity = decision.identity if decision is not None else None
@@ -81,8 +83,9 @@ class RequestObserver:
             "status": status,
             "reason": (reason.label if reason is not None
                        else decision.reason.label if decision is not None else None),
-            "user": identity.user_id if identity else None,
+            "user": (identity.user_id or None) if identity else None,
             "org": identity.org_id if identity else None,
+            "token_type": decision.token_type if decision is not None else None,
             "duration_ms": round(elapsed * 1000, 3),
             "upstream_status": upstream_status,
         })

@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import Settings
+from gateway.config_sections import address_in
 from gateway.http.bounded_body import answer_and_close
 from gateway.http.client_slots import ClientAddresses, ClientSlots
 from gateway.http.errors import error_response
@@ -221,6 +222,7 @@ class ProxyHandler:
         assert settings.upstream, "the proxy needs an upstream"
         proxy = settings.proxy
         self._settings = settings
+        self._trusted_proxies = settings.proxy.trusted_proxies
         self._authorizer = authorizer
         self._metrics = metrics
         self._sockets = sockets
@@ -331,6 +333,8 @@ class ProxyHandler:
             headers=headers,
             query=request.query if websocket and self._ws_param else None,
             client_ip=request.remote,
+            trusted_peer=bool(self._trusted_proxies) and address_in(
+                request.remote, self._trusted_proxies),
         )
         decision = await self._authorizer.authorize(facts)
         request[DECISION] = decision
