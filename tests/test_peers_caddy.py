@@ -32,7 +32,8 @@ async def test_headers_the_gateway_left_out_arrive_neither_as_placeholders_nor_e
     assert status == 200, body
     seen = upstream.identity()
     assert seen["HTTP_X_USER_ID"] == "user_plain"
-    left_out = [h for h in IDENTITY_HEADERS if h != "X-User-Id"]
+    assert seen["HTTP_X_TOKEN_TYPE"] == "session_token"  # every credential has a type
+    left_out = [h for h in IDENTITY_HEADERS if h not in ("X-User-Id", "X-Token-Type")]
     for header in left_out:
         assert "HTTP_" + header.upper().replace("-", "_") not in seen, (header, seen)
 
