@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry
 from gateway.auth.introspection import SessionIntrospector
 from gateway.auth.jwks import IssuerKeys
 from gateway.auth.revocation import RevocationChecker, SocketCloser, clerk_issuers
-from gateway.auth.revocation_store import build_store
 from gateway.auth.verify import Verifier
 from gateway.config import Settings
 from gateway.http.admin import AdminHandlers
@@ -31,6 +30,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, extractor_for, router_for
 from gateway.reasons import Reason
 from gateway.reload import ReloadResult, apply_settings
+from gateway.state.wiring import revocation_store_for, shared_store_for
 
 __all__ = ["GATEWAY", "WORKER_HEADER", "Gateway", "build_admin_app", "build_public_app"]
 
@@ -64,8 +64,9 @@ class Gateway:
                 revocation, settings.clerk_api_url, settings.clerk_secret_key,
                 lambda: self.session, self.metrics, clock)
         redis_url = settings.redis_url.value if settings.redis_url else None
+        self.state = shared_store_for(settings, clock)
         self.revocation = RevocationChecker(
-            revocation, build_store(redis_url, revocation, clock), self.metrics, clock,
+            revocation, revocation_store_for(settings, self.state, clock), self.metrics, clock,
             introspector, clerk_issuers(settings))
         self.authorizer = Authorizer(
             router_for(settings),
@@ -81,6 +82,9 @@ class Gateway:
         self._flusher: asyncio.Task[None] | None = None
         if redis_url:
             self.admin.add_check("redis", lambda: self.revocation.ready)
+        if self.state is not None:
+            state = self.state
+            self.admin.add_check("state", lambda: state.healthy)
         self._reload_lock = asyncio.Lock()
         self.sockets = OpenSockets()
         self.revocation.subscribe(SocketCloser(self.sockets))
@@ -112,6 +116,8 @@ class Gateway:
 
     async def start(self) -> None:
         """Open the HTTP client, fetch every issuer's keys once, start the refreshers."""
+        if self.state is not None:
+            await self.state.open()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_metrics())
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=32, ttl_dns_cache=300),
@@ -141,6 +147,8 @@ class Gateway:
         for keys in self.keys.values():
             await keys.stop()
         await self.revocation.close()
+        if self.state is not None:
+            await self.state.close()
         if self.session is not None:
             await self.session.close()
 

@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
@@ -15,9 +16,14 @@ from gateway.logs import setup_logging
 __all__ = ["main"]
 
 
-def _load(args: argparse.Namespace) -> Settings | None:
+def _load(args: argparse.Namespace, *, create_state: bool = True) -> Settings | None:
+    from gateway.state.schema import check_state_dir
+
+    def check(path: Path) -> list[str]:
+        return check_state_dir(path, create=create_state)
+
     try:
-        return load_settings(os.environ, args.config)
+        return load_settings(os.environ, args.config, check)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return None
@@ -35,6 +41,8 @@ def _describe(settings: Settings) -> str:
             f"keys from {issuer.key_source}, algorithms {', '.join(issuer.algorithms)})"
         )
     default = settings.route_options.default.rule.access
+    shared = "shared by every worker" if settings.shared_state else "per process (not shared)"
+    lines.append(f"  state: {settings.state_dir} ({shared})")
     lines.append(f"  routes: {len(settings.routes)} (unmatched requests: {default})")
     for route in settings.routes:
         lines.append(f"    {route.name}: {route.rule.access}")
@@ -42,7 +50,7 @@ def _describe(settings: Settings) -> str:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    settings = _load(args)
+    settings = _load(args, create_state=False)
     if settings is None:
         return 2
     print(_describe(settings))

@@ -8,7 +8,7 @@ The sections live in `config_issuers` and `config_sections`; this module assembl
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,8 @@ from gateway.config_sections import (
 )
 from gateway.configreader import Reader, Secret
 from gateway.routing import Route, RouteOptions, parse_route_options, parse_routes
+from gateway.state.schema import default_state_dir
+from gateway.state.settings import parse_state
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -122,6 +124,9 @@ class Settings:
     clerk_api_url: str = DEFAULT_API_URL
     revocation: RevocationSettings = field(default_factory=RevocationSettings)
     source_path: str | None = None
+    # Where facts shared by every worker (and kept across restarts) live; see gateway/state/.
+    state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
+    shared_state: bool = True
 
     @property
     def mode(self) -> str:
@@ -178,8 +183,12 @@ def _env_number(env: Mapping[str, str], name: str, default: float, low: float, h
 def load_settings(
     environ: Mapping[str, str] | None = None,
     config_path: str | None = None,
+    check_state_dir: Callable[[Path], list[str]] | None = None,
 ) -> Settings:
-    """Build settings from the environment and an optional YAML file; raise ConfigError."""
+    """Build settings from the environment and an optional YAML file; raise ConfigError.
+
+    ``check_state_dir`` (the only I/O beyond reading files) adds the state directory's
+    problems to the same error; `serve` and `check-config` pass it."""
     env = dict(os.environ if environ is None else environ)
     problems: list[str] = []
     path = config_path or env.get("GATEWAY_CONFIG") or None
@@ -276,6 +285,9 @@ def load_settings(
         value = env.get(name)
         return Secret(value) if value else None
 
+    state_dir, shared_state = parse_state(root, env)
+    if check_state_dir is not None:
+        problems.extend(check_state_dir(state_dir))
     root.check_unknown()
     if problems:
         raise ConfigError(problems)
@@ -308,4 +320,6 @@ def load_settings(
         clerk_api_url=api_url,
         revocation=revocation,
         source_path=path,
+        state_dir=state_dir,
+        shared_state=shared_state,
     )

@@ -129,6 +129,9 @@ class RevocationChecker:
         self.settings = settings
         self.introspect_issuers = introspect_issuers
         self.store = store
+        # A store mirrored in memory (the shared SQLite store) answers without I/O.
+        self._peek: Callable[[str], tuple[bool, RevocationEntry | None]] | None = getattr(
+            store, "peek", None)
         self.introspector = introspector
         self._metrics = metrics
         self._clock = clock
@@ -227,10 +230,15 @@ class RevocationChecker:
         local = self._local
         resync_at = self._resync_at
         ttl = self._ttl
+        peek = self._peek
         for key in identity_keys(identity):
             item = local.get(key)
             if item is None or now - item.fetched_at >= ttl or item.fetched_at < resync_at:
-                stale.append(key)
+                known, entry = peek(key) if peek is not None else (False, None)
+                if not known:
+                    stale.append(key)
+                elif entry is not None and entry.expires_at > now:
+                    return True, stale
             elif item.entry is not None and item.entry.expires_at > now:
                 return True, stale
         return False, stale

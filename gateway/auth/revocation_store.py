@@ -22,6 +22,7 @@ from aiocache.serializers import JsonSerializer
 from redis.exceptions import RedisError
 
 from gateway.config import RevocationSettings
+from gateway.state.store import StoreUnavailable
 
 __all__ = [
     "KINDS",
@@ -40,10 +41,6 @@ KINDS = ("session", "user", "membership", "organization", "token")
 
 Notify = Callable[[str, "RevocationEntry | str"], None]
 """Called with ("add", entry) or ("remove", key) for every change seen by this replica."""
-
-
-class StoreUnavailable(Exception):
-    """The revocation store could not be reached (or did not answer in time)."""
 
 
 def entry_key(kind: str, ident: str) -> str:
@@ -86,7 +83,9 @@ class RevocationEntry:
 class RevocationStore(Protocol):
     """The operations the checker, webhooks and admin API need from a store."""
 
-    healthy: bool
+    @property
+    def healthy(self) -> bool:
+        """True while the store answers."""
 
     async def start(self, notify: Notify, resync: Callable[[], None]) -> None:
         """Begin delivering change notifications."""

@@ -1,0 +1,34 @@
+"""Which backend holds which shared facts, chosen once from the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway.auth.revocation_store import RevocationStore, build_store
+from gateway.config import Settings
+from gateway.state.revocations import SharedRevocationStore
+from gateway.state.schema import database_path
+from gateway.state.sqlite import SqliteStore
+
+__all__ = ["revocation_store_for", "shared_store_for"]
+
+_MAX_POLL_SECONDS = 0.25
+
+
+def shared_store_for(settings: Settings, clock: Callable[[], float]) -> SqliteStore | None:
+    """The host's SQLite store in the state directory; None when shared_state is off."""
+    if not settings.shared_state:
+        return None
+    lag = settings.revocation.local_ttl_seconds
+    return SqliteStore(database_path(settings.state_dir), clock,
+                       poll_seconds=min(_MAX_POLL_SECONDS, lag / 4), max_lag=lag)
+
+
+def revocation_store_for(settings: Settings, shared: SqliteStore | None,
+                         clock: Callable[[], float]) -> RevocationStore:
+    """Redis when GATEWAY_REDIS_URL is set (across hosts), else the shared SQLite store,
+    else (shared_state off) the process's memory."""
+    redis_url = settings.redis_url.value if settings.redis_url else None
+    if redis_url or shared is None:
+        return build_store(redis_url, settings.revocation, clock)
+    return SharedRevocationStore(shared, clock)
