@@ -295,6 +295,7 @@ class RevocationChecker:
 
     async def _fetch(self, keys: list[str]) -> bool:
         seq = self._seq
+        started = self._clock()  # the answers are as old as the read's start, not its end
         try:
             entries = await self.store.get_many(keys)
         except StoreUnavailable:
@@ -307,12 +308,11 @@ class RevocationChecker:
         finally:
             for key in keys:
                 self._inflight.pop(key, None)
-        now = self._clock()
         for key, entry in zip(keys, entries, strict=True):
             current = self._local.get(key)
             if current is not None and current.seq > seq:
                 continue  # a notification arrived while we were reading: it is newer
-            self._set_local(key, entry, now)
+            self._set_local(key, entry, started)
         return True
 
     def _set_local(self, key: str, entry: RevocationEntry | None, now: float) -> None:

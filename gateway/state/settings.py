@@ -20,7 +20,8 @@ def parse_state(root: Reader, env: Mapping[str, str]) -> tuple[Path, bool]:
 
     ``GATEWAY_STATE_DIR`` overrides ``state_dir:``; ``GATEWAY_SHARED_STATE`` overrides
     ``shared_state:``. No I/O: the directory is checked by `check_state_dir` at start."""
-    text = env.get("GATEWAY_STATE_DIR") or root.text("state_dir") or ""
+    from_file = root.text("state_dir") or ""
+    text = env.get("GATEWAY_STATE_DIR") or from_file
     if "\x00" in text:
         root.problem("must be a directory path", "state_dir")
         text = ""
