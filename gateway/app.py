@@ -17,6 +17,7 @@ from gateway.auth.jwks import IssuerKeys
 from gateway.auth.revocation import RevocationChecker, SocketCloser, clerk_issuers
 from gateway.auth.verify import Verifier
 from gateway.config import Settings
+from gateway.config_issuers import IssuerSettings, KeySettings
 from gateway.http.admin import AdminHandlers
 from gateway.http.admin_api import AdminApi
 from gateway.http.errors import error_response, json_errors
@@ -30,7 +31,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, extractor_for, router_for
 from gateway.reasons import Reason
 from gateway.reload import ReloadResult, apply_settings
-from gateway.state.wiring import revocation_store_for, shared_store_for
+from gateway.state.wiring import keyset_share_for, revocation_store_for, shared_store_for
 
 __all__ = ["GATEWAY", "WORKER_HEADER", "Gateway", "build_admin_app", "build_public_app"]
 
@@ -124,15 +125,19 @@ class Gateway:
             headers={"User-Agent": "clerk-gateway"},
         )
         for issuer in self.settings.issuers:
-            self.keys[issuer.name] = IssuerKeys(
-                issuer, self.settings.keys, self.session, self.metrics
-            )
+            self.keys[issuer.name] = self.issuer_keys(issuer, self.settings.keys)
         await asyncio.gather(*(keys.refresh() for keys in self.keys.values()))
         for keys in self.keys.values():
             keys.start()
         await self.revocation.start()
         if self.proxy is not None:
             await self.proxy.start()
+
+    def issuer_keys(self, issuer: IssuerSettings, settings: KeySettings) -> IssuerKeys:
+        """An issuer's key set, shared with every worker when the shared store is on."""
+        assert self.session is not None
+        return IssuerKeys(issuer, settings, self.session, self.metrics,
+                          share=keyset_share_for(self.state, issuer))
 
     async def close(self) -> None:
         """Stop the proxy, refreshers, the revocation store and the HTTP client."""

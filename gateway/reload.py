@@ -70,9 +70,8 @@ async def apply_settings(gateway: Gateway, new: Settings) -> ReloadResult:
         for issuer in settings.issuers:
             held = current.get(issuer.name)
             if held is None or held.issuer != issuer or settings.keys != old.keys:
-                fresh[issuer.name] = IssuerKeys(
-                    issuer, settings.keys, gateway.session, gateway.metrics)
-        await asyncio.gather(*(keys.refresh() for keys in fresh.values()))
+                fresh[issuer.name] = gateway.issuer_keys(issuer, settings.keys)
+        await asyncio.gather(*(keys.refresh(fetch=True) for keys in fresh.values()))
     added = tuple(n for n in fresh if n not in current)
     replaced = tuple(n for n in fresh if n in current)
     wanted = {i.name for i in settings.issuers}

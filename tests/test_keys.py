@@ -122,7 +122,7 @@ async def test_provider_down_at_startup_gives_503_then_recovers(
     token = clerk.token()
     ready = await gw.admin.get("/readyz")
     assert ready.status == 503
-    assert (await ready.json())["checks"] == {"keys:clerk": False}
+    assert (await ready.json())["checks"] == {"keys:clerk": False, "state": True}
     response = await gw.get("/", token)
     assert response.status == 503
     assert (await response.json())["reason"] == "keys_unavailable"

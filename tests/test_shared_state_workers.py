@@ -15,14 +15,21 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
-from gateway.devissuer import DevIssuer
+from gateway.devissuer import DevIssuer, SigningKey
 from gateway.http.webhooks import WEBHOOK_PATH
 from gateway.http.websocket import CLOSE_REVOKED
 from tests.conftest import free_port
 from tests.proxy_support import GatewayProcess, Upstream, start_gateway_process
 from tests.revocation_support import ADMIN_TOKEN, WEBHOOK_SECRET, admin_headers, delivery
-from tests.worker_support import children, every_worker, owner_of, wait_listening
+from tests.worker_support import (
+    children,
+    every_worker,
+    get_kept_open,
+    owner_of,
+    wait_listening,
+)
 
 PROPAGATION_SECONDS = 1.0  # revocation.local_ttl_seconds: the promise under test
 
@@ -34,23 +41,21 @@ class Workers:
         self.process = process
         self.pids = pids
 
-    async def public(self, path: str, headers: dict[str, str],
-                     client_port: int) -> tuple[tuple[int, str | None], int]:
+    async def public(self, path: str,
+                     headers: dict[str, str]) -> tuple[tuple[int, str | None], int]:
         """GET on a fresh connection: ((status, reason), the worker that answered)."""
-        connector = aiohttp.TCPConnector(local_addr=("127.0.0.1", client_port))
-        async with aiohttp.ClientSession(connector=connector) as session, session.get(
-                self.process.url + path, headers=headers) as response:
-            body = await response.read()
-            worker = owner_of(self.process.port, client_port, self.pids)
-        reason = json.loads(body).get("reason") if response.status >= 400 else None
-        return (response.status, reason), worker
+        status, body, worker = await get_kept_open(
+            self.process.port, path, headers,
+            lambda client_port: owner_of(self.process.port, client_port, self.pids))
+        reason = json.loads(body).get("reason") if status >= 400 else None
+        return (status, reason), worker
 
     async def statuses(self, token: str) -> list[tuple[int, tuple[int, str | None]]]:
         """Fresh-connection requests until every worker answered three of them."""
         auth = {"Authorization": f"Bearer {token}"}
 
-        async def send(port: int) -> tuple[tuple[int, str | None], int]:
-            return await self.public("/api", auth, port)
+        async def send() -> tuple[tuple[int, str | None], int]:
+            return await self.public("/api", auth)
 
         return await every_worker(send, self.pids)
 
@@ -66,7 +71,7 @@ class Workers:
                                **kwargs: Any) -> list[tuple[int, tuple[int, Any]]]:
         """The admin call repeated on fresh connections until every worker answered once."""
 
-        async def send(_port: int) -> tuple[tuple[int, Any], int]:
+        async def send() -> tuple[tuple[int, Any], int]:
             status, body, pid = await self.admin(method, path, **kwargs)
             return (status, body), pid
 
@@ -74,15 +79,20 @@ class Workers:
 
 
 async def start_workers(clerk: DevIssuer, upstream: Upstream, tmp_path: Path, *args: str,
-                        state: Path | None = None) -> Workers:
+                        state: Path | None = None,
+                        config: dict[str, Any] | None = None) -> Workers:
     """`serve` in proxy mode with the admin API and webhooks on, every worker listening."""
     port, admin_port = free_port(), free_port()
+    if config is not None:
+        path = tmp_path / f"gateway-{port}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        args = ("--config", str(path), *args)
     process = await start_gateway_process({
         "CLERK_ISSUER": clerk.issuer, "GATEWAY_UPSTREAM": upstream.url,
         "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN, "CLERK_WEBHOOK_SIGNING_SECRET": WEBHOOK_SECRET,
         "GATEWAY_STATE_DIR": str(state or tmp_path / "state"),
     }, port, admin_port, tmp_path, *args)
-    count = int(args[-1]) if args and args[0] == "--workers" else None
+    count = int(args[-1]) if "--workers" in args else None
     try:
         pids = await wait_listening(process.proc.pid, count, port, admin_port)
     except AssertionError:
@@ -174,12 +184,11 @@ async def test_open_websockets_of_a_revoked_session_close_4003_on_every_worker(
     sockets: list[tuple[int, aiohttp.ClientWebSocketResponse]] = []
     try:
         for _ in range(200):  # fresh connections until every worker holds two sockets
-            port = free_port()
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(local_addr=("127.0.0.1", port)))
+            session = aiohttp.ClientSession()
             sessions.append(session)
             ws = await session.ws_connect(running.process.url + "/ws",
                                           headers={"Authorization": f"Bearer {token}"})
+            port = ws.get_extra_info("sockname")[1]
             sockets.append((owner_of(running.process.port, port, running.pids), ws))
             if all(sum(1 for p, _ in sockets if p == w) >= 2 for w in running.pids):
                 break
@@ -242,3 +251,50 @@ async def test_revocations_survive_kill_9_of_every_process_and_a_restart(
                 ("session", "sess_kill"), ("user", "user_9")]
     finally:
         assert second.process.stop() == 0, second.process.log()
+
+
+async def test_an_unknown_kid_storm_makes_one_key_fetch_for_all_workers(
+    clerk: DevIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    running = await start_workers(clerk, upstream, tmp_path, config={
+        "keys": {"unknown_kid_cooldown_seconds": 600}})  # longer than the test: one fetch
+    try:
+        before = clerk.hits["jwks"]
+        answers: list[tuple[int, tuple[int, str | None]]] = []
+
+        stranger = SigningKey(kid="unused")
+
+        async def forged() -> None:
+            token = clerk.sign(clerk.claims(), key=stranger,  # a random kid every time
+                               headers={"kid": f"ins_{os.urandom(8).hex()}"})
+            result, pid = await running.public("/api", {"Authorization": f"Bearer {token}"})
+            answers.append((pid, result))
+
+        for _ in range(15):  # 300 requests, 20 at a time, each on a fresh connection
+            await asyncio.gather(*(forged() for _ in range(20)))
+        assert len(answers) == 300
+        _all(answers, (401, "unknown_key"))
+        assert {pid for pid, _ in answers} == set(running.pids)
+        assert clerk.hits["jwks"] - before == 1
+        _all(await running.statuses(clerk.token(lifetime=600)), (200, None))
+    finally:
+        assert running.process.stop() == 0, running.process.log()
+
+
+async def test_after_rotation_and_an_outage_every_worker_accepts_the_new_key(
+    clerk: DevIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    running = await start_workers(clerk, upstream, tmp_path)
+    try:
+        _all(await running.statuses(clerk.token(lifetime=600)), (200, None))
+        clerk.rotate()
+        token = clerk.token(lifetime=600)  # signed with a key no worker holds yet
+        (status, _reason), _pid = await running.public(
+            "/api", {"Authorization": f"Bearer {token}"})
+        assert status == 200  # one worker fetched the new key set and accepted the token
+        clerk.fail_status = 503  # the identity provider goes down
+        fetches = clerk.hits["jwks"]
+        _all(await running.statuses(token), (200, None))
+        assert clerk.hits["jwks"] == fetches  # the others took the key from the shared set
+    finally:
+        assert running.process.stop() == 0, running.process.log()

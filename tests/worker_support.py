@@ -8,14 +8,13 @@ every worker answered some of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from tests.conftest import free_port
-
-__all__ = ["children", "every_worker", "owner_of", "wait_listening"]
+__all__ = ["children", "every_worker", "get_kept_open", "owner_of", "wait_listening"]
 
 T = TypeVar("T")
 
@@ -84,16 +83,41 @@ def owner_of(server_port: int, client_port: int, workers: list[int]) -> int:
 
 
 async def every_worker(
-    send: Callable[[int], Awaitable[tuple[T, int]]], workers: list[int], *, each: int = 3,
+    send: Callable[[], Awaitable[tuple[T, int]]], workers: list[int], *, each: int = 3,
     attempts: int = 400,
 ) -> list[tuple[int, T]]:
-    """Call ``send(client_port)`` (one fresh connection from that port; it returns its result
-    and the worker that answered) until every worker answered ``each`` times; every result."""
+    """Call ``send()`` (one request on a fresh connection; it returns its result and the
+    worker that answered) until every worker answered ``each`` times; every result."""
     results: list[tuple[int, T]] = []
     for _ in range(attempts):
-        result, pid = await send(free_port())
+        result, pid = await send()
         results.append((pid, result))
         if all(sum(1 for p, _ in results if p == w) >= each for w in workers):
             return results
     counts = {w: sum(1 for p, _ in results if p == w) for w in workers}
     raise AssertionError(f"not every worker answered {each} times in {attempts}: {counts}")
+
+
+async def get_kept_open(port: int, path: str, headers: dict[str, str],
+                        owner: Callable[[int], int]) -> tuple[int, bytes, int]:
+    """GET on a new keep-alive connection; with the connection still open, ask ``owner``
+    which worker holds it (from the client port). (status, body, worker)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        client_port = writer.get_extra_info("sockname")[1]
+        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}",
+                 *(f"{k}: {v}" for k, v in headers.items())]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        body = await asyncio.wait_for(reader.readexactly(length), 30)
+        return status, body, owner(client_port)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gateway.auth.revocation_store import RevocationStore, build_store
-from gateway.config import Settings
+from gateway.config import IssuerSettings, Settings
+from gateway.state.keysets import KeySetShare, source_digest
 from gateway.state.revocations import SharedRevocationStore
 from gateway.state.schema import database_path
 from gateway.state.sqlite import SqliteStore
 
-__all__ = ["revocation_store_for", "shared_store_for"]
+__all__ = ["keyset_share_for", "revocation_store_for", "shared_store_for"]
 
 _MAX_POLL_SECONDS = 0.25
 
@@ -22,6 +23,16 @@ def shared_store_for(settings: Settings, clock: Callable[[], float]) -> SqliteSt
     lag = settings.revocation.local_ttl_seconds
     return SqliteStore(database_path(settings.state_dir), clock,
                        poll_seconds=min(_MAX_POLL_SECONDS, lag / 4), max_lag=lag)
+
+
+def keyset_share_for(shared: SqliteStore | None,
+                     issuer: IssuerSettings) -> KeySetShare | None:
+    """The issuer's shared key set (None without a shared store or for a pinned PEM key)."""
+    if shared is None or issuer.jwt_key:
+        return None
+    source = source_digest(issuer.issuer, issuer.key_source, issuer.jwks_url,
+                           issuer.backend_api_url)
+    return KeySetShare(shared, source)
 
 
 def revocation_store_for(settings: Settings, shared: SqliteStore | None,
