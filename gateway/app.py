@@ -31,7 +31,12 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, extractor_for, router_for
 from gateway.reasons import Reason
 from gateway.reload import ReloadResult, apply_settings
-from gateway.state.wiring import keyset_share_for, revocation_store_for, shared_store_for
+from gateway.state.wiring import (
+    introspection_share_for,
+    keyset_share_for,
+    revocation_store_for,
+    shared_store_for,
+)
 
 __all__ = ["GATEWAY", "WORKER_HEADER", "Gateway", "build_admin_app", "build_public_app"]
 
@@ -59,13 +64,14 @@ class Gateway:
         self.keys: dict[str, IssuerKeys] = {}
         self.verifier = Verifier(settings, self.keys, self.metrics, clock)
         revocation = settings.revocation
+        self.state = shared_store_for(settings, clock)
         introspector = None
         if revocation.introspection and settings.clerk_secret_key is not None:
             introspector = SessionIntrospector(
                 revocation, settings.clerk_api_url, settings.clerk_secret_key,
-                lambda: self.session, self.metrics, clock)
+                lambda: self.session, self.metrics, clock,
+                share=introspection_share_for(self.state, settings, clock))
         redis_url = settings.redis_url.value if settings.redis_url else None
-        self.state = shared_store_for(settings, clock)
         self.revocation = RevocationChecker(
             revocation, revocation_store_for(settings, self.state, clock), self.metrics, clock,
             introspector, clerk_issuers(settings))

@@ -79,8 +79,8 @@ class Workers:
 
 
 async def start_workers(clerk: DevIssuer, upstream: Upstream, tmp_path: Path, *args: str,
-                        state: Path | None = None,
-                        config: dict[str, Any] | None = None) -> Workers:
+                        state: Path | None = None, config: dict[str, Any] | None = None,
+                        env: dict[str, str] | None = None) -> Workers:
     """`serve` in proxy mode with the admin API and webhooks on, every worker listening."""
     port, admin_port = free_port(), free_port()
     if config is not None:
@@ -90,7 +90,7 @@ async def start_workers(clerk: DevIssuer, upstream: Upstream, tmp_path: Path, *a
     process = await start_gateway_process({
         "CLERK_ISSUER": clerk.issuer, "GATEWAY_UPSTREAM": upstream.url,
         "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN, "CLERK_WEBHOOK_SIGNING_SECRET": WEBHOOK_SECRET,
-        "GATEWAY_STATE_DIR": str(state or tmp_path / "state"),
+        "GATEWAY_STATE_DIR": str(state or tmp_path / "state"), **(env or {}),
     }, port, admin_port, tmp_path, *args)
     count = int(args[-1]) if "--workers" in args else None
     try:
@@ -296,5 +296,51 @@ async def test_after_rotation_and_an_outage_every_worker_accepts_the_new_key(
         fetches = clerk.hits["jwks"]
         _all(await running.statuses(token), (200, None))
         assert clerk.hits["jwks"] == fetches  # the others took the key from the shared set
+    finally:
+        assert running.process.stop() == 0, running.process.log()
+
+
+async def start_introspecting(clerk: DevIssuer, upstream: Upstream, tmp_path: Path) -> Workers:
+    """Workers asking the fake Clerk's Backend API about every session."""
+    return await start_workers(
+        clerk, upstream, tmp_path, config={"revocation": {"introspection": True}},
+        env={"CLERK_SECRET_KEY": clerk.secret_key, "CLERK_API_URL": clerk.issuer})
+
+
+async def test_sixteen_concurrent_first_requests_across_workers_make_one_introspection_call(
+    clerk: DevIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    running = await start_introspecting(clerk, upstream, tmp_path)
+    try:
+        clerk.sessions["sess_many"] = "active"
+        clerk.delay = 0.5  # Clerk answers slowly: every request arrives while it is asked
+        auth = {"Authorization": f"Bearer {clerk.token(sid='sess_many', lifetime=600)}"}
+        answers = await asyncio.gather(*(running.public("/api", auth) for _ in range(16)))
+        assert [result for result, _pid in answers] == [(200, None)] * 16
+        assert {pid for _result, pid in answers} == set(running.pids)
+        assert clerk.hits["session"] == 1
+    finally:
+        assert running.process.stop() == 0, running.process.log()
+
+
+async def test_a_429_stops_introspection_calls_from_every_worker_until_retry_after(
+    clerk: DevIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    running = await start_introspecting(clerk, upstream, tmp_path)
+    try:
+        clerk.sessions.update(sess_first="active", sess_later="active")
+        clerk.session_fail_status, clerk.retry_after = 429, 12
+        first = {"Authorization": f"Bearer {clerk.token(sid='sess_first', lifetime=600)}"}
+        assert (await running.public("/api", first))[0] == (503, "revocation_unavailable")
+        limited_at = time.monotonic()
+        assert clerk.hits["session"] == 1
+        later = clerk.token(sid="sess_later", lifetime=600)
+        _all(await running.statuses(later), (503, "revocation_unavailable"))
+        assert time.monotonic() - limited_at < 12, "the check outlived Retry-After itself"
+        assert clerk.hits["session"] == 1  # no worker called Clerk inside Retry-After
+        clerk.session_fail_status = None
+        await asyncio.sleep(max(0.0, limited_at + 12.5 - time.monotonic()))
+        _all(await running.statuses(later), (200, None))
+        assert clerk.hits["session"] == 2  # one call again, its answer shared by all
     finally:
         assert running.process.stop() == 0, running.process.log()

@@ -6,12 +6,18 @@ from collections.abc import Callable
 
 from gateway.auth.revocation_store import RevocationStore, build_store
 from gateway.config import IssuerSettings, Settings
+from gateway.state.introspection_share import IntrospectionShare
 from gateway.state.keysets import KeySetShare, source_digest
 from gateway.state.revocations import SharedRevocationStore
 from gateway.state.schema import database_path
 from gateway.state.sqlite import SqliteStore
 
-__all__ = ["keyset_share_for", "revocation_store_for", "shared_store_for"]
+__all__ = [
+    "introspection_share_for",
+    "keyset_share_for",
+    "revocation_store_for",
+    "shared_store_for",
+]
 
 _MAX_POLL_SECONDS = 0.25
 
@@ -33,6 +39,14 @@ def keyset_share_for(shared: SqliteStore | None,
     source = source_digest(issuer.issuer, issuer.key_source, issuer.jwks_url,
                            issuer.backend_api_url)
     return KeySetShare(shared, source)
+
+
+def introspection_share_for(shared: SqliteStore | None, settings: Settings,
+                            clock: Callable[[], float]) -> IntrospectionShare | None:
+    """Introspection answers, leases and back-off shared through the host's store."""
+    if shared is None:
+        return None
+    return IntrospectionShare(shared, source_digest(settings.clerk_api_url), clock)
 
 
 def revocation_store_for(settings: Settings, shared: SqliteStore | None,
