@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -130,8 +130,8 @@ class RevocationChecker:
         self.introspect_issuers = introspect_issuers
         self.store = store
         # A store mirrored in memory (the shared SQLite store) answers without I/O.
-        self._peek: Callable[[str], tuple[bool, RevocationEntry | None]] | None = getattr(
-            store, "peek", None)
+        self._mirror: Callable[[float], Mapping[str, RevocationEntry] | None] | None = getattr(
+            store, "current_mirror", None)
         self.introspector = introspector
         self._metrics = metrics
         self._clock = clock
@@ -230,14 +230,15 @@ class RevocationChecker:
         local = self._local
         resync_at = self._resync_at
         ttl = self._ttl
-        peek = self._peek
+        mirror = self._mirror(now) if self._mirror is not None else None
         for key in identity_keys(identity):
             item = local.get(key)
             if item is None or now - item.fetched_at >= ttl or item.fetched_at < resync_at:
-                known, entry = peek(key) if peek is not None else (False, None)
-                if not known:
+                if mirror is None:
                     stale.append(key)
-                elif entry is not None and entry.expires_at > now:
+                    continue
+                entry = mirror.get(key)
+                if entry is not None and entry.expires_at > now:
                     return True, stale
             elif item.entry is not None and item.entry.expires_at > now:
                 return True, stale

@@ -2,7 +2,7 @@
 
 Every worker loads the live revocations once at start and keeps that mirror current from
 the store's change feed, so a request's revocation check is a dict look-up, never a database
-call: ``peek`` answers from the mirror while the feed is current, and only when it is not
+call: ``current_mirror`` answers while the feed is current, and only when it is not
 (the database failing) does the checker fall back to reads, then to ``on_store_error``.
 Webhook ``svix-id`` markers are claimed atomically in the ``webhook`` namespace.
 """
@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from gateway.auth.revocation_store import Notify, RevocationEntry
 from gateway.state.store import Change, Record, SharedStore, StoreUnavailable
@@ -102,11 +102,11 @@ class SharedRevocationStore:
                 if self._notify is not None:
                     self._notify("remove", change.key)
 
-    def peek(self, key: str) -> tuple[bool, RevocationEntry | None]:
-        """(True, entry or None) from the mirror while it is current, else (False, None)."""
-        if not self._loaded or not self._store.feed_current:
-            return False, None
-        return True, self._mirror.get(key)
+    def current_mirror(self, now: float) -> Mapping[str, RevocationEntry] | None:
+        """Every revocation by key while the mirror is current at ``now``, else None."""
+        if not self._loaded or now >= self._store.fresh_until:
+            return None
+        return self._mirror
 
     async def get_many(self, keys: list[str]) -> list[RevocationEntry | None]:
         """From the mirror when current, else one read of the database."""

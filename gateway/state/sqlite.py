@@ -62,6 +62,7 @@ class SqliteStore:
         self._healthy = True
         self._feed_ok = False
         self._polled_at = float("-inf")
+        self.fresh_until = float("-inf")  # the feed is current until then (clock time)
         self._cursor = 0
         self._data_version: int | None = None
         self._wrote = False
@@ -77,7 +78,7 @@ class SqliteStore:
     def feed_current(self) -> bool:
         """True when a feed read that started less than ``max_lag`` seconds ago succeeded:
         every change committed before then has been delivered."""
-        return self._feed_ok and self._clock() - self._polled_at < self._max_lag
+        return self._clock() < self.fresh_until
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -88,6 +89,7 @@ class SqliteStore:
         self._conn = await loop.run_in_executor(self._executor, self._connect_sync)
         self._cursor = await self._run(self._top_sync)
         self._feed_ok, self._polled_at = True, self._clock()
+        self.fresh_until = self._polled_at + self._max_lag
         self._task = loop.create_task(self._poll_loop(), name="state-feed")
 
     def _connect_sync(self) -> sqlite3.Connection:
@@ -254,10 +256,11 @@ class SqliteStore:
         try:
             changes, cursor, missed = await self._run(self._read_feed_sync, self._cursor)
         except StoreUnavailable:
-            self._feed_ok = False
+            self._feed_ok, self.fresh_until = False, float("-inf")
             return
         recovered = not self._feed_ok
         self._cursor, self._feed_ok, self._polled_at = cursor, True, started
+        self.fresh_until = started + self._max_lag
         if missed or recovered:
             self._resync_all()
         self._deliver(changes)

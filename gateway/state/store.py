@@ -54,6 +54,10 @@ class SharedStore(Protocol):
     def feed_current(self) -> bool:
         """True when every change committed by others up to ``lag`` seconds ago was delivered."""
 
+    @property
+    def fresh_until(self) -> float:
+        """The clock time until which ``feed_current`` holds (for hot paths holding ``now``)."""
+
     async def open(self) -> None:
         """Connect, create or check the schema, start the change feed."""
 
