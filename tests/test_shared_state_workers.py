@@ -5,6 +5,7 @@ connection and showing, from /proc, that every worker answered some of them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -101,17 +102,25 @@ async def start_workers(clerk: DevIssuer, upstream: Upstream, tmp_path: Path, *a
     return Workers(process, pids)
 
 
-@pytest.fixture(params=[None, "4"], ids=["default-workers", "4-workers"])
-async def workers(request: pytest.FixtureRequest, clerk: DevIssuer, upstream: Upstream,
-                  tmp_path: Path) -> AsyncIterator[Workers]:
-    """The gateway with the default worker count (one per CPU), and with four."""
-    args = ("--workers", request.param) if request.param else ()
-    running = await start_workers(clerk, upstream, tmp_path, *args)
+@contextlib.asynccontextmanager
+async def serving(clerk: DevIssuer, upstream: Upstream, tmp_path: Path, *args: str,
+                  **options: Any) -> AsyncIterator[Workers]:
+    """`start_workers`, then a clean stop (exit 0) whatever the test did."""
+    running = await start_workers(clerk, upstream, tmp_path, *args, **options)
     try:
         yield running
     finally:
         code = running.process.stop()
     assert code == 0, running.process.log()
+
+
+@pytest.fixture(params=[None, "4"], ids=["default-workers", "4-workers"])
+async def workers(request: pytest.FixtureRequest, clerk: DevIssuer, upstream: Upstream,
+                  tmp_path: Path) -> AsyncIterator[Workers]:
+    """The gateway with the default worker count (one per CPU), and with four."""
+    args = ("--workers", request.param) if request.param else ()
+    async with serving(clerk, upstream, tmp_path, *args) as running:
+        yield running
 
 
 def _all(results: list[tuple[int, Any]], expected: Any) -> None:
@@ -158,8 +167,7 @@ async def test_admin_revocation_is_enforced_by_every_worker_and_lifted_everywher
 async def test_signed_webhook_revocation_is_enforced_by_every_worker_and_applied_once(
     clerk: DevIssuer, upstream: Upstream, tmp_path: Path
 ) -> None:
-    running = await start_workers(clerk, upstream, tmp_path)
-    try:
+    async with serving(clerk, upstream, tmp_path) as running:
         token = clerk.token(sub="user_2", sid="sess_hook", lifetime=600)
         _all(await running.statuses(token), (200, None))
         body, headers = delivery("session.revoked", {"id": "sess_hook", "user_id": "user_2"})
@@ -171,14 +179,16 @@ async def test_signed_webhook_revocation_is_enforced_by_every_worker_and_applied
         assert set(outcomes[1:]) == {(200, "duplicate")}  # ... repeats, on any worker, not
         await _after_propagation(sent_at)
         _all(await running.statuses(token), (401, "revoked"))
-    finally:
-        assert running.process.stop() == 0, running.process.log()
 
 
 async def test_open_websockets_of_a_revoked_session_close_4003_on_every_worker(
     clerk: DevIssuer, upstream: Upstream, tmp_path: Path
 ) -> None:
-    running = await start_workers(clerk, upstream, tmp_path)
+    async with serving(clerk, upstream, tmp_path) as running:
+        await _close_4003_everywhere(clerk, running)
+
+
+async def _close_4003_everywhere(clerk: DevIssuer, running: Workers) -> None:
     token = clerk.token(sub="user_3", sid="sess_ws", lifetime=600)
     sessions: list[aiohttp.ClientSession] = []
     sockets: list[tuple[int, aiohttp.ClientWebSocketResponse]] = []
@@ -212,7 +222,6 @@ async def test_open_websockets_of_a_revoked_session_close_4003_on_every_worker(
     finally:
         for session in sessions:
             await session.close()
-        assert running.process.stop() == 0, running.process.log()
 
 
 async def test_revocations_survive_kill_9_of_every_process_and_a_restart(
@@ -238,8 +247,7 @@ async def test_revocations_survive_kill_9_of_every_process_and_a_restart(
                 break
             await asyncio.sleep(0.1)
 
-    second = await start_workers(clerk, upstream, tmp_path, state=state)
-    try:
+    async with serving(clerk, upstream, tmp_path, state=state) as second:
         _all(await second.statuses(token), (401, "revoked"))
         _all(await second.statuses(clerk.token(sub="user_9", lifetime=600)), (401, "revoked"))
         _all(await second.statuses(clerk.token(sub="user_5", lifetime=600)), (200, None))
@@ -249,16 +257,13 @@ async def test_revocations_survive_kill_9_of_every_process_and_a_restart(
             assert status == 200
             assert sorted((e["kind"], e["id"]) for e in body["revocations"]) == [
                 ("session", "sess_kill"), ("user", "user_9")]
-    finally:
-        assert second.process.stop() == 0, second.process.log()
 
 
 async def test_an_unknown_kid_storm_makes_one_key_fetch_for_all_workers(
     clerk: DevIssuer, upstream: Upstream, tmp_path: Path
 ) -> None:
-    running = await start_workers(clerk, upstream, tmp_path, config={
-        "keys": {"unknown_kid_cooldown_seconds": 600}})  # longer than the test: one fetch
-    try:
+    async with serving(clerk, upstream, tmp_path, config={
+            "keys": {"unknown_kid_cooldown_seconds": 600}}) as running:  # one fetch in the test
         before = clerk.hits["jwks"]
         answers: list[tuple[int, tuple[int, str | None]]] = []
 
@@ -277,15 +282,12 @@ async def test_an_unknown_kid_storm_makes_one_key_fetch_for_all_workers(
         assert {pid for pid, _ in answers} == set(running.pids)
         assert clerk.hits["jwks"] - before == 1
         _all(await running.statuses(clerk.token(lifetime=600)), (200, None))
-    finally:
-        assert running.process.stop() == 0, running.process.log()
 
 
 async def test_after_rotation_and_an_outage_every_worker_accepts_the_new_key(
     clerk: DevIssuer, upstream: Upstream, tmp_path: Path
 ) -> None:
-    running = await start_workers(clerk, upstream, tmp_path)
-    try:
+    async with serving(clerk, upstream, tmp_path) as running:
         _all(await running.statuses(clerk.token(lifetime=600)), (200, None))
         clerk.rotate()
         token = clerk.token(lifetime=600)  # signed with a key no worker holds yet
@@ -296,22 +298,18 @@ async def test_after_rotation_and_an_outage_every_worker_accepts_the_new_key(
         fetches = clerk.hits["jwks"]
         _all(await running.statuses(token), (200, None))
         assert clerk.hits["jwks"] == fetches  # the others took the key from the shared set
-    finally:
-        assert running.process.stop() == 0, running.process.log()
 
 
-async def start_introspecting(clerk: DevIssuer, upstream: Upstream, tmp_path: Path) -> Workers:
-    """Workers asking the fake Clerk's Backend API about every session."""
-    return await start_workers(
-        clerk, upstream, tmp_path, config={"revocation": {"introspection": True}},
-        env={"CLERK_SECRET_KEY": clerk.secret_key, "CLERK_API_URL": clerk.issuer})
+def introspecting(clerk: DevIssuer) -> dict[str, Any]:
+    """`serving` options: workers asking the fake Clerk's Backend API about every session."""
+    return {"config": {"revocation": {"introspection": True}},
+            "env": {"CLERK_SECRET_KEY": clerk.secret_key, "CLERK_API_URL": clerk.issuer}}
 
 
 async def test_sixteen_concurrent_first_requests_across_workers_make_one_introspection_call(
     clerk: DevIssuer, upstream: Upstream, tmp_path: Path
 ) -> None:
-    running = await start_introspecting(clerk, upstream, tmp_path)
-    try:
+    async with serving(clerk, upstream, tmp_path, **introspecting(clerk)) as running:
         clerk.sessions["sess_many"] = "active"
         clerk.delay = 0.5  # Clerk answers slowly: every request arrives while it is asked
         auth = {"Authorization": f"Bearer {clerk.token(sid='sess_many', lifetime=600)}"}
@@ -319,15 +317,12 @@ async def test_sixteen_concurrent_first_requests_across_workers_make_one_introsp
         assert [result for result, _pid in answers] == [(200, None)] * 16
         assert {pid for _result, pid in answers} == set(running.pids)
         assert clerk.hits["session"] == 1
-    finally:
-        assert running.process.stop() == 0, running.process.log()
 
 
 async def test_a_429_stops_introspection_calls_from_every_worker_until_retry_after(
     clerk: DevIssuer, upstream: Upstream, tmp_path: Path
 ) -> None:
-    running = await start_introspecting(clerk, upstream, tmp_path)
-    try:
+    async with serving(clerk, upstream, tmp_path, **introspecting(clerk)) as running:
         clerk.sessions.update(sess_first="active", sess_later="active")
         clerk.session_fail_status, clerk.retry_after = 429, 12
         first = {"Authorization": f"Bearer {clerk.token(sid='sess_first', lifetime=600)}"}
@@ -342,5 +337,3 @@ async def test_a_429_stops_introspection_calls_from_every_worker_until_retry_aft
         await asyncio.sleep(max(0.0, limited_at + 12.5 - time.monotonic()))
         _all(await running.statuses(later), (200, None))
         assert clerk.hits["session"] == 2  # one call again, its answer shared by all
-    finally:
-        assert running.process.stop() == 0, running.process.log()
