@@ -34,6 +34,7 @@ RESTART_FIELDS = (
     "listen", "admin_listen", "workers", "upstream", "realm", "log_level", "log_format",
     "admin_token", "redis_url", "webhook_secret", "clerk_secret_key", "clerk_api_url",
     "forward_auth", "proxy", "revocation", "limits", "shutdown_timeout_seconds",
+    "state_dir", "shared_state",
 )
 _VERIFIER_FIELDS = (
     "issuers", "identity_headers", "leeway_seconds", "max_token_bytes", "token_cache_size",

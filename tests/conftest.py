@@ -88,8 +88,12 @@ async def make_gateway(
         clock: Callable[[], float] | None = None,
     ) -> Running:
         environ = {"CLERK_ISSUER": clerk.issuer} if issuer_env else {}
-        # Each gateway its own state directory; a test sharing one passes GATEWAY_STATE_DIR.
-        environ["GATEWAY_STATE_DIR"] = str(tmp_path / f"state-{next(serial)}")
+        # Each gateway its own state directory: the first the test's default one (as
+        # load_settings gives settings built in the test), others their own; a test sharing
+        # one passes GATEWAY_STATE_DIR.
+        number = next(serial)
+        if number:
+            environ["GATEWAY_STATE_DIR"] = str(tmp_path / f"state-{number}")
         environ.update(env or {})
         path = None
         if config is not None:

@@ -224,7 +224,7 @@ async def _close_4003_everywhere(clerk: DevIssuer, running: Workers) -> None:
             await session.close()
 
 
-async def test_revocations_survive_kill_9_of_every_process_and_a_restart(
+async def test_revocations_survive_kill_9_of_every_process_sigterm_and_restarts(
     clerk: DevIssuer, upstream: Upstream, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
@@ -257,6 +257,8 @@ async def test_revocations_survive_kill_9_of_every_process_and_a_restart(
             assert status == 200
             assert sorted((e["kind"], e["id"]) for e in body["revocations"]) == [
                 ("session", "sess_kill"), ("user", "user_9")]
+    async with serving(clerk, upstream, tmp_path, state=state) as third:  # after a SIGTERM
+        _all(await third.statuses(token), (401, "revoked"))
 
 
 async def test_an_unknown_kid_storm_makes_one_key_fetch_for_all_workers(

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -293,3 +294,18 @@ def test_serve_refuses_to_start_on_an_unusable_state_dir(tmp_path: Path) -> None
         "CLERK_ISSUER": "https://x.example", "GATEWAY_STATE_DIR": str(blocker)})
     assert result.returncode == 2
     assert f"state_dir {blocker}: exists and is not a directory" in result.stderr
+
+
+async def test_a_reload_keeps_the_running_state_dir_and_says_a_restart_is_needed(
+    make_gateway: Any, clerk: Any, tmp_path: Path
+) -> None:
+    gw = await make_gateway()
+    running_dir = gw.gateway.settings.state_dir
+    new = load_settings({"CLERK_ISSUER": clerk.issuer,
+                         "GATEWAY_STATE_DIR": str(tmp_path / "elsewhere"),
+                         "GATEWAY_SHARED_STATE": "false"})
+    result = await gw.gateway.reload(new)
+    assert {"state_dir", "shared_state"} <= set(result.restart_required)
+    assert gw.gateway.settings.state_dir == running_dir
+    assert gw.gateway.settings.shared_state is True
+    assert not (tmp_path / "elsewhere").exists()
