@@ -28,6 +28,7 @@ from gateway.state.schema import (
 )
 from gateway.state.sqlite import FEED_KEEP_SECONDS, SqliteStore
 from gateway.state.store import Change, StoreUnavailable
+from tests.revocation_support import ADMIN_TOKEN, admin_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -309,3 +310,29 @@ async def test_a_reload_keeps_the_running_state_dir_and_says_a_restart_is_needed
     assert gw.gateway.settings.state_dir == running_dir
     assert gw.gateway.settings.shared_state is True
     assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize(("mode", "status"), [("fail_closed", 503), ("fail_open", 200)])
+async def test_a_state_store_failing_at_run_time_follows_on_store_error(
+    make_gateway: Any, clerk: Any, mode: str, status: int
+) -> None:
+    clock = Clock()
+    gw = await make_gateway(env={"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN},
+                            config={"revocation": {"on_store_error": mode}}, clock=clock)
+    token = clerk.token(sub="user_1", lifetime=3600)
+    assert (await gw.get("/", token)).status == 200
+    gw.gateway.state._conn.close()  # the database goes away under the running gateway
+    clock.offset = 10  # past local_ttl_seconds (1) + store_grace_seconds (5)
+    response = await gw.get("/", token)
+    assert response.status == status
+    if status == 503:
+        assert (await response.json())["reason"] == "revocation_unavailable"
+    else:
+        sample = gw.gateway.registry.get_sample_value(
+            "clerk_gateway_fail_open_total", {"component": "revocation_store"})
+        assert sample == 1
+    ready = await gw.admin.get("/readyz")
+    assert ready.status == 503 and (await ready.json())["checks"]["state"] is False
+    added = await gw.admin.post("/admin/revocations", json={"kind": "user", "id": "u"},
+                                headers=admin_headers())
+    assert added.status == 503  # not stored, so not claimed: never a 201 nor a 500
