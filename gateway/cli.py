@@ -19,8 +19,8 @@ __all__ = ["main"]
 def _load(args: argparse.Namespace, *, create_state: bool = True) -> Settings | None:
     from gateway.state.schema import check_state_dir
 
-    def check(path: Path) -> list[str]:
-        return check_state_dir(path, create=create_state)
+    def check(path: str) -> list[str]:
+        return check_state_dir(Path(path), create=create_state)
 
     try:
         return load_settings(os.environ, args.config, check)

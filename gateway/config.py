@@ -125,7 +125,7 @@ class Settings:
     revocation: RevocationSettings = field(default_factory=RevocationSettings)
     source_path: str | None = None
     # Where facts shared by every worker (and kept across restarts) live; see gateway/state/.
-    state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
+    state_dir: str = field(default_factory=lambda: str(default_state_dir(os.environ)))
     shared_state: bool = True
 
     @property
@@ -183,7 +183,7 @@ def _env_number(env: Mapping[str, str], name: str, default: float, low: float, h
 def load_settings(
     environ: Mapping[str, str] | None = None,
     config_path: str | None = None,
-    check_state_dir: Callable[[Path], list[str]] | None = None,
+    check_state_dir: Callable[[str], list[str]] | None = None,
 ) -> Settings:
     """Build settings from the environment and an optional YAML file; raise ConfigError.
 

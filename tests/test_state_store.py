@@ -195,10 +195,10 @@ def test_state_dir_setting_env_overrides_file(tmp_path: Path) -> None:
     config.write_text(f"state_dir: {tmp_path / 'from-file'}\nshared_state: false\n")
     env = {"CLERK_ISSUER": "https://x.example"}
     settings = load_settings(env, str(config))
-    assert settings.state_dir == tmp_path / "from-file" and settings.shared_state is False
+    assert settings.state_dir == str(tmp_path / "from-file") and settings.shared_state is False
     settings = load_settings({**env, "GATEWAY_STATE_DIR": str(tmp_path / "env"),
                               "GATEWAY_SHARED_STATE": "true"}, str(config))
-    assert settings.state_dir == tmp_path / "env" and settings.shared_state is True
+    assert settings.state_dir == str(tmp_path / "env") and settings.shared_state is True
 
 
 def test_bad_shared_state_flag_is_a_config_problem() -> None:

@@ -15,7 +15,7 @@ _OFF = {"false", "0", "no", "off"}
 _ON = {"true", "1", "yes", "on"}
 
 
-def parse_state(root: Reader, env: Mapping[str, str]) -> tuple[Path, bool]:
+def parse_state(root: Reader, env: Mapping[str, str]) -> tuple[str, bool]:
     """(the state directory, made absolute; whether workers share state through it).
 
     ``GATEWAY_STATE_DIR`` overrides ``state_dir:``; ``GATEWAY_SHARED_STATE`` overrides
@@ -32,4 +32,4 @@ def parse_state(root: Reader, env: Mapping[str, str]) -> tuple[Path, bool]:
         shared = flag in _ON
     elif flag:
         root.problems.append(f"GATEWAY_SHARED_STATE: {flag!r} must be true or false")
-    return Path(os.path.abspath(path)), shared
+    return os.path.abspath(path), shared

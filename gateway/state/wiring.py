@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from gateway.auth.revocation_store import RevocationStore, build_store
 from gateway.config import IssuerSettings, Settings
@@ -27,7 +28,7 @@ def shared_store_for(settings: Settings, clock: Callable[[], float]) -> SqliteSt
     if not settings.shared_state:
         return None
     lag = settings.revocation.local_ttl_seconds
-    return SqliteStore(database_path(settings.state_dir), clock,
+    return SqliteStore(database_path(Path(settings.state_dir)), clock,
                        poll_seconds=min(_MAX_POLL_SECONDS, lag / 4), max_lag=lag)
 
 
