@@ -57,7 +57,8 @@ LABEL org.opencontainers.image.title="clerk-gateway" \
 
 RUN groupadd --system --gid 10001 gateway \
     && useradd --system --uid 10001 --gid gateway --no-create-home \
-       --home-dir /nonexistent --shell /usr/sbin/nologin gateway
+       --home-dir /nonexistent --shell /usr/sbin/nologin gateway \
+    && install -d -m 0700 -o 10001 -g 10001 /var/lib/clerk-gateway
 
 COPY --from=venv /opt/clerk-gateway /opt/clerk-gateway
 
@@ -67,10 +68,15 @@ ENV PATH="/opt/clerk-gateway/bin:${PATH}" \
     GATEWAY_LISTEN=0.0.0.0:8080 \
     GATEWAY_ADMIN_LISTEN=0.0.0.0:9090 \
     GATEWAY_LOG_FORMAT=json \
-    GATEWAY_LOG_LEVEL=info
+    GATEWAY_LOG_LEVEL=info \
+    GATEWAY_STATE_DIR=/var/lib/clerk-gateway
 
 USER 10001:10001
 WORKDIR /tmp
+
+# The state directory: the SQLite database every worker shares (revocations, webhook
+# deliveries, key sets, introspection answers). A volume, so revocations survive the container.
+VOLUME ["/var/lib/clerk-gateway"]
 
 EXPOSE 8080 9090
 

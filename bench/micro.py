@@ -278,33 +278,39 @@ async def http_cost(n: int, reps: int) -> dict[str, Any]:
     token = dev.sign(_clerk_claims(dev, 1))
     raw = (f"GET /api/hello HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
            f"Authorization: Bearer {token}\r\n\r\n").encode()
-    settings = load_settings({"CLERK_JWT_KEY": key.public_pem(), "CLERK_ISSUER": ISSUER})
     out: dict[str, Any] = {"requests_per_rep": n, "reps": reps}
+    names = ("bare", "gateway_fa", "gateway_fa_aiohttp_door", "gateway_fa_access_log",
+             "gateway_fa_local")
     with tempfile.TemporaryDirectory() as tmp:
+        env = {"CLERK_JWT_KEY": key.public_pem(), "CLERK_ISSUER": ISSUER,
+               "GATEWAY_STATE_DIR": str(Path(tmp) / "state")}  # never the user's own
+        settings = load_settings(env)
+        local = load_settings({**env, "GATEWAY_SHARED_STATE": "false"})
         off = Path(tmp) / "fast-path-off.yaml"  # the aiohttp door answers every request
         off.write_text("forward_auth:\n  fast_path: false\n")
-        slow_door = load_settings(
-            {"CLERK_JWT_KEY": key.public_pem(), "CLERK_ISSUER": ISSUER}, str(off))
-    names = ("bare", "gateway_fa", "gateway_fa_aiohttp_door", "gateway_fa_access_log")
-    for _ in range(2):  # alternate: bare, gateway, its variants, bare, gateway, ...
-        makers: tuple[Callable[[], web.AppRunner], ...] = (
-            lambda: web.AppRunner(bare_app(), access_log=None),
-            lambda: public_runner(Gateway(settings)),
-            lambda: public_runner(Gateway(slow_door)),
-            lambda: public_runner(Gateway(settings)),
-        )
-        for name, make in zip(names, makers, strict=True):
-            gc.collect()  # each measured with only its own objects alive
-            with _access_log(name == "gateway_fa_access_log"):
-                costs, response = await _request_cost(make(), raw, n, reps)
-            if not response.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"{name} answered {response[:40]!r}")
-            out.setdefault(name, []).extend(costs)
+        slow_door = load_settings(env, str(off))
+        for _ in range(2):  # alternate: bare, gateway, its variants, bare, gateway, ...
+            makers: tuple[Callable[[], web.AppRunner], ...] = (
+                lambda: web.AppRunner(bare_app(), access_log=None),
+                lambda: public_runner(Gateway(settings)),
+                lambda: public_runner(Gateway(slow_door)),
+                lambda: public_runner(Gateway(settings)),
+                lambda: public_runner(Gateway(local)),
+            )
+            for name, make in zip(names, makers, strict=True):
+                gc.collect()  # each measured with only its own objects alive
+                with _access_log(name == "gateway_fa_access_log"):
+                    costs, response = await _request_cost(make(), raw, n, reps)
+                if not response.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(f"{name} answered {response[:40]!r}")
+                out.setdefault(name, []).extend(costs)
     for name in names:
         out[f"{name}_us"] = {"min": min(out[name]), "median": statistics.median(out[name])}
     out["gateway_over_bare"] = out["gateway_fa_us"]["min"] / out["bare_us"]["min"]
     out["aiohttp_door_over_bare"] = (
         out["gateway_fa_aiohttp_door_us"]["min"] / out["bare_us"]["min"])
+    out["shared_store_over_local"] = (
+        out["gateway_fa_us"]["min"] / out["gateway_fa_local_us"]["min"])
     return out
 
 

@@ -94,6 +94,14 @@ def evaluate(results: Result) -> list[Result]:
             f"{top} / {bottom} (req/s)", ratio, ">= 0.9x", None if ratio is None else ratio >= 0.9,
             "signed assertions on vs off; per round: " + ", ".join(f"{r:.2f}" for r in per_round)
             if per_round else "not measured"))
+    ratio = _ratio(results, "gateway_fa", "gateway_fa_local")
+    per_round = _round_ratios(results, "gateway_fa", "gateway_fa_local")
+    cpu = _cpu_ratio(results, "gateway_fa", "gateway_fa_local")
+    targets.append(_target(
+        "shared store on / off: gateway_fa / gateway_fa_local (req/s)", ratio, ">= 0.97x",
+        None if ratio is None else ratio >= 0.97,
+        ("per round: " + ", ".join(f"{r:.2f}" for r in per_round) if per_round
+         else "not measured") + (f"; by server CPU per request: {cpu:.2f}x" if cpu else "")))
     ratio = _ratio(results, "gateway_proxy", "nginx_proxy")
     cpu = _cpu_ratio(results, "gateway_proxy", "nginx_proxy")
     targets.append(_target("gateway_proxy / nginx_proxy (req/s)", ratio, "report",
@@ -114,6 +122,13 @@ def evaluate(results: Result) -> list[Result]:
                 f"{http['gateway_fa_access_log_us']['min']:.1f} us"
                 if "gateway_fa_access_log_us" in http else "")))
     targets += _hostile_targets(results)
+    if http and "shared_store_over_local" in http:
+        ratio = 1 / http["shared_store_over_local"]
+        targets.append(_target(
+            "cross-check, in-process: shared store on / off (1 / CPU per request)", ratio,
+            ">= 0.97x", ratio >= 0.97,
+            f"{http['gateway_fa_us']['min']:.1f} vs {http['gateway_fa_local_us']['min']:.1f} "
+            "us CPU per request, sockets excluded (min of reps)"))
     verify = results.get("verify")
     if verify:
         ratio = verify["first_seen_over_bare"]["median"]
@@ -127,7 +142,8 @@ def evaluate(results: Result) -> list[Result]:
         gap = storm.get("min_seconds_between_fetches")
         targets.append(_target(
             "unknown-kid storm: key fetches", storm["key_fetches"],
-            f"<= {storm['allowed_fetches']} (one per {storm['cooldown_seconds']:g} s cooldown)",
+            f"<= {storm['allowed_fetches']} (one per {storm['cooldown_seconds']:g} s cooldown, "
+            f"{storm.get('workers', 1)} workers together)",
             storm["allowed_fetches"] is not None
             and storm["key_fetches"] <= storm["allowed_fetches"]
             and (gap is None or gap >= storm["cooldown_seconds"] * 0.99),
@@ -380,8 +396,10 @@ def _side_sections(results: Result) -> list[str]:
         out += [
             "## Unknown-kid storm",
             "",
-            f"A gateway reading keys from a JWKS URL (a DevIssuer on loopback that counts its "
-            f"hits), `keys.unknown_kid_cooldown_seconds: {storm['cooldown_seconds']:g}`, flooded "
+            f"A gateway with {storm.get('workers', 1)} workers (`serve`, one shared store) "
+            f"reading keys from a JWKS URL (a DevIssuer on loopback that counts its "
+            f"hits, so fetches are counted for all workers together), "
+            f"`keys.unknown_kid_cooldown_seconds: {storm['cooldown_seconds']:g}`, flooded "
             f"for {storm['duration_seconds']:g} s with tokens whose header names a random `kid`: "
             f"{storm['requests']:,} requests ({storm['rps']:,.0f}/s, p99 {storm['p99_ms']:.2f} ms)"
             f", **{storm['key_fetches']} key fetches** "

@@ -45,22 +45,24 @@ __all__ = ["main"]
 ISSUER = "https://bench.clerk.accounts.dev"
 PATH = "/api/hello"
 STATIC_BODY = '{"upstream":"static","ok":true}'
-CONTENDERS = ("bare", "naive", "gateway_fa", "gateway_fa_logged", "gateway_fa_asserted",
-              "nginx_proxy", "aiohttp_proxy", "gateway_proxy", "gateway_proxy_asserted")
+STORM_WORKERS = 2  # the storm's key fetches are counted for all workers together
+CONTENDERS = ("bare", "naive", "gateway_fa", "gateway_fa_logged", "gateway_fa_local",
+              "gateway_fa_asserted", "gateway_fa_api_key", "nginx_proxy", "aiohttp_proxy",
+              "gateway_proxy", "gateway_proxy_asserted")
 TITLES = {
     "bare": "1. bare aiohttp, 200 on every path",
     "naive": "2. naive aiohttp + jwt.decode per request",
     "gateway_fa": "3. clerk-gateway forward-auth, cached token",
     "gateway_fa_logged": "3b. the same, JSON access log on (to a file)",
+    "gateway_fa_local": "3c. the same, shared store off (GATEWAY_SHARED_STATE=false)",
+    "gateway_fa_asserted": "3d. the same, signed assertions on",
+    # Issue 14: a cached Clerk API key must cost no more than 1.1x a cached session token.
+    "gateway_fa_api_key": "3m. clerk-gateway forward-auth, cached Clerk API key",
     "nginx_proxy": "4. nginx proxy_pass -> static upstream",
     "aiohttp_proxy": "5. plain aiohttp reverse proxy, no auth",
     "gateway_proxy": "6. clerk-gateway proxy mode, cached token",
-    "gateway_fa_asserted": "3c. forward-auth with signed assertions on",
-    "gateway_proxy_asserted": "6b. proxy mode with signed assertions on",
+    "gateway_proxy_asserted": "6b. the same, signed assertions on",
 }
-# Issue 14: a cached Clerk API key must cost no more than 1.1x a cached session token.
-CONTENDERS += ("gateway_fa_api_key",)
-TITLES["gateway_fa_api_key"] = "3m. clerk-gateway forward-auth, cached Clerk API key"
 
 
 @dataclass
@@ -149,7 +151,8 @@ class Bench:
         env = self._python_env()
         env.update(CLERK_JWT_KEY=self.pem, CLERK_ISSUER=ISSUER,
                    GATEWAY_LISTEN=f"127.0.0.1:{port}", GATEWAY_ADMIN_LISTEN=f"127.0.0.1:{admin}",
-                   GATEWAY_LOG_LEVEL="WARNING", GATEWAY_WORKERS=str(workers))
+                   GATEWAY_LOG_LEVEL="WARNING", GATEWAY_WORKERS=str(workers),
+                   GATEWAY_STATE_DIR=str(self.workdir / f"state-{port}"))
         if upstream:
             env["GATEWAY_UPSTREAM"] = upstream
         env.update(extra or {})
@@ -240,6 +243,11 @@ class Bench:
                 env, port, admin = self._gateway_env(upstream=upstream, extra=self._asserted())
                 c[key].pid = self._start_gateway(key, env, admin, cpus).pid
                 c[key].url = f"http://127.0.0.1:{port}{PATH}"
+        if "gateway_fa_local" in only:
+            env, port, admin = self._gateway_env(extra={"GATEWAY_SHARED_STATE": "false"})
+            c["gateway_fa_local"].pid = self._start_gateway(
+                "gateway_fa_local", env, admin, cpus).pid
+            c["gateway_fa_local"].url = f"http://127.0.0.1:{port}{PATH}"
         if "nginx_proxy" in only:
             port, proc = self._start_nginx("nginx_proxy", upstream_port, cpus)
             c["nginx_proxy"].pid = proc.pid
@@ -293,8 +301,9 @@ class Bench:
         problem = ""
         if status != 200:
             problem = f"answered {status} to a valid token"
-        elif key in ("naive", "gateway_fa", "gateway_fa_logged", "gateway_proxy",
-                     "gateway_fa_asserted", "gateway_proxy_asserted") and anon_status != 401:
+        elif key in ("naive", "gateway_fa", "gateway_fa_logged", "gateway_fa_local",
+                     "gateway_proxy", "gateway_fa_asserted",
+                     "gateway_proxy_asserted") and anon_status != 401:
             problem = f"answered {anon_status} without a token (expected 401)"
         elif key.startswith("gateway_fa") and headers.get("X-User-Id") != "user_2demo":
             problem = "no X-User-Id identity header"
@@ -345,12 +354,13 @@ class Bench:
         return result
 
     def storm(self) -> dict[str, Any]:
-        """Flood a JWKS-backed gateway with random unknown kids; count the key fetches."""
+        """Flood a JWKS-backed gateway (two workers sharing one store) with random unknown
+        kids; count the key fetches of all workers together at the issuer."""
         cooldown, seconds = self.args.storm_cooldown, self.args.storm_duration
         issuer_url = self._start_issuer("storm_issuer")
         config = self.workdir / "storm.yaml"
         config.write_text(f"keys:\n  unknown_kid_cooldown_seconds: {cooldown:g}\n")
-        env, port, admin = self._gateway_env(extra={
+        env, port, admin = self._gateway_env(workers=STORM_WORKERS, extra={
             "CLERK_ISSUER": issuer_url, "CLERK_JWKS_URL": f"{issuer_url}/.well-known/jwks.json",
             "GATEWAY_CONFIG": str(config)})
         env.pop("CLERK_JWT_KEY")
@@ -359,7 +369,7 @@ class Bench:
         before = len(_jwks_times(issuer_url))
         result = run_wrk(url, self.load, script=LUA / "storm.lua", duration=seconds,
                          env={"BENCH_ISS": issuer_url}, warmup=False,
-                         pids=[gateway.pid])
+                         pids=[gateway.pid, *descendants(gateway.pid)])
         times = _jwks_times(issuer_url)
         during = times[before:]
         gaps = [b - a for a, b in itertools.pairwise(during)]
@@ -368,7 +378,7 @@ class Bench:
         fetches = len(during)
         allowed = math.floor(seconds / cooldown) + 1 if cooldown > 0 else None
         return {
-            "cooldown_seconds": cooldown, "duration_seconds": seconds,
+            "workers": STORM_WORKERS, "cooldown_seconds": cooldown, "duration_seconds": seconds,
             "requests": result.requests, "rps": result.rps, "non_2xx": result.non_2xx,
             "p99_ms": result.p99_ms,
             "key_fetches": fetches, "fetches_per_minute": fetches * 60 / seconds,

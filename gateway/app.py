@@ -18,10 +18,10 @@ from gateway.auth.jwks import IssuerKeys
 from gateway.auth.machine import MachineVerifier
 from gateway.auth.machine_api import MachineApi
 from gateway.auth.revocation import RevocationChecker, SocketCloser, clerk_issuers
-from gateway.auth.revocation_store import build_store
 from gateway.auth.verdicts import LocalVerdicts
 from gateway.auth.verify import Verifier
 from gateway.config import Settings
+from gateway.config_issuers import IssuerSettings, KeySettings
 from gateway.cors import CorsPolicy
 from gateway.http.admin import AdminHandlers
 from gateway.http.admin_api import AdminApi
@@ -41,6 +41,12 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, extractor_for, router_for
 from gateway.reasons import Reason
 from gateway.reload import ReloadResult, apply_settings
+from gateway.state.wiring import (
+    introspection_share_for,
+    keyset_share_for,
+    revocation_store_for,
+    shared_store_for,
+)
 
 __all__ = ["GATEWAY", "WORKER_HEADER", "Gateway", "build_admin_app", "build_public_app"]
 
@@ -69,14 +75,16 @@ class Gateway:
         self.machine = _machine_verifier(settings, lambda: self.session, self.metrics, clock)
         self.verifier = Verifier(settings, self.keys, self.metrics, clock, self.machine)
         revocation = settings.revocation
+        self.state = shared_store_for(settings, clock)
         introspector = None
         if revocation.introspection and settings.clerk_secret_key is not None:
             introspector = SessionIntrospector(
                 revocation, settings.clerk_api_url, settings.clerk_secret_key,
-                lambda: self.session, self.metrics, clock)
+                lambda: self.session, self.metrics, clock,
+                share=introspection_share_for(self.state, settings, clock))
         redis_url = settings.redis_url.value if settings.redis_url else None
         self.revocation = RevocationChecker(
-            revocation, build_store(redis_url, revocation, clock), self.metrics, clock,
+            revocation, revocation_store_for(settings, self.state, clock), self.metrics, clock,
             introspector, clerk_issuers(settings))
         self.authorizer = Authorizer(
             router_for(settings),
@@ -104,6 +112,9 @@ class Gateway:
         self._flusher: asyncio.Task[None] | None = None
         if redis_url:
             self.admin.add_check("redis", lambda: self.revocation.ready)
+        if self.state is not None:
+            state = self.state
+            self.admin.add_check("state", lambda: state.healthy)
         self._reload_lock = asyncio.Lock()
         self.sockets = OpenSockets()
         self.revocation.subscribe(SocketCloser(self.sockets))
@@ -135,21 +146,27 @@ class Gateway:
 
     async def start(self) -> None:
         """Open the HTTP client, fetch every issuer's keys once, start the refreshers."""
+        if self.state is not None:
+            await self.state.open()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_metrics())
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=32, ttl_dns_cache=300),
             headers={"User-Agent": "clerk-gateway"},
         )
         for issuer in self.settings.issuers:
-            self.keys[issuer.name] = IssuerKeys(
-                issuer, self.settings.keys, self.session, self.metrics
-            )
+            self.keys[issuer.name] = self.issuer_keys(issuer, self.settings.keys)
         await asyncio.gather(*(keys.refresh() for keys in self.keys.values()))
         for keys in self.keys.values():
             keys.start()
         await self.revocation.start()
         if self.proxy is not None:
             await self.proxy.start()
+
+    def issuer_keys(self, issuer: IssuerSettings, settings: KeySettings) -> IssuerKeys:
+        """An issuer's key set, shared with every worker when the shared store is on."""
+        assert self.session is not None
+        return IssuerKeys(issuer, settings, self.session, self.metrics,
+                          share=keyset_share_for(self.state, issuer))
 
     async def close(self) -> None:
         """Stop the proxy, refreshers, the revocation store and the HTTP client."""
@@ -164,6 +181,8 @@ class Gateway:
         for keys in self.keys.values():
             await keys.stop()
         await self.revocation.close()
+        if self.state is not None:
+            await self.state.close()
         if self.session is not None:
             await self.session.close()
 

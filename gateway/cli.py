@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
@@ -19,9 +20,14 @@ from gateway.startup import ListenError, check_listeners, issuer_warnings
 __all__ = ["main"]
 
 
-def _load(args: argparse.Namespace) -> Settings | None:
+def _load(args: argparse.Namespace, *, create_state: bool = True) -> Settings | None:
+    from gateway.state.schema import check_state_dir
+
+    def check(path: str) -> list[str]:
+        return check_state_dir(Path(path), create=create_state)
+
     try:
-        return load_settings(os.environ, args.config)
+        return load_settings(os.environ, args.config, check)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return None
@@ -79,6 +85,8 @@ def _describe(settings: Settings) -> str:
         f"; {r.name} accepts {', '.join(sorted(r.rule.accepts))}"
         for r in settings.routes if r.rule.accepts is not None))
     default = settings.route_options.default.rule.access
+    shared = "shared by every worker" if settings.shared_state else "per process (not shared)"
+    lines.append(f"  state: {settings.state_dir} ({shared})")
     lines.append(f"  routes: {len(settings.routes)} (unmatched requests: {default})")
     for route in settings.routes:
         lines.append(f"    {route.name}: {route.rule.access}")
@@ -88,7 +96,7 @@ def _describe(settings: Settings) -> str:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    settings = _load(args)
+    settings = _load(args, create_state=False)
     if settings is None:
         return 2
     if settings.assertion.key_file and (problem := _signing_key_problem(settings)):

@@ -8,7 +8,7 @@ The sections live in `config_issuers` and `config_sections`; this module assembl
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ from gateway.configreader import Reader, Secret
 from gateway.cors import CorsSettings, parse_cors
 from gateway.numbers import whole_number
 from gateway.routing import Route, RouteOptions, parse_route_options, parse_routes
+from gateway.state.schema import default_state_dir
+from gateway.state.settings import parse_state
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -144,8 +146,10 @@ class Settings:
     workos_webhook_secret: Secret | None = None
     hasura: HasuraSettings = field(default_factory=HasuraSettings)
     assertion: AssertionSettings = field(default_factory=AssertionSettings)
-    state_dir: str = ""
     cors: CorsSettings = field(default_factory=CorsSettings)
+    # Where facts shared by every worker (and kept across restarts) live; see gateway/state/.
+    state_dir: str = field(default_factory=lambda: str(default_state_dir(os.environ)))
+    shared_state: bool = True
 
     @property
     def mode(self) -> str:
@@ -185,12 +189,6 @@ def _read_yaml(path: str, problems: list[str]) -> dict[str, Any]:
     return data
 
 
-def default_state_dir(env: Mapping[str, str]) -> str:
-    """Where state is kept when nothing says: $XDG_STATE_HOME or ~/.local/state."""
-    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return str(Path(base) / "clerk-gateway")
-
-
 def _env_number(env: Mapping[str, str], name: str, default: float, low: float, high: float,
                 problems: list[str], *, whole: bool = False) -> float:
     """A number from the environment (overriding the file's), within bounds."""
@@ -211,8 +209,12 @@ def _env_number(env: Mapping[str, str], name: str, default: float, low: float, h
 def load_settings(
     environ: Mapping[str, str] | None = None,
     config_path: str | None = None,
+    check_state_dir: Callable[[str], list[str]] | None = None,
 ) -> Settings:
-    """Build settings from the environment and an optional YAML file; raise ConfigError."""
+    """Build settings from the environment and an optional YAML file; raise ConfigError.
+
+    ``check_state_dir`` (the only I/O beyond reading files) adds the state directory's
+    problems to the same error; `serve` and `check-config` pass it."""
     env = dict(os.environ if environ is None else environ)
     problems: list[str] = []
     path = config_path or env.get("GATEWAY_CONFIG") or None
@@ -322,12 +324,14 @@ def load_settings(
                 "upstream:) so the gateway runs as a proxy")
 
     assertion = parse_assertion(root.child("assertion"), env, upstream, identity_headers)
-    state_dir = env.get("GATEWAY_STATE_DIR") or root.text("state_dir") or default_state_dir(env)
 
     def secret(name: str) -> Secret | None:
         value = env.get(name)
         return Secret(value) if value else None
 
+    state_dir, shared_state = parse_state(root, env)
+    if check_state_dir is not None:
+        problems.extend(check_state_dir(state_dir))
     root.check_unknown()
     if problems:
         raise ConfigError(problems)
@@ -365,6 +369,7 @@ def load_settings(
         workos_webhook_secret=secret("WORKOS_WEBHOOK_SECRET"),
         hasura=hasura,
         assertion=assertion,
-        state_dir=state_dir,
         cors=cors,
+        state_dir=state_dir,
+        shared_state=shared_state,
     )

@@ -40,8 +40,7 @@ RESTART_FIELDS = (
     "listen", "admin_listen", "workers", "upstream", "realm", "log_level", "log_format",
     "admin_token", "redis_url", "webhook_secret", "clerk_secret_key", "clerk_api_url",
     "forward_auth", "proxy", "revocation", "limits", "shutdown_timeout_seconds",
-    "workos_webhook_secret", "hasura",
-    "assertion", "state_dir",
+    "workos_webhook_secret", "hasura", "assertion", "state_dir", "shared_state",
 )
 _VERIFIER_FIELDS = (
     "issuers", "identity_headers", "leeway_seconds", "max_token_bytes", "token_cache_size",
@@ -79,9 +78,8 @@ async def apply_settings(gateway: Gateway, new: Settings) -> ReloadResult:
         for issuer in settings.issuers:
             held = current.get(issuer.name)
             if held is None or held.issuer != issuer or settings.keys != old.keys:
-                fresh[issuer.name] = IssuerKeys(
-                    issuer, settings.keys, gateway.session, gateway.metrics)
-        await asyncio.gather(*(keys.refresh() for keys in fresh.values()))
+                fresh[issuer.name] = gateway.issuer_keys(issuer, settings.keys)
+        await asyncio.gather(*(keys.refresh(fetch=True) for keys in fresh.values()))
     signer = await _signer_for(gateway, settings)
     added = tuple(n for n in fresh if n not in current)
     replaced = tuple(n for n in fresh if n in current)

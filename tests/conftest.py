@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +25,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def private_state_home(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own default state directory (never the user's real one)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.delenv("GATEWAY_STATE_DIR", raising=False)
 
 
 @pytest.fixture
@@ -69,6 +78,7 @@ async def make_gateway(
     clerk: DevIssuer, aiohttp_client: Any, tmp_path: Any
 ) -> AsyncIterator[GatewayFactory]:
     """Build and start a gateway trusting the fake Clerk; env and YAML can be adjusted."""
+    serial = itertools.count()
 
     async def factory(
         env: dict[str, str] | None = None,
@@ -78,6 +88,12 @@ async def make_gateway(
         clock: Callable[[], float] | None = None,
     ) -> Running:
         environ = {"CLERK_ISSUER": clerk.issuer} if issuer_env else {}
+        # Each gateway its own state directory: the first the test's default one (as
+        # load_settings gives settings built in the test), others their own; a test sharing
+        # one passes GATEWAY_STATE_DIR.
+        number = next(serial)
+        if number:
+            environ["GATEWAY_STATE_DIR"] = str(tmp_path / f"state-{number}")
         environ.update(env or {})
         path = None
         if config is not None:

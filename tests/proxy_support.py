@@ -251,6 +251,7 @@ async def start_gateway_process(
         "GATEWAY_LISTEN": f"127.0.0.1:{port}",
         "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
         "GATEWAY_LOG_LEVEL": "WARNING",
+        "GATEWAY_STATE_DIR": str(tmp / "state"),  # the test's own; pass one to share it
         **env,
     })
     log_path = tmp / f"gateway-{port}.log"

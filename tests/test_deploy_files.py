@@ -649,3 +649,48 @@ def test_traefik_strips_every_underscore_spelling_before_forward_auth() -> None:
         middlewares = router.get("middlewares", [])
         if "clerk-auth" in middlewares:
             assert middlewares.index("strip-spoofed-identity") < middlewares.index("clerk-auth")
+
+
+# --------------------------------------------------------------------------------------------
+# The state directory (shared SQLite store) on a volume everywhere
+# --------------------------------------------------------------------------------------------
+
+STATE_DIR = "/var/lib/clerk-gateway"
+
+
+def test_dockerfile_keeps_state_on_a_volume_owned_by_the_gateway_user() -> None:
+    final = _final_stage(_dockerfile_instructions())
+    env = " ".join(rest for k, rest in final if k == "ENV")
+    assert f"GATEWAY_STATE_DIR={STATE_DIR}" in env
+    volumes = [v for k, rest in final if k == "VOLUME" for v in json.loads(rest)]
+    assert volumes == [STATE_DIR]
+    runs = " ".join(rest for k, rest in final if k == "RUN")
+    assert re.search(rf"install -d -m 0700 -o 10001 -g 10001 {STATE_DIR}\b", runs)
+
+
+def test_compose_gives_each_gateway_its_own_state_volume(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    mounted = {}
+    for name in ("gateway", "gateway-sidecar"):
+        service = services[name]
+        assert service.get("read_only") is True  # so the volume is the only writable state
+        mounts = [v for v in service.get("volumes", []) if v.endswith(f":{STATE_DIR}")]
+        assert len(mounts) == 1, service.get("volumes")
+        volume = mounts[0].split(":")[0]
+        assert volume in compose["volumes"], f"{volume} is not a declared named volume"
+        mounted[name] = volume
+    assert len(set(mounted.values())) == 2
+
+
+def test_k8s_gateway_mounts_its_state_dir_writable(k8s: dict[str, list[dict[str, Any]]]) -> None:
+    container = _gateway_container(k8s)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["GATEWAY_STATE_DIR"] == STATE_DIR
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts[STATE_DIR]
+    assert not mount.get("readOnly", False)
+    volumes = {v["name"]: v for v in _pod_spec(k8s)["volumes"]}
+    assert "emptyDir" in volumes[mount["name"]]
+    assert volumes[mount["name"]]["emptyDir"].get("medium") != "Memory"  # counted as RAM
+    assert _pod_spec(k8s)["securityContext"]["fsGroup"] == container["securityContext"][
+        "runAsGroup"]

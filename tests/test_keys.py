@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from pathlib import Path
 
 from gateway.devissuer import DevIssuer, SigningKey
 from tests.conftest import GatewayFactory, Running
@@ -122,7 +124,7 @@ async def test_provider_down_at_startup_gives_503_then_recovers(
     token = clerk.token()
     ready = await gw.admin.get("/readyz")
     assert ready.status == 503
-    assert (await ready.json())["checks"] == {"keys:clerk": False}
+    assert (await ready.json())["checks"] == {"keys:clerk": False, "state": True}
     response = await gw.get("/", token)
     assert response.status == 503
     assert (await response.json())["reason"] == "keys_unavailable"
@@ -188,3 +190,37 @@ async def test_oidc_discovery(clerk: DevIssuer, make_gateway: GatewayFactory) ->
     response = await gw.get("/", clerk.token(sub="user_oidc"))
     assert response.status == 200
     assert response.headers["X-User-Id"] == "user_oidc"
+
+
+async def test_a_shared_key_set_is_checked_like_a_fetched_one(
+    clerk: DevIssuer, make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """Key material written into the state store (private or symmetric keys) is never
+    adopted: the worker fetches from the issuer instead, and the planted key verifies nothing."""
+    from jwt.algorithms import RSAAlgorithm
+
+    from gateway.config import load_settings
+    from gateway.state.schema import database_path
+    from gateway.state.sqlite import SqliteStore
+    from gateway.state.wiring import keyset_share_for
+
+    state = tmp_path / "planted"
+    settings = load_settings({"CLERK_ISSUER": clerk.issuer, "GATEWAY_STATE_DIR": str(state)})
+    attacker = SigningKey(kid="ins_planted")
+    planted = RSAAlgorithm.to_jwk(attacker.private, as_dict=True)  # holds the private "d"
+    planted.update(kid="ins_planted", alg="RS256", use="sig")
+    symmetric = {"kty": "oct", "kid": "ins_oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}
+    store = SqliteStore(database_path(state), time.time)
+    await store.open()
+    share = keyset_share_for(store, settings.issuers[0])
+    assert share is not None
+    await share.publish({"keys": [planted, symmetric]}, time.time(), 300)
+    await store.close()
+
+    gw = await make_gateway(env={"GATEWAY_STATE_DIR": str(state)})
+    assert clerk.hits["jwks"] == 1  # the planted set was refused, the issuer asked
+    forged = clerk.sign(clerk.claims(), key=attacker)
+    response = await gw.get("/", forged)
+    assert response.status == 401
+    assert (await response.json())["reason"] == "unknown_key"
+    assert (await gw.get("/", clerk.token())).status == 200

@@ -69,7 +69,8 @@ async def test_reload_adds_and_removes_issuers_and_changes_header_mapping(
     response = await gw.get("/", ours)
     assert response.headers["X-Auth-User"] == "user_first" and "X-User-Id" not in response.headers
     ready = await gw.admin.get("/readyz")
-    assert (await ready.json())["checks"] == {"keys:clerk": True, "keys:second": True}
+    assert (await ready.json())["checks"] == {
+        "keys:clerk": True, "keys:second": True, "state": True}
 
     removed = load_settings(env, write(tmp_path / "removed.yaml", {}))
     result = await gw.gateway.reload(removed)

@@ -1,4 +1,4 @@
-"""The revocation check with the in-process store: local cache, listeners, configuration."""
+"""The revocation check: local cache, memory mirror of the shared store, listeners, config."""
 
 from __future__ import annotations
 
@@ -20,12 +20,24 @@ ENV = {"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
 async def test_steady_state_is_answered_locally(
     clerk: DevIssuer, make_gateway: GatewayFactory
 ) -> None:
-    gw = await make_gateway(env=ENV, config={"revocation": {"local_ttl_seconds": 60}})
+    gw = await make_gateway(env={**ENV, "GATEWAY_SHARED_STATE": "false"},
+                            config={"revocation": {"local_ttl_seconds": 60}})
     token = clerk.token(sub="user_1", sid="sess_1", org_id="org_1")
     for _ in range(10):
         assert (await gw.get("/", token)).status == 200
     assert metric(gw, "revocation_checks_total", source="store", result="clear") == 1
     assert metric(gw, "revocation_checks_total", source="local", result="clear") == 9
+
+
+async def test_shared_store_answers_every_request_from_its_memory_mirror(
+    clerk: DevIssuer, make_gateway: GatewayFactory
+) -> None:
+    gw = await make_gateway(env=ENV)
+    token = clerk.token(sub="user_1", sid="sess_1", org_id="org_1")
+    for _ in range(10):
+        assert (await gw.get("/", token)).status == 200
+    assert metric(gw, "revocation_checks_total", source="store", result="clear") == 0
+    assert metric(gw, "revocation_checks_total", source="local", result="clear") == 10
 
 
 async def test_revocation_applies_even_to_a_locally_cached_clear_answer(

@@ -15,50 +15,7 @@ from gateway.devissuer import DevIssuer
 from gateway.workers import worker_count, worker_index
 from tests.conftest import free_port
 from tests.proxy_support import Upstream, start_gateway_process
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
-def _listening_inodes(port: int) -> set[str]:
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A = LISTEN
-            inodes.add(fields[9])
-    return inodes
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
-
-
-async def _wait_listening(parent: int, count: int, *ports: int) -> list[int]:
-    """The worker pids once `count` of them each listen on every port (bounded wait)."""
-    workers: list[int] = []
-    for _ in range(300):
-        workers = _children(parent)
-        if len(workers) == count and all(_all_listen(workers, port) for port in ports):
-            return workers
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"workers {workers} not all listening on {ports}")
-
-
-def _all_listen(workers: list[int], port: int) -> bool:
-    listening = _listening_inodes(port)
-    return len(listening) == len(workers) and all(
-        _socket_inodes(pid) & listening for pid in workers)
-
+from tests.worker_support import wait_listening
 
 DECISIONS = re.compile(
     r'^clerk_gateway_decisions_total\{door="proxy",outcome="allow",reason="ok",'
@@ -74,7 +31,7 @@ async def test_two_workers_share_the_port_and_metrics_sum_across_them(
         port, admin_port, tmp_path, "--workers", "2")
     try:
         # Each worker holds its own listening sockets on the one public and admin ports.
-        workers = await _wait_listening(gateway.proc.pid, 2, port, admin_port)
+        workers = await wait_listening(gateway.proc.pid, 2, port, admin_port)
 
         auth = {"Authorization": f"Bearer {clerk.token(lifetime=600)}"}
         requests = 60
@@ -144,7 +101,7 @@ async def test_sigterm_to_the_parent_drains_workers(
     gateway = await start_gateway_process(
         {"CLERK_ISSUER": clerk.issuer, "GATEWAY_UPSTREAM": upstream.url},
         port, free_port(), tmp_path, "--workers", "2")
-    await _wait_listening(gateway.proc.pid, 2, port)
+    await wait_listening(gateway.proc.pid, 2, port)
     auth = {"Authorization": f"Bearer {clerk.token()}"}
     async with aiohttp.ClientSession() as session:
         pending = asyncio.ensure_future(

@@ -5,11 +5,16 @@ A session id not seen for ``introspection_ttl_seconds`` is looked up with
 Concurrent requests for one session share one call; a 429 stops all calls until its
 ``Retry-After``; when the API cannot answer, the last known answer is used for
 ``introspection_grace_seconds`` past its TTL, then ``introspection_failure_mode`` applies.
+
+With a shared store (``share``) this holds for all workers together: a worker without a
+fresh answer first reads the shared one (and the shared 429 back-off), and only the worker
+that claims the session's lease calls Clerk; the others wait for its answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +30,8 @@ from gateway.metrics import Metrics
 from gateway.numbers import whole_number
 from gateway.reasons import Reason
 from gateway.redaction import describe_error
+from gateway.state.introspection_share import IntrospectionShare, SharedAnswer
+from gateway.state.store import StoreUnavailable
 
 __all__ = ["SessionIntrospector"]
 
@@ -32,6 +39,7 @@ log = logging.getLogger("gateway.introspection")
 
 _DEFAULT_RETRY_AFTER = 10.0
 _MAX_RETRY_AFTER = 600.0
+_WAIT_SECONDS = 0.05  # how often a worker waiting on another's call looks for its answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +78,10 @@ class SessionIntrospector:
         session: Callable[[], aiohttp.ClientSession | None],
         metrics: Metrics,
         clock: Callable[[], float],
+        share: IntrospectionShare | None = None,
     ) -> None:
+        self._share = share
+        self._lease_seconds = settings.introspection_timeout_seconds + 1.0
         self._ttl = settings.introspection_ttl_seconds
         self._grace = settings.introspection_grace_seconds
         self._fail_open = settings.introspection_failure_mode == "fail_open"
@@ -121,17 +132,67 @@ class SessionIntrospector:
 
     async def _fetch(self, session_id: str) -> bool:
         try:
-            status = await self._call(session_id)
+            if self._share is not None:
+                answer = await self._ask_shared(self._share, session_id)
+            else:
+                answer = await self._ask(session_id)
         finally:
             self._inflight.pop(session_id, None)
-        if status is None:
+        if answer is None:
             return False
+        self._remember(session_id, answer)
+        return True
+
+    def _remember(self, session_id: str, answer: _Answer) -> None:
+        held = self._answers.get(session_id)
+        if held is not None and held.fetched_at > answer.fetched_at:
+            return
         self._answers.pop(session_id, None)
-        self._answers[session_id] = _Answer(status, self._clock())
+        self._answers[session_id] = answer
         if len(self._answers) > self._max_entries:
             for old in list(self._answers)[: max(1, self._max_entries // 10)]:
                 del self._answers[old]
-        return True
+
+    async def _ask(self, session_id: str) -> _Answer | None:
+        status = await self._call(session_id)
+        return None if status is None else _Answer(status, self._clock())
+
+    async def _ask_shared(self, share: IntrospectionShare, session_id: str) -> _Answer | None:
+        """A fresh answer from the shared store, or from Clerk when this worker wins the
+        session's lease; None while rate limited or when the caller's answer does not come.
+        Without the store, this worker asks Clerk itself."""
+        deadline = self._clock() + self._lease_seconds
+        while True:
+            try:
+                view = await share.view(session_id)
+                now = self._clock()
+                if view.answer is not None:
+                    answer = _Answer(view.answer.status, view.answer.fetched_at)
+                    if now - answer.fetched_at < self._ttl:
+                        return answer
+                    self._remember(session_id, answer)  # older: still good for the grace
+                if view.blocked_until > now:
+                    self.blocked_until = max(self.blocked_until, view.blocked_until)
+                    return None
+                if not view.leased and await share.claim(session_id, self._lease_seconds):
+                    break
+            except StoreUnavailable:
+                return await self._ask(session_id)
+            if now >= deadline:
+                return None
+            await asyncio.sleep(_WAIT_SECONDS)
+        try:
+            called = await self._ask(session_id)
+            with contextlib.suppress(StoreUnavailable):
+                if called is not None:
+                    await share.publish(session_id, SharedAnswer(called.status,
+                                                                 called.fetched_at),
+                                        self._ttl + self._grace)
+                elif self.blocked_until > self._clock():
+                    await share.block(self.blocked_until)
+        finally:
+            await share.release(session_id)
+        return called
 
     async def _call(self, session_id: str) -> str | None:
         """The session's status, "not_found", or None when there is no usable answer."""

@@ -3,6 +3,12 @@
 An unknown `kid` triggers at most one refetch shared by every concurrent request, then a
 cooldown during which further unknown kids are rejected without fetching. A failed fetch
 keeps the last good keys.
+
+With a shared store (``share``), the key set and its fetch time are one truth for every
+worker: a fetched set is published and adopted by the others from the change feed; a worker
+meeting an unknown kid first looks at the shared set, then claims the refetch lease, so the
+cooldown holds for all workers together; start-up and background refreshes adopt a set
+another worker fetched recently instead of fetching again.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +31,15 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from gateway.config import IssuerSettings, KeySettings
 from gateway.configreader import check_key_url
 from gateway.metrics import Metrics
+from gateway.state.keysets import KeySetShare, SharedKeySet
+from gateway.state.store import StoreUnavailable
 
 __all__ = ["IssuerKeys", "KeyEntry", "KeysUnavailable"]
 
 log = logging.getLogger("gateway.keys")
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*(\d+)", re.IGNORECASE)
 _MAX_JWKS_BYTES = 1 << 20
+_LOOK_SECONDS = 0.1  # at most one read of the shared key set per issuer this often
 
 
 class KeysUnavailable(Exception):
@@ -95,8 +104,14 @@ class IssuerKeys:
         session: aiohttp.ClientSession,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        share: KeySetShare | None = None,
     ) -> None:
         self.issuer = issuer
+        self._share = share
+        self._version = float("-inf")  # when the held set was fetched (the share's clock)
+        self._look: asyncio.Task[bool] | None = None
+        self._next_look = float("-inf")
+        self._unfollow: Callable[[], None] | None = None
         self.settings = settings
         self._session = session
         self._metrics = metrics
@@ -156,6 +171,10 @@ class IssuerKeys:
         """Refetch once (shared, rate-limited by the cooldown) for a kid not held now."""
         if self._static is not None:
             return self._static
+        if self._share is not None and await self._look_shared():
+            entry = self._keys.get(kid)
+            if entry is not None:
+                return entry  # another worker fetched it already
         if self._inflight is None:
             now = self._clock()
             cooling = (
@@ -166,7 +185,7 @@ class IssuerKeys:
                 self._raise_if_empty()
                 return None
             self._last_forced = now
-            self._start_refresh()
+            self._start_refresh(self._refetch)
         assert self._inflight is not None
         await asyncio.shield(self._inflight)
         entry = self._keys.get(kid)
@@ -179,25 +198,92 @@ class IssuerKeys:
             wait = max(1, int(self._next_retry_at - self._clock() + 0.999))
             raise KeysUnavailable(wait)
 
-    def _start_refresh(self) -> asyncio.Task[bool]:
+    def _start_refresh(
+        self, job: Callable[[], Coroutine[Any, Any, bool]] | None = None
+    ) -> asyncio.Task[bool]:
         if self._inflight is None:
-            self._inflight = asyncio.get_running_loop().create_task(self._refresh())
+            self._inflight = asyncio.get_running_loop().create_task((job or self._refresh)())
             self._inflight.add_done_callback(self._clear_inflight)
         return self._inflight
 
     def _clear_inflight(self, _task: asyncio.Task[bool]) -> None:
         self._inflight = None
 
-    async def refresh(self) -> bool:
-        """Fetch the key set now (joining a fetch already under way); True on success."""
+    async def refresh(self, *, fetch: bool = False) -> bool:
+        """Refresh the key set now (joining a refresh already under way); True on success.
+        ``fetch`` asks the issuer even when another worker shared a recent set."""
         if self._static is not None:
             return True
-        return await asyncio.shield(self._start_refresh())
+        return await asyncio.shield(self._start_refresh(self._fetch_and_share if fetch else None))
+
+    async def _look_shared(self) -> bool:
+        """Adopt the shared key set when another worker published a newer one (one read at
+        a time, at most every _LOOK_SECONDS); True when it did."""
+        if self._look is None:
+            now = self._clock()
+            if now < self._next_look:
+                return False
+            self._next_look = now + _LOOK_SECONDS
+            self._look = asyncio.get_running_loop().create_task(self._load_shared(0.0))
+            self._look.add_done_callback(self._clear_look)
+        return await asyncio.shield(self._look)
+
+    def _clear_look(self, _task: asyncio.Task[bool]) -> None:
+        self._look = None
+
+    async def _load_shared(self, recent: float) -> bool:
+        """Adopt the shared set if newer than ours (and, when ``recent`` > 0, fetched less
+        than ``recent`` of its max-age ago)."""
+        assert self._share is not None
+        try:
+            shared = await self._share.load()
+        except StoreUnavailable:
+            return False
+        if shared is None or shared.fetched_at <= self._version:
+            return False
+        if recent and self._share.clock() - shared.fetched_at >= shared.max_age * recent:
+            return False
+        return self._adopt(shared)
+
+    def _adopt(self, shared: SharedKeySet) -> bool:
+        """Hold a key set another worker fetched; False when it is not usable."""
+        if shared.fetched_at <= self._version:
+            return False
+        try:
+            keys = _parse_jwks(shared.document)
+        except FetchError:
+            return False
+        assert self._share is not None
+        age = max(0.0, self._share.clock() - shared.fetched_at)
+        self._keys, self._version, self._failures = keys, shared.fetched_at, 0
+        self._refresh_in = max(self.settings.min_refresh_seconds, shared.max_age - age)
+        self._metrics.keys.labels(self.issuer.name).set(len(keys))
+        log.info("keys adopted from the shared store",
+                 extra={"issuer": self.issuer.name, "keys": len(keys)})
+        return True
+
+    async def _refetch(self) -> bool:
+        """The unknown-kid refetch: only by the worker that claims this cooldown's lease."""
+        if self._share is not None:
+            try:
+                if not await self._share.claim_refetch(
+                        self.settings.unknown_kid_cooldown_seconds):
+                    return False  # another worker fetches (or fetched) within the cooldown
+            except StoreUnavailable:
+                pass  # no shared lease: this worker's own cooldown still bounds its fetches
+        return await self._fetch_and_share()
 
     async def _refresh(self) -> bool:
+        """Start-up and background refresh: adopt a set another worker fetched in the first
+        half of its max-age, else fetch."""
+        if self._share is not None and await self._load_shared(0.5):
+            return True
+        return await self._fetch_and_share()
+
+    async def _fetch_and_share(self) -> bool:
         name = self.issuer.name
         try:
-            keys, max_age = await self._fetch()
+            keys, max_age, document = await self._fetch()
         except FetchError as exc:
             self._failures += 1
             backoff = min(
@@ -212,6 +298,13 @@ class IssuerKeys:
         self._keys = keys
         self._failures = 0
         self._refresh_in = max_age
+        if self._share is not None:
+            fetched_at = self._share.clock()
+            self._version = fetched_at
+            try:
+                await self._share.publish(document, fetched_at, max_age)
+            except StoreUnavailable:
+                log.warning("could not share fetched keys", extra={"issuer": name})
         self._metrics.key_fetches.labels(name, "success").inc()
         self._metrics.keys.labels(name).set(len(keys))
         self._metrics.key_last_success.labels(name).set(time.time())
@@ -250,7 +343,7 @@ class IssuerKeys:
         self._jwks_uri = jwks_uri
         return jwks_uri
 
-    async def _fetch(self) -> tuple[dict[str, KeyEntry], float]:
+    async def _fetch(self) -> tuple[dict[str, KeyEntry], float, Any]:
         source = self.issuer.key_source
         headers: dict[str, str] = {"Accept": "application/json"}
         if source == "backend_api":
@@ -262,7 +355,7 @@ class IssuerKeys:
         else:
             url = self._jwks_url()
         document, cache_control = await self._get_json(url, headers)
-        return _parse_jwks(document), _max_age(cache_control, self.settings)
+        return _parse_jwks(document), _max_age(cache_control, self.settings), document
 
     def next_delay(self) -> float:
         """Seconds until the background refresher should run again."""
@@ -284,9 +377,14 @@ class IssuerKeys:
         """Start the background refresher."""
         if self._task is None and self._static is None:
             self._task = asyncio.get_running_loop().create_task(self.run())
+            if self._share is not None and self._unfollow is None:
+                self._unfollow = self._share.follow(self._adopt)
 
     async def stop(self) -> None:
-        """Stop the background refresher."""
+        """Stop the background refresher (and following the shared key set)."""
+        if self._unfollow is not None:
+            self._unfollow()
+            self._unfollow = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -129,6 +129,9 @@ class RevocationChecker:
         self.settings = settings
         self.introspect_issuers = introspect_issuers
         self.store = store
+        # A store mirrored in memory (the shared SQLite store) answers without I/O.
+        self._mirror: Callable[[float], Mapping[str, RevocationEntry] | None] | None = getattr(
+            store, "current_mirror", None)
         self.introspector = introspector
         self._metrics = metrics
         self._clock = clock
@@ -230,10 +233,16 @@ class RevocationChecker:
         local = self._local
         resync_at = self._resync_at
         ttl = self._ttl
+        mirror = self._mirror(now) if self._mirror is not None else None
         for key in identity_keys(identity):
             item = local.get(key)
             if item is None or now - item.fetched_at >= ttl or item.fetched_at < resync_at:
-                stale.append(key)
+                if mirror is None:
+                    stale.append(key)
+                    continue
+                entry = mirror.get(key)
+                if entry is not None and entry.expires_at > now:
+                    return True, stale
             elif item.entry is not None and item.entry.expires_at > now:
                 return True, stale
         return False, stale
@@ -290,6 +299,7 @@ class RevocationChecker:
 
     async def _fetch(self, keys: list[str]) -> bool:
         seq = self._seq
+        started = self._clock()  # the answers are as old as the read's start, not its end
         try:
             entries = await self.store.get_many(keys)
         except StoreUnavailable:
@@ -302,12 +312,11 @@ class RevocationChecker:
         finally:
             for key in keys:
                 self._inflight.pop(key, None)
-        now = self._clock()
         for key, entry in zip(keys, entries, strict=True):
             current = self._local.get(key)
             if current is not None and current.seq > seq:
                 continue  # a notification arrived while we were reading: it is newer
-            self._set_local(key, entry, now)
+            self._set_local(key, entry, started)
         return True
 
     def _set_local(self, key: str, entry: RevocationEntry | None, now: float) -> None:

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from gateway.config import RevocationSettings
 from gateway.numbers import whole_number
 from gateway.redaction import describe_error
+from gateway.state.store import StoreUnavailable
 
 __all__ = [
     "KINDS",
@@ -42,10 +43,6 @@ KINDS = ("session", "user", "membership", "organization", "token")
 
 Notify = Callable[[str, "RevocationEntry | str"], None]
 """Called with ("add", entry) or ("remove", key) for every change seen by this replica."""
-
-
-class StoreUnavailable(Exception):
-    """The revocation store could not be reached (or did not answer in time)."""
 
 
 def entry_key(kind: str, ident: str) -> str:
@@ -88,7 +85,9 @@ class RevocationEntry:
 class RevocationStore(Protocol):
     """The operations the checker, webhooks and admin API need from a store."""
 
-    healthy: bool
+    @property
+    def healthy(self) -> bool:
+        """True while the store answers."""
 
     async def start(self, notify: Notify, resync: Callable[[], None]) -> None:
         """Begin delivering change notifications."""

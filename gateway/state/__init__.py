@@ -1,0 +1,1 @@
+"""Shared state: facts one worker learns that every worker (and the next start) must see."""
