@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from collections.abc import Sequence
 from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.logs import setup_logging
+from gateway.loops import loop_problem, run
 
 __all__ = ["main"]
 
@@ -67,19 +67,24 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.workers import multiprocess_registry
 
     if index is None:
-        asyncio.run(serve(settings))
+        run(serve(settings), settings.event_loop)
     else:
         scrape = multiprocess_registry()
         gateway = Gateway(settings, scrape_registry=scrape)
-        asyncio.run(serve(settings, gateway=gateway, reuse_port=True,
-                          reload_missed=lambda: reload_generation() != generation))
+        run(serve(settings, gateway=gateway, reuse_port=True,
+                  reload_missed=lambda: reload_generation() != generation), settings.event_loop)
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return asyncio.run(run_demo(port=args.port, admin_port=args.admin_port, check=args.check))
+    choice = os.environ.get("GATEWAY_EVENT_LOOP", "auto").strip().lower()
+    problem = loop_problem(choice)
+    if problem is not None:
+        print(ConfigError([f"GATEWAY_EVENT_LOOP: {problem}"]), file=sys.stderr)
+        return 2
+    return run(run_demo(port=args.port, admin_port=args.admin_port, check=args.check), choice)
 
 
 def _parser() -> argparse.ArgumentParser:

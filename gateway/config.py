@@ -43,6 +43,7 @@ from gateway.config_sections import (
     parse_token_sources,
 )
 from gateway.configreader import Reader, Secret
+from gateway.loops import loop_problem
 from gateway.routing import Route, RouteOptions, parse_route_options, parse_routes
 
 __all__ = [
@@ -122,6 +123,7 @@ class Settings:
     clerk_api_url: str = DEFAULT_API_URL
     revocation: RevocationSettings = field(default_factory=RevocationSettings)
     source_path: str | None = None
+    event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
 
     @property
     def mode(self) -> str:
@@ -173,6 +175,17 @@ def _env_number(env: Mapping[str, str], name: str, default: float, low: float, h
         problems.append(f"{name}: {text!r} must be {kind} from {low:g} to {high:g}")
         return default
     return float(value)
+
+
+def _parse_event_loop(env: Mapping[str, str], root: Reader, problems: list[str]) -> str:
+    """`event_loop` (GATEWAY_EVENT_LOOP overrides it): auto, uvloop or asyncio."""
+    file_choice = root.text("event_loop", "auto") or "auto"
+    choice = (env.get("GATEWAY_EVENT_LOOP") or file_choice).strip().lower()
+    problem = loop_problem(choice)
+    if problem is not None:
+        problems.append(f"event_loop: {problem}")
+        return "auto"
+    return choice
 
 
 def load_settings(
@@ -249,6 +262,7 @@ def load_settings(
     shutdown_timeout = _env_number(env, "GATEWAY_SHUTDOWN_TIMEOUT", root.number(
         "shutdown_timeout_seconds", 30.0, minimum=0, maximum=3600), 0, 3600, problems)
     proxy = parse_proxy(root.child("proxy"))
+    event_loop = _parse_event_loop(env, root, problems)
 
     realm = root.text("realm", "clerk-gateway") or "clerk-gateway"
     if '"' in realm or "\\" in realm:
@@ -308,4 +322,5 @@ def load_settings(
         clerk_api_url=api_url,
         revocation=revocation,
         source_path=path,
+        event_loop=event_loop,
     )

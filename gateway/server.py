@@ -20,6 +20,7 @@ from gateway.app import Gateway, build_admin_app, build_public_app
 from gateway.config import Settings
 from gateway.http.fast_door import FastDoor
 from gateway.http.guard import GuardedAppRunner
+from gateway.loops import loop_name
 from gateway.reload import reload_from_sources
 
 __all__ = ["KEEPALIVE_SECONDS", "public_runner", "serve"]
@@ -107,7 +108,7 @@ async def serve(
         log.info("gateway listening", extra={
             "mode": settings.mode, "listen": str(settings.listen),
             "admin_listen": str(settings.admin_listen),
-            "issuers": [i.name for i in settings.issuers],
+            "issuers": [i.name for i in settings.issuers], "event_loop": loop_name(loop),
         })
         if on_ready is not None:
             await on_ready(gateway)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -15,8 +16,19 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import Gateway, build_admin_app, build_public_app
 from gateway.config import Settings, load_settings
 from gateway.devissuer import DevIssuer
+from gateway.loops import loop_factory, resolve_loop
 from gateway.server import public_runner
 from tests.proxy_support import Upstream
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[[], Any]]:
+    """Every async test runs on the loop GATEWAY_EVENT_LOOP names (auto: uvloop if installed).
+
+    Gateways the tests start as processes inherit the variable, so one setting picks the loop
+    for the whole run; `make test` runs the suite once per loop.
+    """
+    choice = os.environ.get("GATEWAY_EVENT_LOOP") or "auto"
+    return {resolve_loop(choice): loop_factory(choice)}
 
 
 def free_port() -> int:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import cast
 
 import httptools
 from aiohttp import hdrs
@@ -256,9 +257,9 @@ class FastDoorProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Remember the caller, start the idle deadline."""
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        tcp_keepalive(transport)
+        # uvloop's transports have asyncio.Transport's methods without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        tcp_keepalive(self._transport)
         peer = transport.get_extra_info("peername")
         self._remote = peer[0] if isinstance(peer, tuple | list) and peer else None
         self._last_active = self._loop.time()
