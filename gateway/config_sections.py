@@ -117,6 +117,7 @@ class ProxySettings:
     websocket_close_on_expiry: bool = True
     websocket_max_message_bytes: int = 4 * 1024 * 1024
     client: str = "lean"  # plain http:// requests: "lean" (llhttp pool) or "aiohttp"
+    fast_path: bool = True  # the proxy's fast door (http/fast_proxy.py) when every upstream is lean
 
 
 def parse_token_sources(reader: Reader) -> tuple[TokenSource, ...]:
@@ -205,6 +206,7 @@ def parse_proxy(reader: Reader) -> ProxySettings:
             "websocket_max_message_bytes", d.websocket_max_message_bytes,
             minimum=1024, maximum=1024**3),
         client=reader.choice("client", d.client, ("lean", "aiohttp")),
+        fast_path=reader.flag("fast_path", d.fast_path),
     )
     reader.check_unknown()
     return proxy

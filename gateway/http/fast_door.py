@@ -22,19 +22,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
-from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 
-from gateway.http.errors import JSON_CONTENT_TYPE, refusal_parts
 from gateway.http.forward_auth import ConflictingForwardedRequest, ForwardAuthHandler
 from gateway.http.front import (
     HANDOVER_CAUSES,
-    SERVER_LINE,
-    STATUS_LINES,
     FrontDoor,
     FrontProtocol,
+    encode_answer,
+    refusal_answer,
 )
 from gateway.http.headers import new_request_id, request_id
 from gateway.metrics import Metrics
@@ -44,7 +42,6 @@ from gateway.reasons import Reason
 __all__ = ["HANDOVER_CAUSES", "FastDoor", "FastDoorProtocol"]
 
 log = logging.getLogger("gateway.fast_door")
-_SERVER = SERVER_LINE + b"\r\n"
 
 
 class _Request:
@@ -134,30 +131,21 @@ class FastDoor(FrontDoor):
         """The whole HTTP response for a decision (None: an internal error), observed."""
         handler = self._handler
         rid = request.rid
-        pairs: Iterable[tuple[str, str]]
+        method, version, keep_alive = request.method, request.version, request.keep_alive
+        date = self.date.line()
         if decision is not None and decision.allowed:
-            status, body = 200, b""
-            pairs = handler.allow_headers(decision, rid)
+            status = 200
+            answer = encode_answer(200, handler.allow_headers(decision, rid), b"", method=method,
+                                   version=version, keep_alive=keep_alive, date=date)
         else:
             reason = decision.reason if decision is not None else Reason.INTERNAL_ERROR
-            retry_after = decision.retry_after if decision is not None else None
-            status, headers, body = refusal_parts(reason, rid, handler.realm, retry_after)
-            headers[hdrs.CONTENT_TYPE] = JSON_CONTENT_TYPE
-            pairs = headers.items()
-        lines = [f"{name}: {value}\r\n" for name, value in pairs]
-        if body or request.method != "HEAD":  # as aiohttp: no `Content-Length: 0` on HEAD
-            lines.append(f"Content-Length: {len(body)}\r\n")
-        if request.version == "1.1":
-            if not request.keep_alive:
-                lines.append("Connection: close\r\n")
-        elif request.keep_alive:
-            lines.append("Connection: keep-alive\r\n")
-        if request.method == "HEAD":
-            body = b""  # the length a GET would get, without the body
+            status = reason.status
+            answer = refusal_answer(reason, rid, handler.realm,
+                                    decision.retry_after if decision is not None else None,
+                                    method=method, version=version, keep_alive=keep_alive,
+                                    date=date)
         handler.observer.observe(request.started, rid, request.method, status, decision)
-        # UTF-8, as aiohttp encodes header text (a configured realm may be non-ASCII).
-        return b"".join((STATUS_LINES[request.version, status], "".join(lines).encode(),
-                         self.date.line(), _SERVER, body))
+        return answer
 
 
 class FastDoorProtocol(FrontProtocol):

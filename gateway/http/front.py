@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, cast
@@ -27,8 +27,10 @@ from aiohttp.tcp_helpers import tcp_keepalive
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from prometheus_client import Counter
 
+from gateway.http.errors import JSON_CONTENT_TYPE, refusal_parts
 from gateway.http.guard import refuse_late_head
 from gateway.metrics import Metrics
+from gateway.reasons import Reason
 
 __all__ = [
     "HANDOVER_CAUSES",
@@ -37,6 +39,8 @@ __all__ = [
     "FrontDoor",
     "FrontProtocol",
     "HttpDate",
+    "encode_answer",
+    "refusal_answer",
     "unsafe_target",
 ]
 
@@ -44,6 +48,8 @@ __all__ = [
 # Why a request went to the aiohttp door (labels of the fast-door counters).
 HANDOVER_CAUSES = ("pipelined", "body", "upgrade", "version", "target", "oversize", "malformed")
 _BODY_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+# aiohttp's parser spells the names it knows its own way (hdrs); so must the doors' output.
+_KNOWN_NAMES = {str(v).lower().encode(): v for v in vars(hdrs).values() if isinstance(v, istr)}
 # aiohttp refuses a second copy of these (and so must every door).
 _SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
 # Answers carry the request's version, as aiohttp's do.
@@ -64,6 +70,34 @@ def unsafe_target(target: bytes) -> bool:
     path = target.split(b"?", 1)[0]
     return (not path.startswith(b"/") or path.startswith(b"/_gateway") or b"%" in path
             or b"/." in path or b"#" in target or not target.isascii())
+
+
+def encode_answer(status: int, pairs: Iterable[tuple[str, str]], body: bytes, *, method: str,
+                  version: str, keep_alive: bool, date: bytes) -> bytes:
+    """A whole answer as aiohttp writes one: Content-Length (none for an empty HEAD answer),
+    Connection as the version needs, Date, Server; a HEAD answer without its body."""
+    lines = [f"{name}: {value}\r\n" for name, value in pairs]
+    if body or method != "HEAD":
+        lines.append(f"Content-Length: {len(body)}\r\n")
+    if version == "1.1":
+        if not keep_alive:
+            lines.append("Connection: close\r\n")
+    elif keep_alive:
+        lines.append("Connection: keep-alive\r\n")
+    if method == "HEAD":
+        body = b""  # the length a GET would get, without the body
+    # UTF-8, as aiohttp encodes header text (a configured realm may be non-ASCII).
+    return b"".join((STATUS_LINES[version, status], "".join(lines).encode(), date, SERVER_LINE,
+                     b"\r\n", body))
+
+
+def refusal_answer(reason: Reason, rid: str, realm: str, retry_after: int | None, *,
+                   method: str, version: str, keep_alive: bool, date: bytes) -> bytes:
+    """The whole JSON refusal for a reason, as the aiohttp door sends it."""
+    status, headers, body = refusal_parts(reason, rid, realm, retry_after)
+    headers[hdrs.CONTENT_TYPE] = JSON_CONTENT_TYPE
+    return encode_answer(status, headers.items(), body, method=method, version=version,
+                         keep_alive=keep_alive, date=date)
 
 
 class HttpDate:
@@ -137,6 +171,7 @@ class FrontProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._remote: str | None = None
         self._pending = b""  # bytes of the request not answered yet
+        self._raw = b""  # the bytes of the request being served, as they came
         self._begun = 0
         self._headed = False
         self._head_bytes = 0
@@ -224,6 +259,7 @@ class FrontProtocol(asyncio.Protocol):
         if version == "1.1" and hdrs.HOST not in headers:
             self._hand_over(pending, "malformed")  # aiohttp refuses HTTP/1.1 without Host
             return
+        self._raw = pending  # for a door that hands the request over after all
         self._pending = b""
         self._begun = 0
         self._headed = False
@@ -297,8 +333,10 @@ class FrontProtocol(asyncio.Protocol):
         elif b"\x00" in value:
             self._irregular = "malformed"
         headers = self._headers
-        headers.append((istr(name.decode("utf-8", "surrogateescape")),
-                        value.decode("utf-8", "surrogateescape")))
+        key = _KNOWN_NAMES.get(lowered)
+        if key is None:
+            key = istr(name.decode("utf-8", "surrogateescape"))
+        headers.append((key, value.decode("utf-8", "surrogateescape")))
         self._head_bytes += len(name) + len(value) + 4
         if (len(headers) > self._front.max_headers
                 or self._head_bytes > self._front.max_head_bytes):

@@ -17,7 +17,7 @@ from urllib.parse import unquote_plus, urlsplit
 
 import aiohttp
 from aiohttp import hdrs, web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config import Settings
@@ -36,13 +36,13 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, Decision, RequestFacts
 from gateway.reasons import Reason
 
-__all__ = ["BodyTooLarge", "ProxyHandler", "classify_failure"]
+__all__ = ["SMALL_BODY", "BodyTooLarge", "LeanPlan", "ProxyHandler", "classify_failure"]
 
 log = logging.getLogger("gateway.proxy")
 
 _EMPTY: Mapping[str, str] = {}
 # Bodies up to this size with a Content-Length are read whole and sent with the headers.
-_SMALL_BODY = 64 * 1024
+SMALL_BODY = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
 _SKIP_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
 # The access line's status when the client went away before an answer (nginx's convention).
@@ -110,6 +110,8 @@ def _strip_query_param(query: str, name: str) -> str:
 
 
 _UPSTREAM_ERRORS = (aiohttp.ClientError, UpstreamError, TimeoutError, BodyTooLarge)
+# The lean pool's (host, port), the request target and the upstream request headers.
+LeanPlan = tuple[tuple[str, int], str, CIMultiDict[str]]
 
 
 class _Upstream(Protocol):
@@ -252,6 +254,26 @@ class ProxyHandler:
             await self._session.close()
             self._session = None
 
+    @property
+    def pool(self) -> UpstreamPool | None:
+        """The lean upstream pool (None with `proxy.client: aiohttp` or before start)."""
+        return self._pool
+
+    @property
+    def observer(self) -> RequestObserver:
+        """The proxy door's in-flight gauge, latency and access log (either door)."""
+        return self._observer
+
+    @property
+    def hygiene(self) -> HeaderHygiene:
+        """Header hygiene for upstream requests and client responses (either door)."""
+        return self._hygiene
+
+    def lean_only(self) -> bool:
+        """True when the lean pool serves every configured upstream (all plain http://)."""
+        upstreams = [self._default, *(r.upstream for r in self._settings.routes if r.upstream)]
+        return self._lean and all(self._base(u.rstrip("/")) is not None for u in upstreams)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Authorize, then forward (or relay the WebSocket), observed for the access log."""
         started = self._observer.begin()
@@ -293,16 +315,14 @@ class ProxyHandler:
         length = request.content_length
         if self._limit and length is not None and length > self._limit:
             return self._refuse(Reason.BODY_TOO_LARGE, rid, exchange)
-        if self._pool is not None and not websocket:
-            lean = self._lean_target(decision, request.raw_path)
-            if lean is not None:
-                if not lean[1]:
-                    return self._refuse(Reason.AMBIGUOUS_PATH, rid, exchange)
-                upstream_headers = self._hygiene.upstream_headers(
-                    headers, client_ip=request.remote, scheme=request.scheme,
-                    identity=decision.headers, request_id=rid)
-                return await self._forward_lean(request, decision.route.name, lean[0], lean[1],
-                                                upstream_headers, rid, exchange)
+        if not websocket:
+            plan = self.lean_plan(decision, request.raw_path, headers, request.remote,
+                                  request.scheme, rid)
+            if isinstance(plan, Reason):
+                return self._refuse(plan, rid, exchange)
+            if plan is not None:
+                return await self._forward_lean(request, decision.route.name, *plan, rid,
+                                                exchange)
         try:
             url = self._target(decision, request.raw_path, websocket)
         except (ValueError, UnicodeError):
@@ -342,6 +362,22 @@ class ProxyHandler:
         self._bases[base] = parsed
         return parsed
 
+    def lean_plan(self, decision: Decision, raw_path: str, headers: CIMultiDictProxy[str],
+                  client_ip: str | None, scheme: str, rid: str) -> LeanPlan | Reason | None:
+        """An allowed request's (host, port), target and upstream headers for the lean pool
+        (shared by both doors); a Reason to refuse it; None for aiohttp's client (https)."""
+        if self._pool is None:
+            return None
+        lean = self._lean_target(decision, raw_path)
+        if lean is None:
+            return None
+        if not lean[1]:
+            return Reason.AMBIGUOUS_PATH
+        upstream_headers = self._hygiene.upstream_headers(
+            headers, client_ip=client_ip, scheme=scheme, identity=decision.headers,
+            request_id=rid)
+        return lean[0], lean[1], upstream_headers
+
     def _lean_target(self, decision: Decision, raw_path: str
                      ) -> tuple[tuple[str, int], str] | None:
         """The (host, port) and request target for the lean client; "" when unsendable."""
@@ -358,15 +394,20 @@ class ProxyHandler:
 
     def _failure(self, exc: BaseException, route: str, rid: str, exchange: _Exchange
                  ) -> web.Response:
-        kind, reason = classify_failure(exc)
         if isinstance(exc, aiohttp.WSServerHandshakeError):
             exchange.upstream_status = exc.status  # reached, but it refused the upgrade
+        return self._refuse(self.upstream_failed(exc, route, rid), rid, exchange)
+
+    def upstream_failed(self, exc: BaseException, route: str, rid: str) -> Reason:
+        """Count and log an upstream failure (either door); the reason to answer with."""
+        kind, reason = classify_failure(exc)
         self._metrics.upstream_errors.labels(route, kind).inc()
         log.warning("upstream request failed", extra={
             "route": route, "kind": kind, "error_type": type(exc).__name__, "request_id": rid})
-        return self._refuse(reason, rid, exchange)
+        return reason
 
-    def _observe(self, route: str, seconds: float) -> None:
+    def observe_upstream(self, route: str, seconds: float) -> None:
+        """Observe the time until an upstream's response head (either door)."""
         child = self._durations.get(route)
         if child is None:
             child = self._durations[route] = self._metrics.upstream_duration.labels(route)
@@ -424,9 +465,9 @@ class ProxyHandler:
         """Stream the upstream's response to the client (small bodies in one write)."""
         exchange.upstream_status = upstream.status
         try:
-            self._observe(route, time.perf_counter() - started)
+            self.observe_upstream(route, time.perf_counter() - started)
             length = upstream.content_length
-            if (length is not None and length <= _SMALL_BODY and request.method != hdrs.METH_HEAD
+            if (length is not None and length <= SMALL_BODY and request.method != hdrs.METH_HEAD
                     and upstream.status not in _NO_BODY_STATUSES):
                 return await self._small(upstream, rid, route, exchange)
             response = web.StreamResponse(
@@ -489,7 +530,7 @@ class ProxyHandler:
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0))
         except (aiohttp.ClientError, TimeoutError) as exc:
             return self._failure(exc, route, rid, exchange)
-        self._observe(route, time.perf_counter() - connecting)
+        self.observe_upstream(route, time.perf_counter() - connecting)
         exchange.upstream_status = 101
         client = web.WebSocketResponse(
             protocols=(upstream.protocol,) if upstream.protocol else (),
