@@ -76,9 +76,29 @@ class Running:
 GatewayFactory = Callable[..., Awaitable[Running]]
 
 
+# Proxy suites that run twice: through the proxy's fast door and through the aiohttp door.
+BOTH_PROXY_DOORS = frozenset({
+    "tests.test_proxy", "tests.test_proxy_headers", "tests.test_proxy_observe",
+    "tests.test_proxy_policy", "tests.test_websocket_proxy", "tests.test_security_requests",
+})
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Gateways of the proxy suites are built with each proxy door in turn."""
+    module = metafunc.module.__name__ if metafunc.module else ""
+    if module in BOTH_PROXY_DOORS and "make_gateway" in metafunc.fixturenames:
+        metafunc.parametrize("proxy_door", ["fast", "aiohttp"])
+
+
+@pytest.fixture
+def proxy_door() -> str:
+    """Which door a proxy-mode gateway serves through (`fast` is the default)."""
+    return "fast"
+
+
 @pytest.fixture
 async def make_gateway(
-    clerk: DevIssuer, aiohttp_client: Any, tmp_path: Any
+    clerk: DevIssuer, aiohttp_client: Any, tmp_path: Any, proxy_door: str
 ) -> AsyncIterator[GatewayFactory]:
     """Build and start a gateway trusting the fake Clerk; env and YAML can be adjusted."""
 
@@ -91,6 +111,11 @@ async def make_gateway(
     ) -> Running:
         environ = {"CLERK_ISSUER": clerk.issuer} if issuer_env else {}
         environ.update(env or {})
+        if proxy_door == "aiohttp":  # the same gateway with the proxy's fast door off
+            if "GATEWAY_UPSTREAM" not in environ and not (config or {}).get("upstream"):
+                pytest.skip("forward-auth gateway: runs once, under the fast proxy door's id")
+            section = dict((config or {}).get("proxy") or {})
+            config = {**(config or {}), "proxy": {**section, "fast_path": False}}
         path = None
         if config is not None:
             path = tmp_path / f"gateway-{len(list(tmp_path.iterdir()))}.yaml"
