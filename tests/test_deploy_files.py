@@ -41,6 +41,7 @@ _COUNTERS = (
     "webhook_events_total",
     "fail_open_total",
     "forward_auth_fast_path_total",
+    "proxy_fast_path_total",
 )
 _GAUGES = (
     "in_flight_requests",
