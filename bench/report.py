@@ -299,8 +299,37 @@ def _http_cost_section(http: Result) -> list[str]:
     return out
 
 
+def _split_section(results: Result) -> list[str]:
+    """CPU per request by stage, for each mode (shares from the profile, microseconds from
+    the throughput run's server CPU per request)."""
+    split = results["split"]
+    cpu = {"forward_auth": _median_cpu(results, "gateway_fa"),
+           "proxy": _median_cpu(results, "gateway_proxy")}
+    modes = [m for m in ("forward_auth", "proxy") if m in split]
+    out = ["## CPU per request by stage", "",
+           "One process on " + ", ".join(sorted({split[m]["loop"] for m in modes})) + " with the "
+           "gateway's listener as `serve` builds it, a minimal upstream and keep-alive clients; "
+           "cProfile's own time per function, each put in the stage of its module (`bench/"
+           "split.py`). Shares come from the profile; microseconds are the share times the "
+           "server CPU per request measured under wrk above.", "",
+           "| stage | " + " | ".join(f"{m} share | {m} us" for m in modes) + " |",
+           "|---|" + "---:|---:|" * len(modes)]
+    for stage in ("parse", "decide", "relay", "write", "observe", "other"):
+        cells = []
+        for mode in modes:
+            share = split[mode]["share"].get(stage, 0.0)
+            us = f"{share * cpu[mode]:.1f}" if cpu[mode] else "n/a"
+            cells.append(f"{share:.0%} | {us}")
+        out.append(f"| {stage} | " + " | ".join(cells) + " |")
+    out += ["", "Commands: " + "; ".join(f"`{split[m]['command']}`" for m in modes
+                                         if "command" in split[m]), ""]
+    return out
+
+
 def _side_sections(results: Result) -> list[str]:
     out: list[str] = []
+    if results.get("split"):
+        out += _split_section(results)
     http = results.get("http_cost")
     if http and "gateway_fa_aiohttp_door_us" in http:
         out += _http_cost_section(http)

@@ -290,15 +290,15 @@ class Bench:
 
     # -- side measurements -----------------------------------------------------------------
 
-    def micro(self, kind: str, *args: str) -> dict[str, Any]:
-        """Run one in-process measurement (bench.micro) on the server CPU."""
-        cmd = [sys.executable, "-m", "bench.micro", kind, *args]
+    def micro(self, kind: str, *args: str, module: str = "bench.micro") -> dict[str, Any]:
+        """Run one in-process measurement (bench.micro, bench.split) on the server CPU."""
+        cmd = [sys.executable, "-m", module, kind, *args]
         full = ["taskset", "-c", self.server_cpus, *cmd] if self.server_cpus else cmd
         print(f"  {kind}: {shlex.join(cmd)}", flush=True)
         out = subprocess.run(full, capture_output=True, text=True, env=self._python_env(),
                              cwd=REPO, check=False)
         if out.returncode != 0:
-            raise RuntimeError(f"bench.micro {kind} failed: {out.stderr[-800:]}")
+            raise RuntimeError(f"{module} {kind} failed: {out.stderr[-800:]}")
         result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
         result["command"] = _pin_prefix(self.server_cpus) + shlex.join(cmd)
         return result
@@ -405,7 +405,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma list of contenders: " + ",".join(CONTENDERS))
     parser.add_argument("--skip", default="",
                         help="comma list of side measurements to skip: "
-                             "http,verify,storm,memory,scaling")
+                             "http,split,verify,storm,memory,scaling")
     parser.add_argument("--storm-duration", type=float, default=30.0)
     parser.add_argument("--storm-cooldown", type=float, default=5.0,
                         help="keys.unknown_kid_cooldown_seconds for the storm (5)")
@@ -427,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     only = {c.strip() for c in args.only.split(",") if c.strip()}
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     loops = [loop.strip() for loop in args.loops.split(",") if loop.strip()]
-    unknown = ((only - set(CONTENDERS)) | (skip - {"http", "verify", "storm", "memory", "scaling"})
+    unknown = ((only - set(CONTENDERS))
+               | (skip - {"http", "split", "verify", "storm", "memory", "scaling"})
                | (set(loops) - {"uvloop", "asyncio"}))
     if unknown:
         raise SystemExit(f"unknown names: {', '.join(sorted(unknown))}")
@@ -468,6 +469,11 @@ def main(argv: list[str] | None = None) -> int:
             if "http" not in skip:
                 print("per-request CPU in-process (no sockets)", flush=True)
                 results["http_cost"] = bench.micro("http-cost")
+            if "split" not in skip:
+                print("CPU per request by stage (in-process, profiled)", flush=True)
+                results["split"] = {mode: bench.micro(mode, "--loop", loops[0],
+                                                      module="bench.split")
+                                    for mode in ("forward_auth", "proxy")}
             if "verify" not in skip:
                 print("first-seen vs cached token (in-process)", flush=True)
                 results["verify"] = bench.micro("verify")

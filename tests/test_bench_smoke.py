@@ -65,6 +65,10 @@ def _results() -> dict[str, Any]:
                   "min_seconds_between_fetches": 1.0, "cpu_us_per_request": 30.0,
                   "wrk_command": "wrk", "gateway_command": "gateway"},
         "memory_cache": memory,
+        "split": {mode: {"loop": "uvloop", "command": f"python -m bench.split {mode}",
+                         "share": {"parse": 0.2, "decide": 0.4, "relay": 0.0, "write": 0.1,
+                                   "observe": 0.1, "other": 0.2}}
+                  for mode in ("forward_auth", "proxy")},
     }
 
 
@@ -97,6 +101,7 @@ def test_report_files(tmp_path: Path) -> None:
     assert "| 3. fa | 9,900 | 9,000, 10,200, 9,900 |" in markdown
     assert "| 6. proxy | not available yet |" in markdown
     assert "### The same contenders on asyncio" in markdown
+    assert "| decide | 40% | 18.0 | 40% | n/a |" in markdown  # 0.4 x fa's 45 us CPU/req
     assert "| 6. proxy | 4,000 | 4,000, 4,000, 4,000 |" in markdown
     assert "**NO**" in markdown  # the missed storm target is shown, not hidden
     assert "Fake CPU" in markdown and "wrk 4.1" in markdown
