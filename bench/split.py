@@ -114,6 +114,7 @@ class _Client(asyncio.Protocol):
         self.done = done
         self.limit = limit
         self.buffer = b""
+        self.idle = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: Any = transport
@@ -134,6 +135,7 @@ class _Client(asyncio.Protocol):
             self.buffer = rest[length:]
             self.counter[0] += 1
             if self.counter[0] >= self.limit[0]:
+                self.idle = True  # no request in flight: the next phase starts it
                 if not self.done.done():
                     self.done.set_result(None)
                 return
@@ -163,10 +165,12 @@ async def _measure(mode: str, requests: int, connections: int) -> dict[str, Any]
         lambda: _Client(request, counter, done, limit), "127.0.0.1", port)
         for _ in range(connections)]
     await done  # warm-up: keys, caches, pooled upstream connections
+    while not all(client.idle for _, client in clients):  # never two requests in flight
+        await asyncio.sleep(0.01)
     counter[0], limit[0] = 0, requests
     done = loop.create_future()
     for _, client in clients:
-        client.done = done
+        client.done, client.idle = done, False
         client.transport.write(request)
     profile = cProfile.Profile()
     started = time.process_time()
