@@ -86,16 +86,21 @@ class Pair:
         return port
 
 
+def parity_tokens(clerk: DevIssuer) -> dict[str, str]:
+    """A member's, an admin's (both of org_1) and a garbage token (the parity tests share)."""
+    return {
+        "member": clerk.token(sub="user_member", org_id="org_1", role="member"),
+        "admin": clerk.token(sub="user_admin", org_id="org_1", role="admin"),
+        "garbage": "not.a.token",
+    }
+
+
 @pytest.fixture
 async def pair(clerk: DevIssuer, make_gateway: GatewayFactory) -> AsyncIterator[Pair]:
     """Two gateways that have both verified the valid tokens once already."""
     fast = await make_gateway(config=ROUTES)
     slow = await make_gateway(config={**ROUTES, "forward_auth": {"fast_path": False}})
-    tokens = {
-        "member": clerk.token(sub="user_member", org_id="org_1", role="member"),
-        "admin": clerk.token(sub="user_admin", org_id="org_1", role="admin"),
-        "garbage": "not.a.token",
-    }
+    tokens = parity_tokens(clerk)
     for running in (fast, slow):
         for token in tokens.values():
             await running.get("/", token)

@@ -13,6 +13,7 @@ from gateway.devissuer import DevIssuer
 from gateway.http.fast_proxy import PROXY_HANDOVER_CAUSES, FastProxyDoor
 from tests.conftest import GatewayFactory, Running, serve_app
 from tests.proxy_support import MiB, Upstream
+from tests.proxy_support import raw_request as raw_exchange
 
 
 async def proxied(make_gateway: GatewayFactory, upstream: Upstream, **config: Any) -> Running:
@@ -32,17 +33,6 @@ def port_of(running: Running) -> int:
     port = running.client.server.port
     assert port is not None
     return port
-
-
-async def raw_exchange(port: int, raw: bytes, timeout: float = 10.0) -> bytes:
-    """Send raw bytes on a new connection; everything the gateway sent until it closed."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(raw)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(), timeout)
-    finally:
-        writer.close()
 
 
 def head(token: str, method: str = "GET", target: str = "/api", version: str = "HTTP/1.1",

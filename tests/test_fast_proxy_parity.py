@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from gateway.devissuer import DevIssuer
 from tests.conftest import GatewayFactory, Running
+from tests.test_fast_door_parity import parity_tokens
 
 ROUTES: dict[str, Any] = {"routes": [
     {"name": "public", "path_prefix": "/public", "access": "public"},
@@ -158,11 +159,7 @@ async def pair(clerk: DevIssuer, make_gateway: GatewayFactory) -> AsyncIterator[
                               config=ROUTES)
     slow = await make_gateway(env={"GATEWAY_UPSTREAM": f"http://127.0.0.1:{upstreams[1].port}"},
                               config={**ROUTES, "proxy": {"fast_path": False}})
-    tokens = {
-        "member": clerk.token(sub="user_member", org_id="org_1", role="member"),
-        "admin": clerk.token(sub="user_admin", org_id="org_1", role="admin"),
-        "garbage": "not.a.token",
-    }
+    tokens = parity_tokens(clerk)
     for running in (fast, slow):
         for token in tokens.values():
             await running.get("/maybe/warm", token)  # verified once
