@@ -105,3 +105,16 @@ def test_report_files(tmp_path: Path) -> None:
     assert "| 6. proxy | 4,000 | 4,000, 4,000, 4,000 |" in markdown
     assert "**NO**" in markdown  # the missed storm target is shown, not hidden
     assert "Fake CPU" in markdown and "wrk 4.1" in markdown
+
+
+def test_the_cpu_split_profiles_the_real_listener_by_stage() -> None:
+    from bench import split
+    from gateway.loops import run
+
+    for mode in ("forward_auth", "proxy"):
+        result = run(split._measure(mode, 300, 2), "asyncio")
+        share = result["share"]
+        assert result["requests"] == 300 and result["loop"] == "asyncio"
+        assert abs(sum(share.values()) - 1.0) < 1e-6
+        assert share["parse"] > 0 and share["decide"] > 0 and share["write"] > 0
+        assert (share["relay"] > 0) == (mode == "proxy")  # only the proxy relays
