@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from gateway.devissuer import DevIssuer
 from tests.conftest import GatewayFactory, Running
-from tests.test_fast_door_parity import parity_tokens
+from tests.test_fast_door_parity import auth_lines, parity_tokens
 
 ROUTES: dict[str, Any] = {"routes": [
     {"name": "public", "path_prefix": "/public", "access": "public"},
@@ -205,14 +205,7 @@ def build_request(method: str, target: str, options: dict[str, Any],
                   tokens: dict[str, str]) -> bytes:
     """The raw request the options describe (it always asks to close after the answer)."""
     lines = [f"{method} {target} HTTP/1.1", "Host: app.test"]
-    auth = options.get("auth")
-    if auth in ("member", "admin", "garbage"):
-        lines.append(f"Authorization: Bearer {tokens[auth]}")
-    elif auth == "two":
-        lines += [f"Authorization: Bearer {tokens['member']}",
-                  f"Authorization: Bearer {tokens['admin']}"]
-    elif auth == "lowercase":
-        lines.append(f"authorization: bearer {tokens['admin']}")
+    lines += auth_lines(options.get("auth"), tokens)
     if "cookie" in options:
         lines.append(f"Cookie: theme=dark; __session={tokens.get(options['cookie'], 'x')}")
     lines += [f"{name}: spoofed" for name in options.get("spoof", [])]
