@@ -248,3 +248,29 @@ async def test_shutdown_cuts_off_a_relay_that_outlives_the_drain(
     answer = await asyncio.wait_for(pending, 10)
     assert not answer.startswith(b"HTTP/1.1 200 ")  # cut off, never a partial 200
     assert not door.tasks
+
+
+async def test_a_head_over_the_limit_goes_to_aiohttp_which_refuses_it(
+    clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await proxied(make_gateway, upstream, limits={"max_header_bytes": 1024})
+    answer = await raw_exchange(port_of(gw), head(clerk.token(), extra=f"X-Big: {'a' * 2000}\r\n"))
+    assert b" 431 Request Header Fields Too Large\r\n" in answer  # aiohttp's parser: 431
+    assert counts(gw)["oversize"] == 1
+    assert upstream.seen == []
+
+
+async def test_a_trickled_head_is_cut_with_408_by_the_fast_door(
+    clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await proxied(make_gateway, upstream, limits={"header_timeout_seconds": 0.3})
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gw))
+    try:
+        writer.write(b"GET /api HTTP/1.1\r\nHost: app.test\r\n")  # and nothing more
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["reason"] == "request_timeout"
+    assert sum(counts(gw).values()) == 0  # no request was served or handed over
+    assert upstream.seen == []
