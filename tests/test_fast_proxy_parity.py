@@ -4,10 +4,11 @@ Two gateways with the same settings, one with `proxy.fast_path: false`, each in 
 own raw upstream that records the bytes it receives and answers with a generated (often
 hostile) response: odd statuses and reason phrases, hop-by-hop headers and headers named in
 `Connection`, spoofed request ids, bytes that are not UTF-8, bodies by length, chunked, until
-close, truncated, large, or after a 204/304/HEAD. The same generated request (methods,
-tokens in headers and cookies, spoofed identity headers in every spelling, hop-by-hop and
-forwarded headers, bodies) goes to both. The upstream must receive the same bytes, and the
-client the same status, reason, headers (the date aside) and body, or both a cut-off answer.
+close, truncated, large, or after a 204/304/HEAD, the app's own CORS headers. The same
+generated request (methods, tokens in headers and cookies, spoofed identity headers in every
+spelling, hop-by-hop and forwarded headers, bodies, CORS origins and preflights) goes to
+both. The upstream must receive the same bytes, and the client the same status, reason,
+headers (the date aside) and body, or both a cut-off answer.
 """
 
 from __future__ import annotations
@@ -21,18 +22,20 @@ from typing import Any
 
 import httptools
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.devissuer import DevIssuer
 from tests.conftest import GatewayFactory, Running
 from tests.test_fast_door_parity import auth_lines, parity_tokens
 
+ALLOWED_ORIGIN = "https://app.example.com"
 ROUTES: dict[str, Any] = {"routes": [
     {"name": "public", "path_prefix": "/public", "access": "public"},
     {"name": "admin", "path_prefix": "/admin", "require": {"role": "admin"}},
     {"name": "maybe", "path_prefix": "/maybe", "access": "optional"},
-]}
+], "cors": {"allowed_origins": [ALLOWED_ORIGIN],
+            "routes": {"admin": {"allowed_methods": ["DELETE"], "allow_credentials": True}}}}
 REQUEST_ID = "parity-request-id-0001"
 _GENERATED_ID = re.compile(rb"\b[0-9a-f]{32}\b")
 
@@ -185,6 +188,9 @@ request_options = st.fixed_dictionaries({}, optional={
     "connection": st.sampled_from(["close, X-Drop", "X-Drop, close", "close, x_drop"]),
     "request_id": st.sampled_from([REQUEST_ID, "bad id"]),
     "body": st.binary(max_size=3000),
+    "origin": st.sampled_from([ALLOWED_ORIGIN, "https://evil.example.com", "null",
+                               ALLOWED_ORIGIN + "/"]),
+    "preflight": st.sampled_from(["GET", "DELETE", "PURGE"]),
     "extra": st.lists(st.sampled_from(["Accept: */*", "User-Agent: parity", "X-Custom: a b",
                                        "x-custom: second", "Content-Type: text/plain"]),
                       max_size=3),
@@ -197,6 +203,8 @@ answer_headers = st.lists(st.sampled_from([
     b"Server: upstream/1", b"Date: Mon, 01 Jan 2024 00:00:00 GMT", b"Proxy-Authenticate: Basic",
     b"Trailer: X-T", b"Upgrade: h2c", b"X-Bytes: \xff\xfe", b"X-Utf8: caf\xc3\xa9",
     b"Cache-Control: no-store", b"X-Empty:", b"X-Ctl: a\x7fb", b"X-Tab: a\tb",
+    b"Access-Control-Allow-Origin: *", b"Vary: Accept-Encoding",
+    b"access-control-allow-credentials: true",
 ]), max_size=5)
 framings = st.sampled_from(["length", "chunked", "close", "short", "zero", "big", "big-chunked"])
 
@@ -211,6 +219,10 @@ def build_request(method: str, target: str, options: dict[str, Any],
     lines += [f"{name}: spoofed" for name in options.get("spoof", [])]
     lines += options.get("hop", [])
     lines += options.get("extra", [])
+    if "origin" in options:
+        lines.append(f"Origin: {options['origin']}")
+    if "preflight" in options:  # a CORS preflight when the method is OPTIONS
+        lines.append(f"Access-Control-Request-Method: {options['preflight']}")
     lines.append(f"X-Request-Id: {options.get('request_id', REQUEST_ID)}")
     lines.append(f"Connection: {options.get('connection', 'close')}")
     body = options.get("body")
@@ -266,6 +278,15 @@ def assert_same(fast: Reply, slow: Reply, sent_fast: list[bytes], sent_slow: lis
 @given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]),
        target=targets, options=request_options, status=statuses, reason=reasons,
        headers=answer_headers, framing=framings, body=st.binary(max_size=2000))
+@example(method="OPTIONS", target="/admin/x", options={"origin": ALLOWED_ORIGIN,
+                                                       "preflight": "DELETE"},
+         status=200, reason=b"OK", headers=[], framing="length", body=b"")  # answered: 204
+@example(method="GET", target="/admin", options={"origin": ALLOWED_ORIGIN, "auth": "member"},
+         status=200, reason=b"OK", headers=[], framing="length", body=b"")  # refused, readable
+@example(method="GET", target="/public/a", options={"origin": ALLOWED_ORIGIN},
+         status=200, reason=b"OK", headers=[b"Access-Control-Allow-Origin: *",
+                                            b"Vary: Accept-Encoding"],
+         framing="length", body=b"ok")  # relayed: the gateway's CORS headers, not the app's
 async def test_both_doors_proxy_alike(pair: Pair, method: str, target: str,
                                       options: dict[str, Any], status: int, reason: bytes,
                                       headers: list[bytes], framing: str, body: bytes) -> None:
