@@ -215,9 +215,7 @@ class FastProxyProtocol(FrontProtocol):
         early, self._early = self._early, []
         length = self._length or 0
         left = length - sum(map(len, early))
-        facts = RequestFacts(
-            door="proxy", method=method, uri=target, host=headers.get(hdrs.HOST),
-            headers=headers, client_ip=self._remote)
+        facts = door.handler.facts(method, target, headers, self._remote)
         exchange = _Exchange(method, target, request_id(headers), keep_alive,
                              door.handler.observer.begin(), length, facts)
         self._busy = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import unquote_plus, urlsplit
 
@@ -339,6 +339,12 @@ class ProxyHandler:
         """Release a slot held with take_slot()."""
         (self._client_sockets if websocket else self._client_requests).give(client)
 
+    def facts(self, method: str, uri: str, headers: CIMultiDictProxy[str],
+              client_ip: str | None, query: Mapping[str, str] | None = None) -> RequestFacts:
+        """What the pipeline decides a proxied request on (either door)."""
+        return RequestFacts(door="proxy", method=method, uri=uri, host=headers.get(hdrs.HOST),
+                            headers=headers, query=query, client_ip=client_ip)
+
     def lean_only(self) -> bool:
         """True when the lean pool serves every configured upstream (all plain http://)."""
         upstreams = [self._default, *(r.upstream for r in self._settings.routes if r.upstream)]
@@ -370,15 +376,8 @@ class ProxyHandler:
         upgrade = headers.get(hdrs.UPGRADE)
         websocket = (upgrade is not None and upgrade.lower() == "websocket"
                      and request.method == hdrs.METH_GET)
-        facts = RequestFacts(
-            door="proxy",
-            method=request.method,
-            uri=request.raw_path,
-            host=headers.get(hdrs.HOST),
-            headers=headers,
-            query=request.query if websocket and self._ws_param else None,
-            client_ip=request.remote,
-        )
+        facts = self.facts(request.method, request.raw_path, headers, request.remote,
+                           request.query if websocket and self._ws_param else None)
         decision = await self._authorizer.authorize(facts)
         request[DECISION] = decision
         if not decision.allowed:
