@@ -243,6 +243,8 @@ class FastProxyProtocol(FrontProtocol):
         plan = self._decided(exchange, decision)
         if plan is not None:
             self._task = door.spawn(self._relay(exchange, plan))
+            # Cancelled before its first step, a relay's `finally` never runs: free the slot.
+            self._task.add_done_callback(lambda _: self._give_slot(exchange))
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -453,10 +455,14 @@ class FastProxyProtocol(FrontProtocol):
             else:
                 exchange.keep_alive = False
         finally:
-            if exchange.client is not None:
-                handler.give_slot(exchange.client)
-                exchange.client = None
+            self._give_slot(exchange)
             self._finish(exchange)
+
+    def _give_slot(self, exchange: _Exchange) -> None:
+        """Release the per-client slot the exchange holds (once)."""
+        client, exchange.client = exchange.client, None
+        if client is not None:
+            self._door.handler.give_slot(client)
 
     async def _answer(self, exchange: _Exchange, upstream: UpstreamResponse, route: str) -> None:
         """Write the upstream's answer as the aiohttp door writes it, the body as it comes."""
