@@ -19,8 +19,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# The whole suite twice: on uvloop (the default loop where installed), then on asyncio.
 test: $(STAMP) system-deps lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	GATEWAY_EVENT_LOOP=uvloop $(VENV)/bin/pytest -q -p no:cacheprovider
+	GATEWAY_EVENT_LOOP=asyncio $(VENV)/bin/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) -m bench.run

@@ -23,6 +23,8 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from gateway.loops import loop_factory
+
 __all__ = ["bare_app", "issuer_app", "naive_app", "proxy_app"]
 
 CATCH_ALL = "/{tail:.*}"
@@ -135,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pem-file", help="naive: the PEM public key")
     parser.add_argument("--issuer", default="", help="naive: expected iss; issuer: own URL")
     parser.add_argument("--upstream", help="proxy: upstream base URL")
+    parser.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"),
+                        help="event loop (auto: uvloop where installed)")
     args = parser.parse_args(argv)
     if args.kind == "bare":
         app = bare_app()
@@ -146,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         app = issuer_app(args.issuer)
     print(json.dumps({"kind": args.kind, "port": args.port}), file=sys.stderr, flush=True)
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+        web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None,
+                    loop=loop_factory(args.loop)())
     return 0
 
 

@@ -341,6 +341,9 @@ async def hostile_cost(n: int, reps: int) -> dict[str, Any]:
     for name in requests:
         out[f"{name}_us"] = {"min": min(out[name]), "median": statistics.median(out[name])}
         out[f"{name}_over_ordinary"] = min(out[name]) / ordinary
+    return out
+
+
 _HOSTILE_BYTES = 7000  # with a Bearer token too, the head stays under 8190 bytes
 
 

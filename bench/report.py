@@ -53,11 +53,28 @@ def _target(name: str, value: float | None, goal: str, met: bool | None, detail:
             "unit": unit}
 
 
+# Issue 15's throughput targets: (contender, reference, goal), on the headline loop.
+THROUGHPUT_GOALS = (("gateway_fa", "bare", 1.0), ("gateway_fa", "naive", 4.0),
+                    ("gateway_proxy", "aiohttp_proxy", 2.0), ("gateway_proxy", "nginx_proxy", 0.33))
+
+
+def _median_p99(results: Result, key: str) -> float | None:
+    contender = results.get("contenders", {}).get(key)
+    if not contender or not contender["available"] or not contender["runs"]:
+        return None
+    return float(statistics.median(r["p99_ms"] for r in contender["runs"]))
+
+
+def _loop_view(results: Result, loop: str) -> Result:
+    """The results as if `loop`'s pass were the only one."""
+    return {**results, "contenders": results.get("loop_passes", {}).get(loop, {})}
+
+
 def evaluate(results: Result) -> list[Result]:
-    """Every target of issue #4 with its measured value and whether it is met."""
+    """Every target of issue 15 with its measured value and whether it is met."""
     targets = []
-    for top, bottom, goal in (("gateway_fa", "bare", 0.85), ("gateway_fa", "naive", 3.0),
-                              ("gateway_proxy", "aiohttp_proxy", 1.0)):
+    headline = results.get("headline_loop", "the default loop")
+    for top, bottom, goal in THROUGHPUT_GOALS:
         ratio = _ratio(results, top, bottom)
         per_round = _round_ratios(results, top, bottom)
         detail = ("per round: " + ", ".join(f"{r:.2f}" for r in per_round)) if per_round else (
@@ -69,7 +86,7 @@ def evaluate(results: Result) -> list[Result]:
         if top == "gateway_proxy" and ratio is None:
             note = results.get("contenders", {}).get("gateway_proxy", {}).get("note", "")
             detail = note or detail
-        targets.append(_target(f"{top} / {bottom} (req/s)", ratio, f">= {goal:g}x",
+        targets.append(_target(f"{top} / {bottom} (req/s, {headline})", ratio, f">= {goal:g}x",
                                None if ratio is None else ratio >= goal, detail))
     ratio = _ratio(results, "gateway_fa", "gateway_fa_api_key")
     if ratio is not None:
@@ -80,6 +97,21 @@ def evaluate(results: Result) -> list[Result]:
             "per round: " + ", ".join(
                 f"{r:.2f}" for r in _round_ratios(results, "gateway_fa", "gateway_fa_api_key"))
             + (f"; by server CPU per request: {cpu:.2f}x" if cpu else "")))
+    p99, nginx_p99 = _median_p99(results, "gateway_proxy"), _median_p99(results, "nginx_proxy")
+    p99_ratio = p99 / nginx_p99 if p99 is not None and nginx_p99 else None
+    targets.append(_target(
+        f"gateway_proxy p99 / nginx_proxy p99 ({headline})", p99_ratio, "<= 2x",
+        None if p99_ratio is None else p99_ratio <= 2.0,
+        f"{p99:.2f} vs {nginx_p99:.2f} ms" if p99_ratio is not None else "not measured"))
+    for loop in results.get("loop_passes", {}):
+        if loop == results.get("headline_loop"):
+            continue
+        view = _loop_view(results, loop)
+        for top, bottom, goal in THROUGHPUT_GOALS:
+            ratio = _ratio(view, top, bottom)
+            targets.append(_target(f"{top} / {bottom} (req/s, {loop}, report)", ratio,
+                                   f"report (goal on {headline}: >= {goal:g}x)", None,
+                                   "every contender of this pass on " + loop))
     ratio = _ratio(results, "gateway_fa_logged", "bare")
     cpu = _cpu_ratio(results, "gateway_fa_logged", "bare")
     targets.append(_target(
@@ -102,11 +134,6 @@ def evaluate(results: Result) -> list[Result]:
         None if ratio is None else ratio >= 0.97,
         ("per round: " + ", ".join(f"{r:.2f}" for r in per_round) if per_round
          else "not measured") + (f"; by server CPU per request: {cpu:.2f}x" if cpu else "")))
-    ratio = _ratio(results, "gateway_proxy", "nginx_proxy")
-    cpu = _cpu_ratio(results, "gateway_proxy", "nginx_proxy")
-    targets.append(_target("gateway_proxy / nginx_proxy (req/s)", ratio, "report",
-                           None, "the machine's practical proxy limit, for reference" + (
-                               f"; by server CPU per request: {cpu:.2f}x" if cpu else "")))
     http = results.get("http_cost")
     if http:
         ratio = 1 / http["gateway_over_bare"]
@@ -324,6 +351,10 @@ def _markdown(results: Result) -> str:
         *_throughput_table(results),
         "",
     ]
+    for loop in results.get("loop_passes", {}):
+        if loop != results.get("headline_loop"):
+            out += [f"### The same contenders on {loop}", "",
+                    *_throughput_table(_loop_view(results, loop)), ""]
     out += _side_sections(results)
     out += _commands(results)
     return "\n".join(out) + "\n"
@@ -366,8 +397,37 @@ def _http_cost_section(http: Result) -> list[str]:
     return out
 
 
+def _split_section(results: Result) -> list[str]:
+    """CPU per request by stage, for each mode (shares from the profile, microseconds from
+    the throughput run's server CPU per request)."""
+    split = results["split"]
+    cpu = {"forward_auth": _median_cpu(results, "gateway_fa"),
+           "proxy": _median_cpu(results, "gateway_proxy")}
+    modes = [m for m in ("forward_auth", "proxy") if m in split]
+    out = ["## CPU per request by stage", "",
+           "One process on " + ", ".join(sorted({split[m]["loop"] for m in modes})) + " with the "
+           "gateway's listener as `serve` builds it, a minimal upstream and keep-alive clients; "
+           "cProfile's own time per function, each put in the stage of its module (`bench/"
+           "split.py`). Shares come from the profile; microseconds are the share times the "
+           "server CPU per request measured under wrk above.", "",
+           "| stage | " + " | ".join(f"{m} share | {m} us" for m in modes) + " |",
+           "|---|" + "---:|---:|" * len(modes)]
+    for stage in ("parse", "decide", "relay", "write", "observe", "other"):
+        cells = []
+        for mode in modes:
+            share = split[mode]["share"].get(stage, 0.0)
+            us = f"{share * cpu[mode]:.1f}" if cpu[mode] else "n/a"
+            cells.append(f"{share:.0%} | {us}")
+        out.append(f"| {stage} | " + " | ".join(cells) + " |")
+    out += ["", "Commands: " + "; ".join(f"`{split[m]['command']}`" for m in modes
+                                         if "command" in split[m]), ""]
+    return out
+
+
 def _side_sections(results: Result) -> list[str]:
     out: list[str] = []
+    if results.get("split"):
+        out += _split_section(results)
     http = results.get("http_cost")
     if http and "gateway_fa_aiohttp_door_us" in http:
         out += _http_cost_section(http)
@@ -444,14 +504,16 @@ def _side_sections(results: Result) -> list[str]:
             f"Command: `{memory['command']}`",
             "",
         ]
-    scaling = results.get("scaling")
-    if scaling:
-        out += ["## Scaling with workers", ""]
+    for scaling in (results.get("scaling"), results.get("scaling_proxy")):
+        if not scaling:
+            continue
+        mode = "Proxy mode" if scaling.get("mode") == "proxy" else "Forward-auth"
+        out += [f"## Scaling with workers: {mode}", ""]
         if not scaling["available"]:
             out += [scaling["note"], ""]
         else:
             out += [
-                f"Forward-auth, nothing pinned (the workers need both cores, and wrk shares "
+                f"{mode}, nothing pinned (the workers need both cores, and wrk shares "
                 f"them): GATEWAY_WORKERS=1 {scaling['median_w1']:,.0f} req/s, "
                 f"GATEWAY_WORKERS=2 {scaling['median_w2']:,.0f} req/s "
                 f"({scaling['ratio']:.2f}x). Per round: 1 worker "

@@ -136,6 +136,13 @@ class Bench:
         self.commands: dict[str, str] = {}
         self.contenders = {key: Contender(key) for key in CONTENDERS}
         self.upstream_url = ""
+        self.loop = "uvloop"  # the event loop every Python contender runs on in this pass
+
+    def new_pass(self, loop: str) -> None:
+        """Start over with fresh contenders, all on `loop`."""
+        self.procs.stop_all()
+        self.loop = loop
+        self.contenders = {key: Contender(key) for key in CONTENDERS}
 
     # -- processes -------------------------------------------------------------------------
 
@@ -152,7 +159,8 @@ class Bench:
         env.update(CLERK_JWT_KEY=self.pem, CLERK_ISSUER=ISSUER,
                    GATEWAY_LISTEN=f"127.0.0.1:{port}", GATEWAY_ADMIN_LISTEN=f"127.0.0.1:{admin}",
                    GATEWAY_LOG_LEVEL="WARNING", GATEWAY_WORKERS=str(workers),
-                   GATEWAY_STATE_DIR=str(self.workdir / f"state-{port}"))
+                   GATEWAY_STATE_DIR=str(self.workdir / f"state-{port}"),
+                   GATEWAY_EVENT_LOOP=self.loop)
         if upstream:
             env["GATEWAY_UPSTREAM"] = upstream
         env.update(extra or {})
@@ -182,7 +190,8 @@ class Bench:
     def _start_app(self, name: str, kind: str, *extra: str,
                    cpus: str | None = None) -> tuple[int, subprocess.Popen[bytes]]:
         port = free_port()
-        cmd = [sys.executable, "-m", "bench.apps", kind, "--port", str(port), *extra]
+        cmd = [sys.executable, "-m", "bench.apps", kind, "--port", str(port), "--loop",
+               self.loop, *extra]
         proc = self.procs.start(name, cmd, self._python_env(), cpus)
         self.commands[name] = _pin_prefix(cpus) + shlex.join(cmd)
         try:
@@ -194,7 +203,7 @@ class Bench:
     def _start_nginx(self, name: str, upstream_port: int | None,
                      cpus: str | None) -> tuple[int, subprocess.Popen[bytes]]:
         port = free_port()
-        conf_dir = self.workdir / name
+        conf_dir = self.workdir / f"{name}.{self.loop}"  # one per pass
         conf_dir.mkdir()
         conf = conf_dir / "nginx.conf"
         conf.write_text(_nginx_conf(conf_dir, port, STATIC_BODY, upstream_port))
@@ -340,15 +349,15 @@ class Bench:
 
     # -- side measurements -----------------------------------------------------------------
 
-    def micro(self, kind: str, *args: str) -> dict[str, Any]:
-        """Run one in-process measurement (bench.micro) on the server CPU."""
-        cmd = [sys.executable, "-m", "bench.micro", kind, *args]
+    def micro(self, kind: str, *args: str, module: str = "bench.micro") -> dict[str, Any]:
+        """Run one in-process measurement (bench.micro, bench.split) on the server CPU."""
+        cmd = [sys.executable, "-m", module, kind, *args]
         full = ["taskset", "-c", self.server_cpus, *cmd] if self.server_cpus else cmd
         print(f"  {kind}: {shlex.join(cmd)}", flush=True)
         out = subprocess.run(full, capture_output=True, text=True, env=self._python_env(),
                              cwd=REPO, check=False)
         if out.returncode != 0:
-            raise RuntimeError(f"bench.micro {kind} failed: {out.stderr[-800:]}")
+            raise RuntimeError(f"{module} {kind} failed: {out.stderr[-800:]}")
         result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
         result["command"] = _pin_prefix(self.server_cpus) + shlex.join(cmd)
         return result
@@ -421,13 +430,17 @@ class Bench:
                 next(iter(hostile_shapes.SHAPES[name].headers.values())), "<hostile value>")
         return out
 
-    def scaling(self) -> dict[str, Any]:
-        """Forward-auth throughput with GATEWAY_WORKERS=1 vs 2, nothing pinned."""
+    def scaling(self, mode: str) -> dict[str, Any]:
+        """Throughput of a mode with GATEWAY_WORKERS=1 vs 2, nothing pinned."""
         counts: dict[int, int] = {}
         urls: dict[int, str] = {}
+        upstream = None
+        if mode == "proxy":
+            upstream_port, _ = self._start_nginx(f"scaling_upstream_{mode}", None, None)
+            upstream = f"http://127.0.0.1:{upstream_port}"
         for workers in (1, 2):
-            env, port, admin = self._gateway_env(workers=workers)
-            proc = self._start_gateway(f"scaling_w{workers}", env, admin, None)
+            env, port, admin = self._gateway_env(upstream=upstream, workers=workers)
+            proc = self._start_gateway(f"scaling_{mode}_w{workers}", env, admin, None)
             time.sleep(0.5)
             counts[workers] = len(descendants(proc.pid))
             urls[workers] = f"http://127.0.0.1:{port}{PATH}"
@@ -442,12 +455,13 @@ class Bench:
             for workers in ((1, 2) if number % 2 == 0 else (2, 1)):
                 result = run_wrk(urls[workers], load, self.headers, secrets=self.secrets)
                 runs[workers].append(result.rps)
-                print(f"  round {number + 1}: workers={workers} {result.rps:9.0f} req/s",
+                print(f"  round {number + 1}: {mode} workers={workers} {result.rps:9.0f} req/s",
                       flush=True)
         w1, w2 = statistics.median(runs[1]), statistics.median(runs[2])
         return {"available": True, "processes": counts, "rps": runs,
                 "median_w1": w1, "median_w2": w2, "ratio": w2 / w1 if w1 else None,
-                "commands": {w: self.commands[f"scaling_w{w}"] for w in (1, 2)}}
+                "mode": mode, "loop": self.loop,
+                "commands": {w: self.commands[f"scaling_{mode}_w{w}"] for w in (1, 2)}}
 
 
 def _pin_prefix(cpus: str | None) -> str:
@@ -475,12 +489,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma list of contenders: " + ",".join(CONTENDERS))
     parser.add_argument("--skip", default="",
                         help="comma list of side measurements to skip: "
-                             "http,hostile,verify,storm,memory,scaling")
+                             "http,hostile,split,verify,storm,memory,scaling")
     parser.add_argument("--storm-duration", type=float, default=30.0)
     parser.add_argument("--storm-cooldown", type=float, default=5.0,
                         help="keys.unknown_kid_cooldown_seconds for the storm (5)")
     parser.add_argument("--memory-entries", type=int, default=1_000_000)
     parser.add_argument("--e2e-tokens", type=int, default=50_000)
+    parser.add_argument("--loops", default="uvloop,asyncio",
+                        help="event loops, one pass each; the first is the headline "
+                             "(uvloop,asyncio)")
     parser.add_argument("--label", default="",
                         help="conditions to print with the results (e.g. 'quiet machine')")
     parser.add_argument("--out", default=str(REPO / "bench"),
@@ -493,8 +510,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     only = {c.strip() for c in args.only.split(",") if c.strip()}
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    unknown = (only - set(CONTENDERS)) | (
-        skip - {"http", "hostile", "verify", "storm", "memory", "scaling"})
+    loops = [loop.strip() for loop in args.loops.split(",") if loop.strip()]
+    unknown = ((only - set(CONTENDERS))
+               | (skip - {"http", "hostile", "split", "verify", "storm", "memory", "scaling"})
+               | (set(loops) - {"uvloop", "asyncio"}))
     if unknown:
         raise SystemExit(f"unknown names: {', '.join(sorted(unknown))}")
     installed = ensure_tools()
@@ -512,18 +531,25 @@ def main(argv: list[str] | None = None) -> int:
         results["pinning"] = {"server_cpus": bench.server_cpus, "load_cpus": bench.load_cpus}
         results["load"] = asdict(bench.load)
         try:
-            print("starting contenders", flush=True)
-            bench.start_contenders(only)
-            print(f"measuring: {args.rounds} rounds x {len(only)} contenders, "
-                  f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s", flush=True)
-            bench.rounds()
-            results["contenders"] = {
-                key: {"title": TITLES[key], "available": c.available, "note": c.note,
-                      "url": c.url, "server_command": c.command,
-                      "runs": [asdict(r) for r in c.runs]}
-                for key, c in bench.contenders.items()}
-            results["upstream_command"] = bench.commands.get("upstream_nginx", "")
-            bench.procs.stop_all()
+            results["headline_loop"] = loops[0]
+            results["loop_passes"] = {}
+            for loop in loops:
+                bench.new_pass(loop)
+                print(f"starting contenders on {loop}", flush=True)
+                bench.start_contenders(only)
+                print(f"measuring on {loop}: {args.rounds} rounds x {len(only)} contenders, "
+                      f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s",
+                      flush=True)
+                bench.rounds()
+                results["loop_passes"][loop] = {
+                    key: {"title": TITLES[key], "available": c.available, "note": c.note,
+                          "url": c.url, "server_command": c.command,
+                          "runs": [asdict(r) for r in c.runs]}
+                    for key, c in bench.contenders.items()}
+                results["upstream_command"] = bench.commands.get("upstream_nginx", "")
+                bench.procs.stop_all()
+            results["contenders"] = results["loop_passes"][loops[0]]
+            bench.new_pass(loops[0])
             if "http" not in skip:
                 print("per-request CPU in-process (no sockets)", flush=True)
                 results["http_cost"] = bench.micro("http-cost")
@@ -533,6 +559,11 @@ def main(argv: list[str] | None = None) -> int:
                 results["hostile"] = bench.hostile()
                 bench.procs.stop_all()
                 results["hostile_cost"] = bench.micro("hostile-cost")
+            if "split" not in skip:
+                print("CPU per request by stage (in-process, profiled)", flush=True)
+                results["split"] = {mode: bench.micro(mode, "--loop", loops[0],
+                                                      module="bench.split")
+                                    for mode in ("forward_auth", "proxy")}
             if "verify" not in skip:
                 print("first-seen vs cached token (in-process)", flush=True)
                 results["verify"] = bench.micro("verify")
@@ -549,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
                     "--bound", str(max(1, min(10_000, args.e2e_tokens // 5))))
             if "scaling" not in skip:
                 print("scaling with GATEWAY_WORKERS", flush=True)
-                results["scaling"] = bench.scaling()
+                results["scaling"] = bench.scaling("forward_auth")
+                results["scaling_proxy"] = bench.scaling("proxy")
         finally:
             bench.procs.stop_all()
     results["seconds"] = round(time.time() - started, 1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from gateway.config import ConfigError, Settings, load_settings
 from gateway.devtokens import StateError
 from gateway.devtokens import add_commands as add_dev_commands
 from gateway.logs import protect_secrets, setup_logging
+from gateway.loops import loop_problem, run
 from gateway.redaction import secret_values
 from gateway.startup import ListenError, check_listeners, issuer_warnings
 
@@ -131,21 +131,26 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.workers import multiprocess_registry
 
     if index is None:
-        asyncio.run(serve(settings, report_workers=1))
+        run(serve(settings, report_workers=1), settings.event_loop)
     else:
         scrape = multiprocess_registry()
         gateway = Gateway(settings, scrape_registry=scrape)
         # The first worker tells the start-up facts; the parent set GATEWAY_WORKERS.
-        asyncio.run(serve(settings, gateway=gateway, reuse_port=True,
-                          reload_missed=lambda: reload_generation() != generation,
-                          report_workers=settings.workers if index == 0 else None))
+        run(serve(settings, gateway=gateway, reuse_port=True,
+                  reload_missed=lambda: reload_generation() != generation,
+                  report_workers=settings.workers if index == 0 else None), settings.event_loop)
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return asyncio.run(run_demo(port=args.port, admin_port=args.admin_port, check=args.check))
+    choice = os.environ.get("GATEWAY_EVENT_LOOP", "auto").strip().lower()
+    problem = loop_problem(choice)
+    if problem is not None:
+        print(ConfigError([f"GATEWAY_EVENT_LOOP: {problem}"]), file=sys.stderr)
+        return 2
+    return run(run_demo(port=args.port, admin_port=args.admin_port, check=args.check), choice)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -54,6 +54,7 @@ from gateway.config_sections import (
 )
 from gateway.configreader import Reader, Secret
 from gateway.cors import CorsSettings, parse_cors
+from gateway.loops import loop_problem
 from gateway.numbers import whole_number
 from gateway.routing import Route, RouteOptions, parse_route_options, parse_routes
 from gateway.state.schema import default_state_dir
@@ -150,6 +151,7 @@ class Settings:
     # Where facts shared by every worker (and kept across restarts) live; see gateway/state/.
     state_dir: str = field(default_factory=lambda: str(default_state_dir(os.environ)))
     shared_state: bool = True
+    event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
 
     @property
     def mode(self) -> str:
@@ -204,6 +206,17 @@ def _env_number(env: Mapping[str, str], name: str, default: float, low: float, h
         problems.append(f"{name}: {text!r} must be {kind} from {low:g} to {high:g}")
         return default
     return float(value)
+
+
+def _parse_event_loop(env: Mapping[str, str], root: Reader, problems: list[str]) -> str:
+    """`event_loop` (GATEWAY_EVENT_LOOP overrides it): auto, uvloop or asyncio."""
+    file_choice = root.text("event_loop", "auto") or "auto"
+    choice = (env.get("GATEWAY_EVENT_LOOP") or file_choice).strip().lower()
+    problem = loop_problem(choice)
+    if problem is not None:
+        problems.append(f"event_loop: {problem}")
+        return "auto"
+    return choice
 
 
 def load_settings(
@@ -293,6 +306,7 @@ def load_settings(
     shutdown_timeout = _env_number(env, "GATEWAY_SHUTDOWN_TIMEOUT", root.number(
         "shutdown_timeout_seconds", 30.0, minimum=0, maximum=3600), 0, 3600, problems)
     proxy = parse_proxy(root.child("proxy"))
+    event_loop = _parse_event_loop(env, root, problems)
 
     realm = root.text("realm", "clerk-gateway") or "clerk-gateway"
     if '"' in realm or "\\" in realm:
@@ -372,4 +386,5 @@ def load_settings(
         cors=cors,
         state_dir=state_dir,
         shared_state=shared_state,
+        event_loop=event_loop,
     )

@@ -138,6 +138,7 @@ class ProxySettings:
     websocket_max_connections: int = 1024  # relayed WebSockets, on their own connector
     websocket_max_per_client: int = 32  # relayed WebSockets per client; 0: no cap
     websocket_idle_timeout_seconds: float = 300.0  # no frame either way: closed with 1001
+    fast_path: bool = True  # the proxy's fast door (http/fast_proxy.py) when every upstream is lean
 
 
 def parse_token_sources(reader: Reader) -> tuple[TokenSource, ...]:
@@ -243,6 +244,7 @@ def parse_proxy(reader: Reader) -> ProxySettings:
         websocket_idle_timeout_seconds=reader.number(
             "websocket_idle_timeout_seconds", d.websocket_idle_timeout_seconds, minimum=0.1,
             maximum=86400),
+        fast_path=reader.flag("fast_path", d.fast_path),
     )
     reader.check_unknown()
     return proxy

@@ -55,6 +55,9 @@ class Metrics:
         self.fast_path = Counter(
             "forward_auth_fast_path", "Forward-auth requests the fast door answered, or handed "
             "to the aiohttp door and why.", ["result"], namespace=ns, registry=registry)
+        self.proxy_fast_path = Counter(
+            "proxy_fast_path", "Proxied requests the proxy's fast door served, or handed to the "
+            "aiohttp door and why.", ["result"], namespace=ns, registry=registry)
         self.request_duration = Histogram(
             "request_duration_seconds", "Time to answer a request, by door and route.",
             ["door", "route"], namespace=ns, registry=registry, buckets=_LATENCY_BUCKETS)

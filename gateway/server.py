@@ -19,7 +19,9 @@ from aiohttp import web
 from gateway.app import Gateway, build_admin_app, build_public_app
 from gateway.config import Settings
 from gateway.http.fast_door import FastDoor
-from gateway.http.guard import GuardedAppRunner
+from gateway.http.fast_proxy import FastProxyDoor
+from gateway.http.guard import ConnectionFront, GuardedAppRunner
+from gateway.loops import loop_name
 from gateway.reload import reload_from_sources
 from gateway.startup import listen_problem, report_start
 
@@ -40,13 +42,20 @@ async def _reload(gateway: Gateway, path: str | None) -> None:
 
 def public_runner(gateway: Gateway, app: web.Application | None = None,
                   **kwargs: Any) -> GuardedAppRunner:
-    """The public listener's runner: guarded connections, behind the fast door when on."""
+    """The public listener's runner: guarded connections, behind the mode's fast door when on."""
     settings = gateway.settings
     limits = settings.limits
-    front = None
+    front: ConnectionFront | None = None
     if gateway.forward_auth is not None and settings.forward_auth.fast_path:
         front = FastDoor(
             gateway.forward_auth, gateway.metrics, max_head_bytes=limits.max_header_bytes,
+            max_headers=limits.max_headers, head_timeout=limits.header_timeout_seconds,
+            keepalive_timeout=limits.keepalive_timeout_seconds)
+    proxy = gateway.proxy
+    if proxy is not None and settings.proxy.fast_path and proxy.lean_only():
+        front = FastProxyDoor(
+            proxy, gateway.authorizer, gateway.metrics, realm=settings.realm,
+            max_body_bytes=settings.proxy.max_body_bytes, max_head_bytes=limits.max_header_bytes,
             max_headers=limits.max_headers, head_timeout=limits.header_timeout_seconds,
             keepalive_timeout=limits.keepalive_timeout_seconds)
     return GuardedAppRunner(
@@ -125,7 +134,7 @@ async def serve(
         log.info("gateway listening", extra={
             "mode": settings.mode, "listen": str(settings.listen),
             "admin_listen": str(settings.admin_listen),
-            "issuers": [i.name for i in settings.issuers],
+            "issuers": [i.name for i in settings.issuers], "event_loop": loop_name(loop),
         })
         if report_workers is not None:
             await report_start(gateway, report_workers)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gateway.config import Settings
+from gateway.loops import loop_name
 
 if TYPE_CHECKING:  # the CLI imports this module before it needs the gateway's wiring
     from gateway.app import Gateway
@@ -119,5 +120,6 @@ async def report_start(gateway: Gateway, workers: int) -> None:
                     extra={"store": "redis"})
     log.info("workers: %d", workers, extra={"workers": workers})
     loop = asyncio.get_running_loop()
-    kind = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
-    log.info("event loop: %s (%s)", kind, type(loop).__name__, extra={"event_loop": kind})
+    kind = loop_name(loop)
+    log.info("event loop: %s (%s; event_loop: %s)", kind, type(loop).__name__,
+             settings.event_loop, extra={"event_loop": kind})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -16,8 +17,19 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import Gateway, build_admin_app, build_public_app
 from gateway.config import Settings, load_settings
 from gateway.devissuer import DevIssuer
+from gateway.loops import loop_factory, resolve_loop
 from gateway.server import public_runner
 from tests.proxy_support import Upstream
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[[], Any]]:
+    """Every async test runs on the loop GATEWAY_EVENT_LOOP names (auto: uvloop if installed).
+
+    Gateways the tests start as processes inherit the variable, so one setting picks the loop
+    for the whole run; `make test` runs the suite once per loop.
+    """
+    choice = os.environ.get("GATEWAY_EVENT_LOOP") or "auto"
+    return {resolve_loop(choice): loop_factory(choice)}
 
 
 def free_port() -> int:
@@ -73,9 +85,31 @@ class Running:
 GatewayFactory = Callable[..., Awaitable[Running]]
 
 
+# Proxy suites that run twice: through the proxy's fast door and through the aiohttp door.
+BOTH_PROXY_DOORS = frozenset({
+    "tests.test_proxy", "tests.test_proxy_headers", "tests.test_proxy_observe",
+    "tests.test_proxy_policy", "tests.test_websocket_proxy", "tests.test_security_requests",
+    "tests.test_exhaustion_proxy", "tests.test_upstream_desync", "tests.test_cors",
+    "tests.test_assertion", "tests.test_proxy_rerouting_headers",
+})
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Gateways of the proxy suites are built with each proxy door in turn."""
+    module = metafunc.module.__name__ if metafunc.module else ""
+    if module in BOTH_PROXY_DOORS and "make_gateway" in metafunc.fixturenames:
+        metafunc.parametrize("proxy_door", ["fast", "aiohttp"])
+
+
+@pytest.fixture
+def proxy_door() -> str:
+    """Which door a proxy-mode gateway serves through (`fast` is the default)."""
+    return "fast"
+
+
 @pytest.fixture
 async def make_gateway(
-    clerk: DevIssuer, aiohttp_client: Any, tmp_path: Any
+    clerk: DevIssuer, aiohttp_client: Any, tmp_path: Any, proxy_door: str
 ) -> AsyncIterator[GatewayFactory]:
     """Build and start a gateway trusting the fake Clerk; env and YAML can be adjusted."""
     serial = itertools.count()
@@ -95,6 +129,11 @@ async def make_gateway(
         if number:
             environ["GATEWAY_STATE_DIR"] = str(tmp_path / f"state-{number}")
         environ.update(env or {})
+        if proxy_door == "aiohttp":  # the same gateway with the proxy's fast door off
+            if "GATEWAY_UPSTREAM" not in environ and not (config or {}).get("upstream"):
+                pytest.skip("forward-auth gateway: runs once, under the fast proxy door's id")
+            section = dict((config or {}).get("proxy") or {})
+            config = {**(config or {}), "proxy": {**section, "fast_path": False}}
         path = None
         if config is not None:
             path = tmp_path / f"gateway-{len(list(tmp_path.iterdir()))}.yaml"

@@ -13,7 +13,7 @@ from tests.proxy_support import Upstream
 
 __all__ = ["DOORS", "Doors", "exchange", "head", "port_of", "three_doors"]
 
-DOORS = ("fast_door", "aiohttp_door", "proxy")
+DOORS = ("fast_door", "aiohttp_door", "proxy", "proxy_aiohttp")
 
 
 @dataclass
@@ -36,7 +36,8 @@ def port_of(running: Running, admin: bool = False) -> int:
 
 async def three_doors(clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Upstream,
                       config: dict[str, Any], env: dict[str, str] | None = None) -> Doors:
-    """A forward-auth gateway with and without the fast door, and a proxy; same config."""
+    """A forward-auth gateway with and without the fast door, and a proxy with and without
+    its fast door; same config."""
     env = env or {}
     gateways = {
         "fast_door": await make_gateway(env=env, config=config),
@@ -44,6 +45,9 @@ async def three_doors(clerk: DevIssuer, make_gateway: GatewayFactory, upstream: 
             env=env, config={**config, "forward_auth": {"fast_path": False}}),
         "proxy": await make_gateway(env={**env, "GATEWAY_UPSTREAM": upstream.url},
                                     config=config),
+        "proxy_aiohttp": await make_gateway(
+            env={**env, "GATEWAY_UPSTREAM": upstream.url},
+            config={**config, "proxy": {**config.get("proxy", {}), "fast_path": False}}),
     }
     return Doors({door: port_of(running) for door, running in gateways.items()}, gateways,
                  upstream, clerk.token(sub="user_1"), clerk.token(sub="user_2"))

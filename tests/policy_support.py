@@ -153,10 +153,12 @@ class ProxyDoor:
 
     name = "proxy"
 
-    def __init__(self, host: str, port: int, upstream: RecordingUpstream) -> None:
+    def __init__(self, host: str, port: int, upstream: RecordingUpstream,
+                 name: str = "proxy") -> None:
         self.host = host
         self.port = port
         self.upstream = upstream
+        self.name = name  # "proxy_fast": the same gateway served by the proxy's fast door
         self._ids = itertools.count(1)
 
     async def send(self, method: str, target: str, token: str | None,

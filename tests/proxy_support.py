@@ -244,7 +244,8 @@ async def start_gateway_process(
     ready_timeout: float = 30.0,
 ) -> GatewayProcess:
     """Start the gateway CLI with env and wait until its admin listener is ready."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "CLERK_"))}
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("GATEWAY_", "CLERK_")) or k == "GATEWAY_EVENT_LOOP"}
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     full_env.update({
         "PYTHONPATH": str(ROOT),

@@ -50,6 +50,7 @@ _COUNTERS = (
     "forward_auth_fast_path_total",
     "resource_guards_total",
     "cors_preflights_total",
+    "proxy_fast_path_total",
 )
 _GAUGES = (
     "in_flight_requests",

@@ -115,6 +115,25 @@ async def test_one_client_cannot_hold_every_upstream_slot(
 
 
 @pytest.mark.parametrize("client", CLIENTS)
+async def test_clients_that_leave_mid_request_give_their_slots_back(
+    clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Upstream, client: str
+) -> None:
+    gw = await gateway(make_gateway, upstream, client, max_requests_per_client=2)
+    token = clerk.token()
+    for _ in range(6):  # three times the cap, each left while the upstream holds it
+        _, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
+        writer.write(f"GET /hold HTTP/1.1\r\nHost: app\r\n"
+                     f"Authorization: Bearer {token}\r\n\r\n".encode())
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.transport.abort()
+    deadline = time.monotonic() + 15
+    while (status := (await gw.get("/x", token=token)).status) != 200:
+        assert status == 429 and time.monotonic() < deadline, "slots never given back"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
 async def test_a_full_pool_answers_503_after_the_pool_timeout(
     clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Upstream, client: str
 ) -> None:

@@ -86,16 +86,21 @@ class Pair:
         return port
 
 
+def parity_tokens(clerk: DevIssuer) -> dict[str, str]:
+    """A member's, an admin's (both of org_1) and a garbage token (the parity tests share)."""
+    return {
+        "member": clerk.token(sub="user_member", org_id="org_1", role="member"),
+        "admin": clerk.token(sub="user_admin", org_id="org_1", role="admin"),
+        "garbage": "not.a.token",
+    }
+
+
 @pytest.fixture
 async def pair(clerk: DevIssuer, make_gateway: GatewayFactory) -> AsyncIterator[Pair]:
     """Two gateways that have both verified the valid tokens once already."""
     fast = await make_gateway(config=ROUTES)
     slow = await make_gateway(config={**ROUTES, "forward_auth": {"fast_path": False}})
-    tokens = {
-        "member": clerk.token(sub="user_member", org_id="org_1", role="member"),
-        "admin": clerk.token(sub="user_admin", org_id="org_1", role="admin"),
-        "garbage": "not.a.token",
-    }
+    tokens = parity_tokens(clerk)
     for running in (fast, slow):
         for token in tokens.values():
             await running.get("/", token)
@@ -124,6 +129,20 @@ header_options = st.fixed_dictionaries({}, optional={
 })
 
 
+def auth_lines(auth: str | None, tokens: dict[str, str]) -> list[str]:
+    """The Authorization lines a generated `auth` option stands for (both parity tests)."""
+    if auth in ("member", "admin", "garbage"):
+        return [f"Authorization: Bearer {tokens[auth]}"]
+    if auth == "two":
+        return [f"Authorization: Bearer {tokens['member']}",
+                f"Authorization: Bearer {tokens['admin']}"]
+    if auth == "empty":
+        return ["Authorization: Bearer "]
+    if auth == "lowercase":
+        return [f"authorization: bearer {tokens['admin']}"]
+    return []
+
+
 def build_request(method: str, version: str, target: str, options: dict[str, Any],
                   tokens: dict[str, str]) -> bytes:
     """The raw request the options describe."""
@@ -133,16 +152,7 @@ def build_request(method: str, version: str, target: str, options: dict[str, Any
         lines.append("Host: gateway.test")
     if host == "twice":
         lines.append("Host: other.test")
-    auth = options.get("auth")
-    if auth in ("member", "admin", "garbage"):
-        lines.append(f"Authorization: Bearer {tokens[auth]}")
-    elif auth == "two":
-        lines += [f"Authorization: Bearer {tokens['member']}",
-                  f"Authorization: Bearer {tokens['admin']}"]
-    elif auth == "empty":
-        lines.append("Authorization: Bearer ")
-    elif auth == "lowercase":
-        lines.append(f"authorization: bearer {tokens['admin']}")
+    lines += auth_lines(options.get("auth"), tokens)
     cookie = options.get("cookie")
     if cookie is not None:
         value = tokens.get(cookie, "x")

@@ -258,7 +258,8 @@ TABLE = [
 ]
 
 VERSIONS = [pytest.param(1, id="v1"), pytest.param(2, id="v2")]
-DOORS = ["forward_auth", "forward_auth_nginx", "envoy_raw", "proxy_pipeline", "proxy"]
+DOORS = ["forward_auth", "forward_auth_nginx", "envoy_raw", "proxy_pipeline", "proxy",
+         "proxy_fast"]
 
 
 @dataclass
@@ -271,6 +272,8 @@ class Stack:
     tokens: dict[tuple[str, int], str]
     proxy_server: TestServer
     upstream: RecordingUpstream
+    fast_proxy_server: TestServer
+    fast_proxy: Gateway
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -302,12 +305,17 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     }, str(path))
     proxy_server = TestServer(build_public_app(Gateway(proxy_settings)), host="127.0.0.1")
     await proxy_server.start_server()
+    fast_proxy = Gateway(proxy_settings)
+    fast_proxy_server = PublicServer(fast_proxy)  # the proxy's fast door, as `serve` runs it
+    await fast_proxy_server.start_server()
     tokens = {}
     for version in (1, 2):
         for name, profile in PROFILES.items():
             tokens[(name, version)] = mint(clerk, profile, version)
         tokens[("partner", version)] = mint(partner, Profile(sub="user_partner"), version)
-    yield Stack(gateway, client, server, tokens, proxy_server, upstream)
+    yield Stack(gateway, client, server, tokens, proxy_server, upstream, fast_proxy_server,
+                fast_proxy)
+    await fast_proxy_server.close()
     await proxy_server.close()
     await upstream_server.close()
     await client.close()
@@ -322,6 +330,13 @@ def fast_door_answers(gateway: Gateway) -> float:
         for result in ("answered", "answered_after_io"))
 
 
+def fast_proxy_requests(gateway: Gateway) -> float:
+    """Requests the proxy's fast door saw: served by it, or handed to aiohttp (and why)."""
+    gateway.metrics.flush()
+    return sum(sample.value for metric in gateway.registry.collect() for sample in metric.samples
+               if sample.name == "clerk_gateway_proxy_fast_path_total")
+
+
 @pytest.fixture(params=DOORS)
 def door(request: pytest.FixtureRequest, stack: Stack) -> Door:
     """Each way into the gateway in turn."""
@@ -333,6 +348,9 @@ def door(request: pytest.FixtureRequest, stack: Stack) -> Door:
         return RawTargetDoor("127.0.0.1", stack.server.port or 0)
     if request.param == "proxy":
         return ProxyDoor("127.0.0.1", stack.proxy_server.port or 0, stack.upstream)
+    if request.param == "proxy_fast":
+        return ProxyDoor("127.0.0.1", stack.fast_proxy_server.port or 0, stack.upstream,
+                         name="proxy_fast")
     return AuthorizerDoor(stack.gateway.authorizer)
 
 
@@ -341,11 +359,14 @@ def door(request: pytest.FixtureRequest, stack: Stack) -> Door:
 async def test_decision_table(case: Row, version: int, door: Door, stack: Stack) -> None:
     token = stack.tokens[(case.who, version)] if case.who else None
     answered_before = fast_door_answers(stack.gateway)
+    proxied_before = fast_proxy_requests(stack.fast_proxy)
     outcome = await door.send(case.method, case.target, token, case.host)
+    if door.name == "proxy_fast":  # every row meets the fast door (served, or handed over)
+        assert fast_proxy_requests(stack.fast_proxy) == proxied_before + 1
     if door.name in ("forward_auth", "forward_auth_nginx"):
         # the target travels in a header: the fast door itself answers every row
         assert fast_door_answers(stack.gateway) == answered_before + 1
-    if door.name in ("envoy_raw", "proxy") and not case.raw_ok:
+    if door.name in ("envoy_raw", "proxy", "proxy_fast") and not case.raw_ok:
         # aiohttp's parser refuses the request line itself: a bare 400, still never allowed
         assert (outcome.status, outcome.upstream_path) == (400, None), outcome
         return
@@ -362,7 +383,7 @@ async def test_decision_table(case: Row, version: int, door: Door, stack: Stack)
         return
     if door.name == "proxy_pipeline":
         assert outcome.reason == case.reason
-    if door.name == "proxy":  # an allowed request always arrives, at the normalised path
+    if door.name in ("proxy", "proxy_fast"):  # an allowed request arrives, path normalised
         assert outcome.upstream_path is not None, outcome
     # identity headers exactly when a token was verified
     assert ("X-User-Id" in outcome.headers) == (case.reason == "ok"), outcome

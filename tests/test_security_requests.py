@@ -16,6 +16,7 @@ from gateway.app import Gateway, build_admin_app, build_public_app
 from gateway.config import load_settings
 from gateway.devissuer import DevIssuer
 from gateway.http.guard import GuardedAppRunner
+from gateway.server import public_runner
 from tests.conftest import GatewayFactory, free_port
 from tests.proxy_support import Upstream
 
@@ -50,16 +51,20 @@ async def guarded(app: web.Application) -> tuple[GuardedAppRunner, int]:
     return runner, port
 
 
-@pytest.fixture
-async def proxy_port(clerk: DevIssuer, upstream: Upstream, tmp_path: Any
-                     ) -> AsyncIterator[int]:
+@pytest.fixture(params=["fast", "aiohttp"])
+async def proxy_port(request: pytest.FixtureRequest, clerk: DevIssuer, upstream: Upstream,
+                     tmp_path: Any) -> AsyncIterator[int]:
+    """A proxy listener as `serve` runs it, through the fast door and through aiohttp's."""
     import yaml
 
     path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump(ROUTES))
+    path.write_text(yaml.safe_dump({**ROUTES, "proxy": {"fast_path": request.param == "fast"}}))
     gateway = Gateway(load_settings(
         {"CLERK_ISSUER": clerk.issuer, "GATEWAY_UPSTREAM": upstream.url}, str(path)))
-    runner, port = await guarded(build_public_app(gateway))
+    runner = public_runner(gateway)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     yield port
     await runner.cleanup()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from gateway.auth.mismatch import MismatchLog
 from gateway.devissuer import DevIssuer
+from gateway.loops import resolve_loop
 from gateway.reasons import Reason
 from tests.conftest import GatewayFactory, free_port
 
@@ -26,7 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 async def serving(env: dict[str, str], *args: str, until: str = "event loop:",
                   ) -> AsyncIterator[list[str]]:
     """`clerk-gateway serve` (default workers) in text log format; its lines up to `until`."""
-    full = {"PATH": "/usr/bin:/bin", "GATEWAY_LOG_FORMAT": "text",
+    loop = {"GATEWAY_EVENT_LOOP": os.environ["GATEWAY_EVENT_LOOP"]} if os.environ.get(
+        "GATEWAY_EVENT_LOOP") else {}  # the loop this run of the suite is on
+    full = {"PATH": "/usr/bin:/bin", "GATEWAY_LOG_FORMAT": "text", **loop,
             "GATEWAY_LISTEN": f"127.0.0.1:{free_port()}",
             "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{free_port()}", **env}
     process = await asyncio.create_subprocess_exec(
@@ -69,7 +73,8 @@ async def test_start_logs_one_line_per_fact(clerk: DevIssuer, aiohttp_server: ob
         assert "routes: 0" in line_with(lines, "routes:")
         assert "memory" in line_with(lines, "revocation store:")
         assert "workers: 2" in line_with(lines, "workers:")  # the default: one per CPU here
-        assert "asyncio" in line_with(lines, "event loop:")
+        running = resolve_loop(os.environ.get("GATEWAY_EVENT_LOOP") or "auto")
+        assert f"event loop: {running} " in line_with(lines, "event loop:")
         assert not [line for line in lines if "WARNING" in line.upper()], lines
 
 

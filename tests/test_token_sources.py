@@ -5,7 +5,7 @@ The one form read is `Authorization: Bearer SP <token>` and a single `__session`
 take as the token in another form, a second copy, a second Cookie header or a cookie name
 another reader folds onto `__session` is `400 ambiguous_token`, never the next source or
 anonymous access; bytes no token is made of are `401 malformed_token`, never a 500. Each
-case goes as raw bytes to the forward-auth fast door, the aiohttp door and the proxy.
+case goes as raw bytes to the forward-auth fast door, the aiohttp door and both proxy doors.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ ROUTES: dict[str, Any] = {"routes": [
 
 @pytest.fixture
 async def doors(clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Upstream) -> Doors:
-    """A forward-auth gateway with and without the fast door, and a proxy."""
+    """Forward-auth with and without its fast door, and the proxy through each of its doors."""
     return await three_doors(clerk, make_gateway, upstream, ROUTES)
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from aiohttp import hdrs, web
+from collections.abc import Mapping
 
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+
+from gateway.cors import CorsPolicy
 from gateway.http.headers import DECISION
-from gateway.pipeline import Authorizer
+from gateway.pipeline import Authorizer, Decision
 from gateway.reasons import Reason
 
-__all__ = ["CorsResponses"]
+__all__ = ["CorsResponses", "add_cors_headers"]
 
 _ACCESS_CONTROL = "access-control-"
 
@@ -27,18 +31,23 @@ class CorsResponses:
     async def on_response_prepare(self, request: web.Request,
                                   response: web.StreamResponse) -> None:
         """aiohttp's signal, sent before any response's headers are written."""
-        policy = self._authorizer.cors
-        decision = request.get(DECISION)
-        if policy is None or not policy.enabled or decision is None:
-            return  # CORS left to the upstream, or not a decided request
-        if decision.reason is Reason.PREFLIGHT:
-            return  # answered with its preflight headers already
-        headers = response.headers
-        for name in [n for n in headers if n.lower().startswith(_ACCESS_CONTROL)]:
-            del headers[name]
-        added = policy.response_headers(policy.reader_origin(request.method, request.headers),
-                                        decision.route.name)
-        for name, value in added:
-            if name == hdrs.VARY and hdrs.VARY in headers:
-                value = f"{headers[hdrs.VARY]}, {value}"
-            headers[name] = value
+        add_cors_headers(self._authorizer.cors, request.get(DECISION), request.method,
+                         request.headers, response.headers)
+
+
+def add_cors_headers(policy: CorsPolicy | None, decision: Decision | None, method: str,
+                     request_headers: Mapping[str, str], headers: CIMultiDict[str]) -> None:
+    """Make a decided request's response headers carry the gateway's CORS headers (both proxy
+    doors): the upstream's `Access-Control-*` out, the policy's in for an allowed origin."""
+    if policy is None or not policy.enabled or decision is None:
+        return  # CORS left to the upstream, or not a decided request
+    if decision.reason is Reason.PREFLIGHT:
+        return  # answered with its preflight headers already
+    for name in [n for n in headers if n.lower().startswith(_ACCESS_CONTROL)]:
+        del headers[name]
+    added = policy.response_headers(policy.reader_origin(method, request_headers),
+                                    decision.route.name)
+    for name, value in added:
+        if name == hdrs.VARY and hdrs.VARY in headers:
+            value = f"{headers[hdrs.VARY]}, {value}"
+        headers[name] = value

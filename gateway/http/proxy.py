@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import unquote_plus, urlsplit
 
 import aiohttp
 from aiohttp import hdrs, web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 from yarl import URL
 
 from gateway.config import Settings
@@ -41,12 +41,13 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, Decision, RequestFacts
 from gateway.reasons import Reason
 
-__all__ = ["BodyStalled", "BodyTooLarge", "ClientStalled", "ProxyHandler", "classify_failure"]
+__all__ = ["SMALL_BODY", "BodyStalled", "BodyTooLarge", "ClientStalled", "LeanPlan",
+           "ProxyHandler", "classify_failure"]
 
 log = logging.getLogger("gateway.proxy")
 
 # Bodies up to this size with a Content-Length are read whole and sent with the headers.
-_SMALL_BODY = 64 * 1024
+SMALL_BODY = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
 _SKIP_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
 # The access line's status when the client went away before an answer (nginx's convention).
@@ -134,6 +135,8 @@ def _strip_query_param(query: str, name: str) -> str:
 
 
 _UPSTREAM_ERRORS = (aiohttp.ClientError, UpstreamError, TimeoutError, BodyTooLarge, BodyStalled)
+# The lean pool's (host, port), the request target and the upstream request headers.
+LeanPlan = tuple[tuple[str, int], str, CIMultiDict[str]]
 
 
 class _Upstream(Protocol):
@@ -299,6 +302,58 @@ class ProxyHandler:
             await self._ws_session.close()
             self._ws_session = None
 
+    @property
+    def pool(self) -> UpstreamPool | None:
+        """The lean upstream pool (None with `proxy.client: aiohttp` or before start)."""
+        return self._pool
+
+    @property
+    def observer(self) -> RequestObserver:
+        """The proxy door's in-flight gauge, latency and access log (either door)."""
+        return self._observer
+
+    @property
+    def hygiene(self) -> HeaderHygiene:
+        """Header hygiene for upstream requests and client responses (either door)."""
+        return self._hygiene
+
+    @property
+    def body_idle_seconds(self) -> float:
+        """`proxy.body_idle_timeout_seconds`: a request body making no progress is cut."""
+        return self._body_idle
+
+    @property
+    def write_timeout_seconds(self) -> float:
+        """`proxy.write_timeout_seconds`: a client reading none of its response is cut."""
+        return self._write_timeout
+
+    def take_slot(self, peer: str | None, headers: MultiMapping[str],
+                  websocket: bool = False) -> str | None:
+        """Hold one of the client's upstream slots (either door): its key, or None (counted)
+        when the client already holds its share."""
+        client = self._addresses.of(peer, headers)
+        if (self._client_sockets if websocket else self._client_requests).take(client):
+            return client
+        self.guard("client_websockets" if websocket else "client_requests")
+        return None
+
+    def give_slot(self, client: str, websocket: bool = False) -> None:
+        """Release a slot held with take_slot()."""
+        (self._client_sockets if websocket else self._client_requests).give(client)
+
+    def facts(self, method: str, uri: str, headers: CIMultiDictProxy[str],
+              client_ip: str | None, query: Mapping[str, str] | None = None) -> RequestFacts:
+        """What the pipeline decides a proxied request on (either door)."""
+        trusted = self._trusted_proxies
+        return RequestFacts(door="proxy", method=method, uri=uri, host=headers.get(hdrs.HOST),
+                            headers=headers, query=query, client_ip=client_ip,
+                            trusted_peer=bool(trusted) and address_in(client_ip, trusted))
+
+    def lean_only(self) -> bool:
+        """True when the lean pool serves every configured upstream (all plain http://)."""
+        upstreams = [self._default, *(r.upstream for r in self._settings.routes if r.upstream)]
+        return self._lean and all(self._base(u.rstrip("/")) is not None for u in upstreams)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Authorize, then forward (or relay the WebSocket), observed for the access log."""
         started = self._observer.begin()
@@ -325,17 +380,8 @@ class ProxyHandler:
         upgrade = headers.get(hdrs.UPGRADE)
         websocket = (upgrade is not None and upgrade.lower() == "websocket"
                      and request.method == hdrs.METH_GET)
-        facts = RequestFacts(
-            door="proxy",
-            method=request.method,
-            uri=request.raw_path,
-            host=headers.get(hdrs.HOST),
-            headers=headers,
-            query=request.query if websocket and self._ws_param else None,
-            client_ip=request.remote,
-            trusted_peer=bool(self._trusted_proxies) and address_in(
-                request.remote, self._trusted_proxies),
-        )
+        facts = self.facts(request.method, request.raw_path, headers, request.remote,
+                           request.query if websocket and self._ws_param else None)
         decision = await self._authorizer.authorize(facts)
         request[DECISION] = decision
         if not decision.allowed:
@@ -346,30 +392,26 @@ class ProxyHandler:
         if self._limit and length is not None and length > self._limit:
             return self._refuse(Reason.BODY_TOO_LARGE, rid, exchange)
         # One client may hold only so many upstream slots (requests, sockets) at once.
-        client = self._addresses.of(request.remote, headers)
-        slots = self._client_sockets if websocket else self._client_requests
-        if not slots.take(client):
-            self._guard("client_websockets" if websocket else "client_requests")
+        client = self.take_slot(request.remote, headers, websocket)
+        if client is None:
             return self._refuse(Reason.TOO_MANY_REQUESTS, rid, exchange)
         try:
             return await self._dispatch(request, decision, websocket, rid, started, exchange)
         finally:
-            slots.give(client)
+            self.give_slot(client, websocket)
 
     async def _dispatch(self, request: web.Request, decision: Decision, websocket: bool,
                         rid: str, started: float, exchange: _Exchange) -> web.StreamResponse:
         """Forward an allowed request through the client that serves its upstream."""
         headers = request.headers
-        if self._pool is not None and not websocket:
-            lean = self._lean_target(decision, request.raw_path)
-            if lean is not None:
-                if not lean[1]:
-                    return self._refuse(Reason.AMBIGUOUS_PATH, rid, exchange)
-                upstream_headers = self._hygiene.upstream_headers(
-                    headers, client_ip=request.remote, scheme=request.scheme,
-                    identity=decision.headers, request_id=rid)
-                return await self._forward_lean(request, decision.route.name, lean[0], lean[1],
-                                                upstream_headers, rid, exchange)
+        if not websocket:
+            plan = self.lean_plan(decision, request.raw_path, headers, request.remote,
+                                  request.scheme, rid)
+            if isinstance(plan, Reason):
+                return self._refuse(plan, rid, exchange)
+            if plan is not None:
+                return await self._forward_lean(request, decision.route.name, *plan, rid,
+                                                exchange)
         try:
             url = self._target(decision, request.raw_path, websocket)
         except (ValueError, UnicodeError):
@@ -385,17 +427,21 @@ class ProxyHandler:
 
     def _preflight(self, decision: Decision, origin: str, rid: str) -> web.Response:
         """The answer to a CORS preflight from an allowed origin (the upstream never sees it)."""
+        return web.Response(status=204, headers=self.preflight_headers(decision, origin, rid))
+
+    def preflight_headers(self, decision: Decision, origin: str, rid: str
+                          ) -> list[tuple[str, str]]:
+        """The headers of the 204 answering an allowed CORS preflight (either door)."""
         cors = self._authorizer.cors
         assert cors is not None  # a preflight decision comes from a policy
-        headers = [*cors.preflight_headers(origin, decision.route.name), (REQUEST_ID, rid)]
-        return web.Response(status=204, headers=headers)
+        return [*cors.preflight_headers(origin, decision.route.name), (REQUEST_ID, rid)]
 
     def _refuse(self, reason: Reason, rid: str, exchange: _Exchange) -> web.Response:
         """The door's own refusal of a request the pipeline allowed."""
         exchange.reason = reason
         return error_response(reason, rid, self._realm)
 
-    def _guard(self, guard: str) -> None:
+    def guard(self, guard: str) -> None:
         """Count a connection cut or a request refused by a resource bound."""
         self._metrics.resource_guards.labels(guard).inc()
 
@@ -420,6 +466,22 @@ class ProxyHandler:
         self._bases[base] = parsed
         return parsed
 
+    def lean_plan(self, decision: Decision, raw_path: str, headers: CIMultiDictProxy[str],
+                  client_ip: str | None, scheme: str, rid: str) -> LeanPlan | Reason | None:
+        """An allowed request's (host, port), target and upstream headers for the lean pool
+        (shared by both doors); a Reason to refuse it; None for aiohttp's client (https)."""
+        if self._pool is None:
+            return None
+        lean = self._lean_target(decision, raw_path)
+        if lean is None:
+            return None
+        if not lean[1]:
+            return Reason.AMBIGUOUS_PATH
+        upstream_headers = self._hygiene.upstream_headers(
+            headers, client_ip=client_ip, scheme=scheme, identity=decision.headers,
+            request_id=rid)
+        return lean[0], lean[1], upstream_headers
+
     def _lean_target(self, decision: Decision, raw_path: str
                      ) -> tuple[tuple[str, int], str] | None:
         """The (host, port) and request target for the lean client; "" when unsendable."""
@@ -436,18 +498,24 @@ class ProxyHandler:
 
     def _failure(self, exc: BaseException, route: str, rid: str, exchange: _Exchange,
                  pool: str = "upstream_pool") -> web.Response:
-        kind, reason = classify_failure(exc)
         if isinstance(exc, aiohttp.WSServerHandshakeError):
             exchange.upstream_status = exc.status  # reached, but it refused the upgrade
+        return self._refuse(self.upstream_failed(exc, route, rid, pool), rid, exchange)
+
+    def upstream_failed(self, exc: BaseException, route: str, rid: str,
+                        pool: str = "upstream_pool") -> Reason:
+        """Count and log an upstream failure (either door); the reason to answer with."""
+        kind, reason = classify_failure(exc)
         if kind == "busy":
-            self._guard(pool)
+            self.guard(pool)
         else:
             self._metrics.upstream_errors.labels(route, kind).inc()
         log.warning("upstream request failed", extra={
             "route": route, "kind": kind, "error_type": type(exc).__name__, "request_id": rid})
-        return self._refuse(reason, rid, exchange)
+        return reason
 
-    def _observe(self, route: str, seconds: float) -> None:
+    def observe_upstream(self, route: str, seconds: float) -> None:
+        """Observe the time until an upstream's response head (either door)."""
         child = self._durations.get(route)
         if child is None:
             child = self._durations[route] = self._metrics.upstream_duration.labels(route)
@@ -499,7 +567,7 @@ class ProxyHandler:
         if state.too_large:
             return self._refuse(Reason.BODY_TOO_LARGE, rid, exchange)
         if state.stalled:  # nothing was answered yet: say why, then close
-            self._guard("request_body_idle")
+            self.guard("request_body_idle")
             return self._refuse(Reason.BODY_TIMEOUT, rid, exchange)
         return self._failure(exc, route, rid, exchange)
 
@@ -510,9 +578,9 @@ class ProxyHandler:
         """Stream the upstream's response to the client (small bodies in one write)."""
         exchange.upstream_status = upstream.status
         try:
-            self._observe(route, time.perf_counter() - started)
+            self.observe_upstream(route, time.perf_counter() - started)
             length = upstream.content_length
-            if (length is not None and length <= _SMALL_BODY and request.method != hdrs.METH_HEAD
+            if (length is not None and length <= SMALL_BODY and request.method != hdrs.METH_HEAD
                     and upstream.status not in _NO_BODY_STATUSES):
                 return await self._small(upstream, rid, route, exchange)
             response = web.StreamResponse(
@@ -527,7 +595,7 @@ class ProxyHandler:
             except ConnectionError:
                 return response  # the client went away; the upstream connection is closed below
             except ClientStalled:
-                self._guard("response_write")
+                self.guard("response_write")
                 log.warning("client stopped reading the response; closing both connections",
                             extra={"route": route, "request_id": rid})
                 if request.transport is not None:
@@ -538,7 +606,7 @@ class ProxyHandler:
                     kind, exchange.reason = "body_too_large", Reason.BODY_TOO_LARGE
                 elif state.stalled:
                     kind, exchange.reason = "body_idle", Reason.BODY_TIMEOUT
-                    self._guard("request_body_idle")
+                    self.guard("request_body_idle")
                 else:
                     kind, exchange.reason = classify_failure(exc)
                     self._metrics.upstream_errors.labels(route, kind).inc()
@@ -596,7 +664,7 @@ class ProxyHandler:
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0))
         except (aiohttp.ClientError, TimeoutError, UpstreamBusy) as exc:
             return self._failure(exc, route, rid, exchange, "websocket_pool")
-        self._observe(route, time.perf_counter() - connecting)
+        self.observe_upstream(route, time.perf_counter() - connecting)
         exchange.upstream_status = 101
         client = web.WebSocketResponse(
             protocols=(upstream.protocol,) if upstream.protocol else (),
@@ -624,6 +692,6 @@ class ProxyHandler:
             if not upstream.closed:
                 await upstream.close()
         if why == "idle":
-            self._guard("websocket_idle")
+            self.guard("websocket_idle")
         log.debug("websocket closed", extra={"route": route, "why": why, "request_id": rid})
         return client

@@ -1,0 +1,596 @@
+"""The proxy's fast door: plain requests proxied without aiohttp's request and response objects.
+
+In proxy mode aiohttp's per-request machinery is paid twice (a server request, then a client
+response to relay) and costs more than the decision. This door is the public listener's
+connection protocol in proxy mode when every upstream is a plain http:// one served by the
+lean pool. Heads are parsed by the shared llhttp front (gateway/http/front.py, with the
+checks aiohttp applies); then, with the ProxyHandler's own pieces (pipeline, header hygiene,
+target and path checks, body limit, pool, failure accounting, observer):
+
+- a decision the pipeline can make without I/O is made at once; one that needs I/O is awaited
+  in the request's relay task, with reading paused;
+- the upstream head is built once by HeaderHygiene and written to a pooled connection, a
+  Content-Length body streamed after it with back-pressure both ways;
+- the response head is framed by llhttp, rewritten (hop-by-hop headers out, X-Request-Id
+  in) and written as aiohttp's door writes it; its body is relayed as it arrives (a small
+  body with a length in one write, as the aiohttp door does).
+
+What it does not fully understand goes to the aiohttp door for the rest of the connection:
+HTTP/1.0, chunked or `Expect` request bodies, upgrades (WebSocket), odd targets, pipelined or
+malformed requests, and (after a reload) a route whose upstream is https.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+import httptools
+from aiohttp import hdrs
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.http.cors import add_cors_headers
+from gateway.http.front import (
+    HANDOVER_CAUSES,
+    SERVER_LINE,
+    FrontDoor,
+    FrontProtocol,
+    refusal_answer,
+)
+from gateway.http.headers import REQUEST_ID, request_id
+from gateway.http.proxy import (
+    SMALL_BODY,
+    BodyStalled,
+    ClientStalled,
+    LeanPlan,
+    ProxyHandler,
+)
+from gateway.http.upstream import UpstreamError, UpstreamResponse
+from gateway.metrics import Metrics
+from gateway.pipeline import Authorizer, Decision, RequestFacts
+from gateway.reasons import Reason
+
+__all__ = ["PROXY_HANDOVER_CAUSES", "FastProxyDoor", "FastProxyProtocol"]
+
+log = logging.getLogger("gateway.fast_proxy")
+
+# "upstream": after a reload, a route's upstream is https (aiohttp's client serves it).
+PROXY_HANDOVER_CAUSES = (*HANDOVER_CAUSES, "upstream")
+_NO_BODY_STATUSES = frozenset({204, 304})
+_CLIENT_CLOSED = 499  # the access line's status when the client went away (nginx's)
+_LINGER_SECONDS = 1.0
+# Request body bytes buffered before the client socket stops being read.
+_BODY_HIGH_WATER = 256 * 1024
+_BODY_LOW_WATER = 64 * 1024
+_SERVER = SERVER_LINE.decode()
+# What ends a relay as the aiohttp door's do: the upstream failed, or the body stalled.
+_UPSTREAM_ERRORS = (UpstreamError, TimeoutError, BodyStalled)
+# Characters aiohttp's writer refuses in a response head (CR and LF only as line ends).
+_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+
+
+class FastProxyDoor(FrontDoor):
+    """One listener's proxy fast door: the ProxyHandler's pieces behind the llhttp front."""
+
+    def __init__(self, handler: ProxyHandler, authorizer: Authorizer, metrics: Metrics, *,
+                 realm: str,
+                 max_body_bytes: int, max_head_bytes: int, max_headers: int,
+                 head_timeout: float, keepalive_timeout: float) -> None:
+        counter = metrics.proxy_fast_path
+        super().__init__(metrics, counter, PROXY_HANDOVER_CAUSES, max_head_bytes=max_head_bytes,
+                         max_headers=max_headers, head_timeout=head_timeout,
+                         keepalive_timeout=keepalive_timeout)
+        self.handler = handler
+        self.authorizer = authorizer
+        self.realm = realm
+        self.max_body_bytes = max_body_bytes
+        self.served = counter.labels("answered")
+        self.served_later = counter.labels("answered_after_io")
+
+    def protocol(self, fallback: Callable[[], asyncio.Protocol]) -> FastProxyProtocol:
+        """A protocol for one new connection; `fallback` makes the aiohttp protocol."""
+        return FastProxyProtocol(self, fallback)
+
+    async def drain(self, seconds: float) -> None:
+        """Let relays finish for up to `seconds`, then cut the rest off (as aiohttp does)."""
+        await super().drain(seconds)
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=1.0)
+
+
+class _Body:
+    """A request body on its way upstream: fed by the connection, read by the pool."""
+
+    __slots__ = ("_chunks", "_done", "_idle", "_owner", "_size", "_waiter", "stalled")
+
+    def __init__(self, owner: FastProxyProtocol, idle_seconds: float) -> None:
+        self._owner = owner
+        self._idle = idle_seconds  # `proxy.body_idle_timeout_seconds`, as the aiohttp door's
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._done = False
+        self._waiter: asyncio.Future[None] | None = None
+        self.stalled = False  # no byte came for `idle_seconds`: the request ends with 408
+
+    def feed(self, chunk: bytes) -> None:
+        """Body bytes from the client; reading stops while too many wait."""
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size > _BODY_HIGH_WATER:
+            self._owner.pause_body()
+        self._wake()
+
+    def end(self) -> None:
+        """The client sent the whole body."""
+        self._done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = self._chunks
+        while True:
+            if chunks:
+                chunk = chunks.popleft()
+                self._size -= len(chunk)
+                if self._size < _BODY_LOW_WATER:
+                    self._owner.resume_body()
+                yield chunk
+            elif self._done:
+                return
+            else:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    async with asyncio.timeout(self._idle):
+                        await self._waiter
+                except TimeoutError:
+                    self.stalled = True
+                    raise BodyStalled(f"no request body byte for {self._idle:g} s") from None
+                finally:
+                    self._waiter = None
+
+
+class _Exchange:
+    """One request on its way through the door: what the answer and the access line need."""
+
+    __slots__ = ("body", "client", "decision", "facts", "keep_alive", "length", "method",
+                 "reason", "rid", "started", "status", "target", "upstream_status")
+
+    def __init__(self, method: str, target: str, rid: str, keep_alive: bool, started: float,
+                 length: int, facts: RequestFacts) -> None:
+        self.method = method
+        self.target = target
+        self.rid = rid
+        self.keep_alive = keep_alive
+        self.started = started
+        self.length = length
+        self.facts = facts
+        self.body: _Body | None = None
+        self.decision: Decision | None = None
+        self.client: str | None = None  # the per-client slot held while relaying
+        self.status = 500
+        self.upstream_status: int | None = None
+        self.reason: Reason | None = None
+
+
+class FastProxyProtocol(FrontProtocol):
+    """One client connection of the proxy's fast door."""
+
+    accepts_bodies = True
+
+    def __init__(self, door: FastProxyDoor, fallback: Callable[[], asyncio.Protocol]) -> None:
+        super().__init__(door, fallback)
+        self._door = door
+        self._early: list[bytes] = []  # body bytes parsed with the head
+        self._late: list[bytes] = []  # body bytes read while the decision was pending
+        self._body_left = 0  # body bytes the client has still to send
+        self._stream: _Body | None = None
+        self._deciding = False
+        self._body_paused = False
+        self._task: asyncio.Task[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+
+    # -- the front's hooks --------------------------------------------------------------
+
+    def _body(self, chunk: bytes) -> None:
+        """Body bytes parsed with the head: kept for the request's body stream."""
+        self._early.append(chunk)
+
+    def _request(self, method: str, target: str, headers: CIMultiDictProxy[str],
+                 version: str, keep_alive: bool) -> None:
+        """Decide (at once when no I/O is needed) and start relaying an allowed request."""
+        if version != "1.1":
+            self._hand_over(self._raw, "version")
+            return
+        door = self._door
+        early, self._early = self._early, []
+        length = self._length or 0
+        left = length - sum(map(len, early))
+        facts = door.handler.facts(method, target, headers, self._remote)
+        exchange = _Exchange(method, target, request_id(headers), keep_alive,
+                             door.handler.observer.begin(), length, facts)
+        self._busy = True
+        if length:
+            body = exchange.body = self._stream = _Body(self, door.handler.body_idle_seconds)
+            for chunk in early:
+                body.feed(chunk)
+            if left:
+                self._body_left = left
+                self._parser = httptools.HttpRequestParser(self)  # the body bypasses llhttp
+            else:
+                body.end()
+        try:
+            decision = door.authorizer.authorize_now(facts)
+        except Exception:  # a bug must cost one 500 JSON answer, not the connection's reset
+            log.exception("proxy decision failed")
+            self._refuse(exchange, Reason.INTERNAL_ERROR, keep_alive=False)
+            self._finish(exchange)
+            return
+        if decision is None:
+            self._deciding = True
+            self._task = door.spawn(self._decide_later(exchange))
+            return
+        door.metrics.count(door.served)
+        plan = self._decided(exchange, decision)
+        if plan is not None:
+            self._task = door.spawn(self._relay(exchange, plan))
+            # Cancelled before its first step, a relay's `finally` never runs: free the slot.
+            self._task.add_done_callback(lambda _: self._give_slot(exchange))
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        """Stream a request body (past llhttp, by its length); the rest to the front."""
+        left = self._body_left
+        if left and not self._expired:
+            chunk = data[:left] if len(data) > left else data
+            self._body_left = left - len(chunk)
+            body = self._stream
+            if body is not None:
+                body.feed(chunk)
+                if self._deciding:
+                    self._late.append(chunk)
+                if not self._body_left:
+                    body.end()
+            data = data[len(chunk):]
+            if not data:
+                return
+        super().data_received(data)
+        if self._busy and len(self._held) > self._door.max_head_bytes:
+            self._pause()  # one request at a time: the next waits for this answer
+
+    def eof_received(self) -> bool:
+        """The client closed its side: as with aiohttp's door, its request is abandoned."""
+        self._closing = True
+        return False
+
+    def pause_writing(self) -> None:
+        """The client stopped reading: the relay waits, the requests wait."""
+        super().pause_writing()
+        if self._writable is None:
+            self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        """The client reads again."""
+        super().resume_writing()
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The client went away: its relay stops, the upstream connection closes."""
+        super().connection_lost(exc)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    # -- body back-pressure (from _Body) ------------------------------------------------
+
+    def pause_body(self) -> None:
+        """Too much body waits for the upstream: stop reading the client."""
+        if not self._body_paused and self._transport is not None:
+            self._body_paused = True
+            self._transport.pause_reading()
+
+    def resume_body(self) -> None:
+        """The upstream took the body: read the client again (if it is still sending)."""
+        if self._body_paused:
+            self._body_paused = False
+            if self._transport is not None and self._body_left and not self._reading_paused:
+                self._transport.resume_reading()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _pause(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    async def _decide_later(self, exchange: _Exchange) -> None:
+        door = self._door
+        try:
+            decision = await door.authorizer.authorize(exchange.facts)
+        except Exception:  # never a stack trace to the caller; the log has it
+            log.exception("proxy decision failed")
+            self._deciding = False
+            self._refuse(exchange, Reason.INTERNAL_ERROR, keep_alive=False)
+            self._finish(exchange)
+            return
+        except asyncio.CancelledError:
+            exchange.status = _CLIENT_CLOSED
+            self._finish(exchange)
+            raise
+        door.metrics.count(door.served_later)
+        self._deciding = False
+        plan = self._decided(exchange, decision)
+        if plan is not None:
+            await self._relay(exchange, plan)
+
+    def _decided(self, exchange: _Exchange, decision: Decision) -> LeanPlan | None:
+        """The lean pool's plan for an allowed request; else refused or handed over (None)."""
+        door = self._door
+        exchange.decision = decision
+        if not decision.allowed:
+            self._refuse(exchange, decision.reason, decision.retry_after, door_reason=False)
+            self._finish(exchange)
+            return None
+        if decision.reason is Reason.PREFLIGHT:
+            self._preflight(exchange, decision)
+            self._finish(exchange)
+            return None
+        if door.max_body_bytes and exchange.length > door.max_body_bytes:
+            self._refuse(exchange, Reason.BODY_TOO_LARGE)
+            self._finish(exchange)
+            return None
+        handler = door.handler
+        headers = exchange.facts.headers
+        # One client may hold only so many upstream slots at once (as in the aiohttp door).
+        client = handler.take_slot(self._remote, headers)
+        if client is None:
+            self._refuse(exchange, Reason.TOO_MANY_REQUESTS)
+            self._finish(exchange)
+            return None
+        plan = handler.lean_plan(decision, exchange.target, headers, self._remote, "http",
+                                 exchange.rid)
+        if plan is None or isinstance(plan, Reason):
+            handler.give_slot(client)
+            if plan is None:
+                self._give_up()
+            else:
+                self._refuse(exchange, plan)
+                self._finish(exchange)
+            return None
+        exchange.client = client
+        self._late = []
+        return plan
+
+    def _preflight(self, exchange: _Exchange, decision: Decision) -> None:
+        """Answer an allowed CORS preflight with 204 (the upstream never sees it)."""
+        origin = exchange.facts.headers.get(hdrs.ORIGIN, "")
+        headers = CIMultiDict(self._door.handler.preflight_headers(decision, origin,
+                                                                   exchange.rid))
+        self._write_head(exchange, 204, "No Content", headers, b"")
+
+    def _give_up(self) -> None:
+        """Hand the request, as it came, to the aiohttp door (its decision is made again)."""
+        door = self._door
+        door.metrics.in_flight_change("proxy", -1)
+        data = b"".join((self._raw, *self._late, self._held))
+        self._late, self._held, self._stream, self._body_left = [], b"", None, 0
+        self._busy = False
+        if self._transport is not None:
+            self._transport.resume_reading()
+        self._hand_over(data, "upstream")
+
+    def _refuse(self, exchange: _Exchange, reason: Reason, retry_after: int | None = None, *,
+                keep_alive: bool = True, door_reason: bool = True) -> None:
+        """Write the JSON refusal; a body still on its way is read and dropped, then closed."""
+        if door_reason:
+            exchange.reason = reason  # the door refused a request the pipeline allowed
+        exchange.status = reason.status
+        exchange.keep_alive = exchange.keep_alive and keep_alive and not self._body_left
+        if self._transport is None:
+            return
+        cors: CIMultiDict[str] = CIMultiDict()
+        add_cors_headers(self._door.authorizer.cors, exchange.decision, exchange.method,
+                         exchange.facts.headers, cors)
+        self._transport.write(refusal_answer(
+            reason, exchange.rid, self._door.realm, retry_after, method=exchange.method,
+            version="1.1", keep_alive=exchange.keep_alive, date=self._door.date.line(),
+            extra=cors.items()))
+
+    async def _relay(self, exchange: _Exchange, plan: LeanPlan) -> None:
+        """Send the request upstream and relay the answer (never raises but cancellation)."""
+        key, target, headers = plan
+        handler = self._door.handler
+        route = exchange.decision.route.name if exchange.decision is not None else "none"
+        pool = handler.pool
+        try:
+            if pool is None:
+                raise UpstreamError("the proxy is not started")
+            sent = time.perf_counter()
+            try:
+                upstream = await pool.request(
+                    key, exchange.method, target, headers.items(), exchange.body,
+                    exchange.length if exchange.body is not None else None)
+            except _UPSTREAM_ERRORS as exc:
+                if exchange.body is not None and exchange.body.stalled:
+                    handler.guard("request_body_idle")  # nothing answered yet: say why, close
+                    self._refuse(exchange, Reason.BODY_TIMEOUT, keep_alive=False)
+                else:
+                    self._refuse(exchange, handler.upstream_failed(exc, route, exchange.rid))
+                return
+            except ValueError:
+                self._refuse(exchange, Reason.MALFORMED_REQUEST)
+                return
+            exchange.upstream_status = upstream.status
+            handler.observe_upstream(route, time.perf_counter() - sent)
+            try:
+                await self._answer(exchange, upstream, route)
+            finally:
+                if upstream.at_eof:
+                    upstream.release()
+                else:
+                    upstream.close()
+        except asyncio.CancelledError:
+            exchange.status = _CLIENT_CLOSED
+            exchange.keep_alive = False
+            if self._transport is not None:
+                self._transport.abort()  # cut off (shutdown deadline): never a partial answer
+            raise
+        except Exception:  # never a stack trace to the caller; the log has it
+            log.exception("proxy relay failed")
+            if self._transport is not None and exchange.upstream_status is None:
+                self._refuse(exchange, Reason.INTERNAL_ERROR, keep_alive=False)
+            else:
+                exchange.keep_alive = False
+        finally:
+            self._give_slot(exchange)
+            self._finish(exchange)
+
+    def _give_slot(self, exchange: _Exchange) -> None:
+        """Release the per-client slot the exchange holds (once)."""
+        client, exchange.client = exchange.client, None
+        if client is not None:
+            self._door.handler.give_slot(client)
+
+    async def _answer(self, exchange: _Exchange, upstream: UpstreamResponse, route: str) -> None:
+        """Write the upstream's answer as the aiohttp door writes it, the body as it comes."""
+        status = upstream.status
+        handler = self._door.handler
+        headers = handler.hygiene.response_headers(upstream.headers)
+        headers[REQUEST_ID] = exchange.rid
+        add_cors_headers(self._door.authorizer.cors, exchange.decision, exchange.method,
+                         exchange.facts.headers, headers)
+        length = upstream.content_length
+        head_only = exchange.method == "HEAD"
+        if status in _NO_BODY_STATUSES:  # as aiohttp: no length, no body
+            headers.popall(hdrs.CONTENT_LENGTH, None)
+        elif head_only:
+            pass  # the upstream's length stays; nothing is added
+        elif length is not None and length <= SMALL_BODY:
+            try:
+                body = await upstream.read()
+            except _UPSTREAM_ERRORS as exc:
+                self._refuse(exchange, handler.upstream_failed(exc, route, exchange.rid))
+                return
+            headers[hdrs.CONTENT_LENGTH] = str(len(body))
+            if body:
+                headers.setdefault(hdrs.CONTENT_TYPE, "application/octet-stream")
+            self._write_head(exchange, status, upstream.reason, headers, body)
+            return
+        elif length != 0:
+            headers.setdefault(hdrs.CONTENT_TYPE, "application/octet-stream")
+        chunked = False
+        if length is None and not head_only and status not in _NO_BODY_STATUSES:
+            headers[hdrs.TRANSFER_ENCODING] = "chunked"
+            chunked = True
+        if not self._write_head(exchange, status, upstream.reason, headers, b""):
+            return
+        try:
+            async for chunk in upstream.chunks():
+                transport = self._transport
+                if transport is None:
+                    return  # the client went away
+                if chunked:
+                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                else:
+                    transport.write(chunk)
+                if self._writable is not None:
+                    await self._drained()
+            if chunked and self._transport is not None:
+                self._transport.write(b"0\r\n\r\n")
+        except ClientStalled:
+            handler.guard("response_write")
+            log.warning("client stopped reading the response; closing both connections",
+                        extra={"route": route, "request_id": exchange.rid})
+            self._cut(exchange)
+        except _UPSTREAM_ERRORS as exc:
+            stream = exchange.body
+            if stream is not None and stream.stalled:
+                kind, exchange.reason = "body_idle", Reason.BODY_TIMEOUT
+                handler.guard("request_body_idle")
+            else:
+                exchange.reason = handler.upstream_failed(exc, route, exchange.rid)
+                kind = "upstream"
+            log.warning("upstream failed mid-response; aborting the client connection",
+                        extra={"route": route, "kind": kind, "request_id": exchange.rid})
+            self._cut(exchange)
+
+    async def _drained(self) -> None:
+        """Wait until the client reads again; one that reads nothing in
+        `proxy.write_timeout_seconds` stalls (ClientStalled), as in the aiohttp door."""
+        writable = self._writable
+        if writable is None:
+            return
+        try:
+            async with asyncio.timeout(self._door.handler.write_timeout_seconds):
+                await writable
+        except TimeoutError:
+            raise ClientStalled("the client read nothing in time") from None
+
+    def _cut(self, exchange: _Exchange) -> None:
+        """End an answer cut off midway: the client sees it incomplete, never reused."""
+        exchange.keep_alive = False
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _write_head(self, exchange: _Exchange, status: int, reason: str,
+                    headers: CIMultiDict[str], body: bytes) -> bool:
+        """Write the status line and headers (and a whole small body); False if unsendable."""
+        transport = self._transport
+        if transport is None:
+            return False
+        exchange.status = status
+        date = self._door.date.line()
+        lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
+        if hdrs.DATE not in headers:
+            lines.append(date.decode())
+        if hdrs.SERVER not in headers:
+            lines.append(_SERVER)
+        if not exchange.keep_alive:
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        text = f"HTTP/1.1 {status} {reason}\r\n{''.join(lines)}"
+        if _FORBIDDEN.search(text):  # as aiohttp: a control character in a header is a 500
+            log.error("upstream response head holds a control character",
+                      extra={"request_id": exchange.rid})
+            self._refuse(exchange, Reason.INTERNAL_ERROR, keep_alive=False)
+            return False
+        head = text.encode("utf-8", "ignore")  # as aiohttp: undecodable bytes are dropped
+        transport.write(head + body if body else head)
+        return True
+
+    def _finish(self, exchange: _Exchange) -> None:
+        """The answer is written: observe it, then the next request (or close)."""
+        self._task = None
+        handler = self._door.handler
+        handler.observer.end(exchange.started, exchange.rid, exchange.method, exchange.status,
+                             exchange.decision, exchange.upstream_status, exchange.reason)
+        self._stream = None
+        if self._body_left:  # the upstream answered before the whole body came: drop it
+            exchange.keep_alive = False
+        transport = self._transport
+        if transport is None:
+            return
+        if self._body_left:  # refused mid-body: read and drop the rest, then close
+            self._expired = True
+            self._busy = False
+            if transport.can_write_eof():
+                transport.write_eof()
+            transport.resume_reading()
+            self._loop.call_later(_LINGER_SECONDS, self._close)
+            return
+        self._answered(exchange.keep_alive)
+        if exchange.keep_alive and not self._closing:
+            self._release()

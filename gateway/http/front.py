@@ -1,0 +1,459 @@
+"""The shared llhttp front of both fast doors: heads parsed, checked and handed over alike.
+
+A fast door is the public listener's connection protocol. This module holds what the
+forward-auth door (fast_door.py) and the proxy door (fast_proxy.py) share: each request head
+is parsed by llhttp (httptools) with the checks aiohttp's parser applies; the head deadline
+and the keep-alive timeout are enforced; and a request the door does not fully understand
+is handed over, bytes untouched, to aiohttp's guarded protocol, which then serves the
+connection for the rest of its life (a pipelined request, HTTP/2 or 0.9, an upgrade, a
+reserved or percent-encoded path, anything larger than the limits or refused by the parser).
+Handing over is always safe: the aiohttp door is the reference both doors are tested against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, cast
+
+import httptools
+from aiohttp import hdrs
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_parser import SINGLETON_HEADERS
+from aiohttp.tcp_helpers import tcp_keepalive
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+from prometheus_client import Counter
+
+from gateway.http.errors import JSON_CONTENT_TYPE, refusal_parts
+from gateway.http.guard import refuse_late_head
+from gateway.metrics import Metrics
+from gateway.reasons import Reason
+
+__all__ = [
+    "HANDOVER_CAUSES",
+    "SERVER_LINE",
+    "STATUS_LINES",
+    "FrontDoor",
+    "FrontProtocol",
+    "HttpDate",
+    "encode_answer",
+    "refusal_answer",
+    "unsafe_target",
+]
+
+
+# Why a request went to the aiohttp door (labels of the fast-door counters).
+HANDOVER_CAUSES = ("pipelined", "body", "upgrade", "version", "target", "oversize", "malformed")
+_BODY_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+# aiohttp's parser spells the names it knows its own way (hdrs); so must the doors' output.
+_KNOWN_NAMES = {str(v).lower().encode(): v for v in vars(hdrs).values() if isinstance(v, istr)}
+# aiohttp refuses a second copy of these (and so must every door).
+_SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
+# Answers carry the request's version, as aiohttp's do.
+STATUS_LINES = {
+    (version, s.value): f"HTTP/{version} {s.value} {s.phrase}\r\n".encode()
+    for version in ("1.0", "1.1") for s in HTTPStatus
+}
+SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n".encode()
+
+
+def unsafe_target(target: bytes) -> bool:
+    """True for request targets the fast doors leave to aiohttp's router and parser.
+
+    Reserved paths (/_gateway/...), percent-encoded or dot segments in the path (aiohttp
+    decodes them before routing), fragments, non-ASCII and anything but an origin-form
+    target go the long way.
+    """
+    path = target.split(b"?", 1)[0]
+    return (not path.startswith(b"/") or path.startswith(b"/_gateway") or b"%" in path
+            or b"/." in path or b"#" in target or not target.isascii())
+
+
+def encode_answer(status: int, pairs: Iterable[tuple[str, str]], body: bytes, *, method: str,
+                  version: str, keep_alive: bool, date: bytes) -> bytes:
+    """A whole answer as aiohttp writes one: Content-Length (none for an empty HEAD answer),
+    Connection as the version needs, Date, Server; a HEAD answer without its body."""
+    lines = [f"{name}: {value}\r\n" for name, value in pairs]
+    if body or method != "HEAD":
+        lines.append(f"Content-Length: {len(body)}\r\n")
+    if version == "1.1":
+        if not keep_alive:
+            lines.append("Connection: close\r\n")
+    elif keep_alive:
+        lines.append("Connection: keep-alive\r\n")
+    if method == "HEAD":
+        body = b""  # the length a GET would get, without the body
+    # UTF-8, as aiohttp encodes header text (a configured realm may be non-ASCII).
+    return b"".join((STATUS_LINES[version, status], "".join(lines).encode(), date, SERVER_LINE,
+                     b"\r\n", body))
+
+
+def refusal_answer(reason: Reason, rid: str, realm: str, retry_after: int | None, *,
+                   method: str, version: str, keep_alive: bool, date: bytes,
+                   extra: Iterable[tuple[str, str]] = ()) -> bytes:
+    """The whole JSON refusal for a reason, as the aiohttp door sends it; `extra` are
+    headers it adds (the CORS headers for an allowed origin)."""
+    status, headers, body = refusal_parts(reason, rid, realm, retry_after)
+    headers[hdrs.CONTENT_TYPE] = JSON_CONTENT_TYPE
+    return encode_answer(status, [*headers.items(), *extra], body, method=method,
+                         version=version, keep_alive=keep_alive, date=date)
+
+
+class HttpDate:
+    """The Date header line, formatted once per second."""
+
+    __slots__ = ("_line", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def line(self) -> bytes:
+        """`Date: ...\\r\\n` for the current second."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._line = f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
+        return self._line
+
+
+class FrontDoor:
+    """What every fast door keeps: limits, its connections and tasks, the hand-over count."""
+
+    def __init__(self, metrics: Metrics, counter: Counter, causes: tuple[str, ...], *,
+                 max_head_bytes: int, max_headers: int, head_timeout: float,
+                 keepalive_timeout: float) -> None:
+        self.metrics = metrics
+        self.max_head_bytes = max_head_bytes
+        self.max_headers = max_headers
+        self.head_timeout = head_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.date = HttpDate()
+        self.connections: set[FrontProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._handed: dict[str, Counter] = {c: counter.labels(c) for c in causes}
+
+    def close_idle(self) -> None:
+        """Close connections between requests; busy ones close once they have answered."""
+        for connection in list(self.connections):
+            connection.shut_down()
+
+    async def drain(self, seconds: float) -> None:
+        """Wait (up to `seconds`) for answers still being decided or relayed."""
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=seconds)
+
+    def handed_over(self, cause: str) -> None:
+        """Count one request handed to the aiohttp door."""
+        self.metrics.count(self._handed[cause])
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run a connection's answer as a task the door waits for on shutdown."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+
+class FrontProtocol(asyncio.Protocol):
+    """One connection: parse heads, serve what the door can, hand the rest to aiohttp."""
+
+    # A request body the door streams itself (the proxy door); else bodies are handed over.
+    accepts_bodies = False
+
+    def __init__(self, door: FrontDoor, fallback: Callable[[], asyncio.Protocol]) -> None:
+        self._front = door
+        self._fallback = fallback
+        self._parser = httptools.HttpRequestParser(self)
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._remote: str | None = None
+        self._pending = b""  # bytes of the request not answered yet
+        self._raw = b""  # the bytes of the request being served, as they came
+        self._begun = 0
+        self._headed = False
+        self._head_bytes = 0
+        self._headers: list[tuple[str, str]] = []
+        self._seen: list[bytes] = []
+        self._target = b""
+        self._irregular: str | None = None
+        self._length: int | None = None  # the request's Content-Length
+        self._keep_alive = True
+        self._version = ""
+        self._served = 0
+        self._last_active = 0.0  # loop time of the connection, last answer or a head's start
+        self._timer: asyncio.TimerHandle | None = None
+        self._busy = False  # an answer is being decided or relayed
+        self._held = b""  # bytes that arrived while busy
+        self._reading_paused = False  # by the caller not reading its answers
+        self._closing = False
+        self._expired = False
+
+    # -- what a door implements ---------------------------------------------------------
+
+    def _request(self, method: str, target: str, headers: CIMultiDictProxy[str],
+                 version: str, keep_alive: bool) -> None:
+        """Serve one whole, regular request head (its body, if any, follows)."""
+        raise NotImplementedError
+
+    def _body(self, chunk: bytes) -> None:
+        """Body bytes llhttp found with the head (only when `accepts_bodies`)."""
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Remember the caller, start the idle deadline."""
+        # uvloop's transports have asyncio.Transport's methods without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        tcp_keepalive(self._transport)
+        peer = transport.get_extra_info("peername")
+        self._remote = peer[0] if isinstance(peer, tuple | list) and peer else None
+        self._last_active = self._loop.time()
+        self._front.connections.add(self)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        """Parse; serve a whole head; keep a split one; hand the irregular to aiohttp."""
+        if self._expired:
+            return  # a 408 is on its way; the rest is read and dropped
+        if self._busy:  # read before reading paused: parse it after the answer
+            self._held += data
+            return
+        pending = self._pending + data if self._pending else data
+        door = self._front
+        if len(pending) > door.max_head_bytes and not self.accepts_bodies:
+            self._hand_over(pending, "oversize")  # (a body-streaming door counts head bytes)
+            return
+        parser = self._parser
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._hand_over(pending, "upgrade")
+            return
+        except httptools.HttpParserError:
+            self._hand_over(pending, "malformed")
+            return
+        if self._begun > 1:
+            self._hand_over(pending, "pipelined")
+            return
+        if self._irregular is not None:
+            self._hand_over(pending, self._irregular)
+            return
+        if not self._headed:
+            if len(pending) > door.max_head_bytes:
+                self._hand_over(pending, "oversize")
+                return
+            started = not self._pending
+            self._pending = pending
+            if started:  # a head has started: its deadline runs from now
+                self._last_active = self._loop.time()
+                self._rearm()
+            return
+        version = self._version
+        if version != "1.1" and version != "1.0":
+            self._hand_over(pending, "version")
+            return
+        headers = CIMultiDictProxy(CIMultiDict(self._headers))
+        if version == "1.1" and hdrs.HOST not in headers:
+            self._hand_over(pending, "malformed")  # aiohttp refuses HTTP/1.1 without Host
+            return
+        self._raw = pending  # for a door that hands the request over after all
+        self._pending = b""
+        self._begun = 0
+        self._headed = False
+        self._request(parser.get_method().decode("ascii"), self._target.decode("ascii"),
+                      headers, version, self._keep_alive)
+
+    def eof_received(self) -> bool:
+        """The caller closed its side: finish a pending answer, then close."""
+        self._closing = True
+        return self._busy  # keep the transport open for an answer still being decided
+
+    def pause_writing(self) -> None:
+        """The caller stopped reading its answers: stop reading its requests."""
+        self._reading_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The caller reads again."""
+        self._reading_paused = False
+        self._resume_reading()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Forget the connection."""
+        self._disarm()
+        self._front.connections.discard(self)
+        self._transport = None
+
+    def shut_down(self) -> None:
+        """Close now if idle, else after the answer being decided."""
+        self._closing = True
+        if not self._busy:
+            self._close()
+
+    # -- llhttp callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        """A request starts."""
+        self._begun += 1
+        if self._begun == 1:
+            self._headers = []
+            self._seen = []
+            self._target = b""
+            self._irregular = None
+            self._length = None
+            self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        """The request target (maybe in pieces)."""
+        self._target += url
+        self._head_bytes += len(url)
+        if unsafe_target(self._target):
+            self._irregular = "target"
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """One header field, checked as aiohttp's parser checks it."""
+        value = value.rstrip(b" \t")  # llhttp strips the space before a value, not after
+        lowered = name.lower()
+        if lowered in _SINGLETONS:
+            if lowered in self._seen:
+                self._irregular = "malformed"
+            self._seen.append(lowered)
+        if lowered in _BODY_HEADERS and (lowered != b"content-length" or value != b"0"):
+            if (self.accepts_bodies and lowered == b"content-length" and value.isdigit()
+                    and value.isascii()):
+                self._length = int(value)
+            else:
+                self._irregular = "body"
+        elif lowered == b"upgrade" or lowered == b"sec-websocket-key1":
+            self._irregular = "upgrade"
+        elif b"\x00" in value:
+            self._irregular = "malformed"
+        headers = self._headers
+        key = _KNOWN_NAMES.get(lowered)
+        if key is None:
+            key = istr(name.decode("utf-8", "surrogateescape"))
+        headers.append((key, value.decode("utf-8", "surrogateescape")))
+        self._head_bytes += len(name) + len(value) + 4
+        if (len(headers) > self._front.max_headers
+                or self._head_bytes > self._front.max_head_bytes):
+            self._irregular = "oversize"
+
+    def on_headers_complete(self) -> None:
+        """Read what llhttp forgets once the message is complete."""
+        parser = self._parser
+        self._headed = True
+        self._keep_alive = parser.should_keep_alive()
+        self._version = parser.get_http_version()
+
+    def on_body(self, body: bytes) -> None:
+        """A body: the proxy door streams it; otherwise the aiohttp door reads bodies."""
+        if self.accepts_bodies and self._length is not None:
+            self._body(body)
+        else:
+            self._irregular = "body"
+
+    # -- for the doors ------------------------------------------------------------------
+
+    def _send(self, answer: bytes, keep_alive: bool) -> None:
+        """Write a whole answer and end the request on it."""
+        transport = self._transport
+        if transport is None:
+            return
+        transport.write(answer)
+        self._answered(keep_alive)
+
+    def _answered(self, keep_alive: bool) -> None:
+        """The answer is written: close after it when the caller or a shutdown asks."""
+        self._served += 1
+        self._last_active = self._loop.time()
+        if self._served == 1:
+            self._rearm()  # from the head deadline to the keep-alive timeout
+        if not keep_alive or self._closing:
+            self._close()
+
+    def _hold(self) -> None:
+        """One answer at a time, in order: stop reading until this one is written."""
+        self._busy = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def _release(self) -> None:
+        """The answer is written: parse what arrived meanwhile, read again."""
+        self._busy = False
+        if self._held and self._transport is not None:
+            held, self._held = self._held, b""
+            self.data_received(held)
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        transport = self._transport
+        if (transport is not None and not self._busy and not self._reading_paused
+                and not transport.is_closing()):
+            transport.resume_reading()
+
+    def _hand_over(self, data: bytes, cause: str) -> None:
+        """Give the connection (and the bytes not answered yet) to aiohttp, for good."""
+        self._front.handed_over(cause)
+        self._disarm()
+        self._front.connections.discard(self)
+        transport = self._transport
+        self._transport = None
+        if transport is None:
+            return
+        protocol = self._fallback()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        protocol.data_received(data)
+
+    def _close(self) -> None:
+        self._disarm()
+        self._front.connections.discard(self)
+        if self._transport is not None:
+            self._transport.close()
+
+    def _idle_limit(self) -> float:
+        """Seconds the connection may wait: the head deadline before the first request and
+        while a head is arriving, the keep-alive timeout between requests."""
+        door = self._front
+        if (self._pending or not self._served) and door.head_timeout > 0:
+            return door.head_timeout
+        return door.keepalive_timeout
+
+    def _arm(self) -> None:
+        limit = self._idle_limit()
+        if limit > 0:
+            self._timer = self._loop.call_at(self._last_active + limit, self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _rearm(self) -> None:
+        self._disarm()
+        self._arm()
+
+    def _on_timer(self) -> None:
+        """Close an idle connection; answer 408 to a head that did not arrive in time."""
+        self._timer = None
+        transport = self._transport
+        if transport is None:
+            return
+        if self._busy:  # deciding an answer: look again in a second
+            self._timer = self._loop.call_later(1.0, self._on_timer)
+            return
+        if self._loop.time() - self._last_active < self._idle_limit():
+            self._arm()  # active since: wait again from the last activity
+            return
+        self._front.connections.discard(self)
+        if self._served and not self._pending:
+            transport.close()
+        else:
+            self._expired = True
+            refuse_late_head(transport, self._loop, transport.close)
