@@ -11,11 +11,11 @@ and a store that cannot answer leaves the worker with its local verdicts.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.auth.verdicts import LocalVerdicts, Verdict, decode, encode
+from gateway.state.call_gate import SharedCallGate, time_in
 from gateway.state.store import Record, SharedStore, StoreUnavailable
 
 __all__ = ["MACHINE_VERDICTS", "SharedVerdicts", "VerdictView"]
@@ -41,13 +41,6 @@ def _verdict(record: Record | None) -> Verdict | None:
         return None
 
 
-def _float(record: Record | None) -> float:
-    try:
-        return float(record.value) if record is not None else 0.0
-    except ValueError:
-        return 0.0
-
-
 class SharedVerdicts:
     """A VerdictStore shared by every worker (local verdicts first), plus the per-token
     call lease and the shared back-off (those raise StoreUnavailable)."""
@@ -55,13 +48,13 @@ class SharedVerdicts:
     def __init__(self, store: SharedStore, api_digest: str, local: LocalVerdicts,
                  grace_seconds: float, clock: Callable[[], float]) -> None:
         self._store = store
-        self._prefix = api_digest + ":"
+        self._gate = SharedCallGate(store, MACHINE_VERDICTS, api_digest + ":", clock)
         self._local = local
         self._grace = grace_seconds
         self._clock = clock
 
     def _key(self, kind: str, digest: bytes = b"") -> str:
-        return f"{self._prefix}{kind}:{digest.hex()}"
+        return self._gate.key(kind, digest.hex())
 
     async def _adopt(self, key: bytes, shared: Verdict | None,
                      held: Verdict | None) -> Verdict | None:
@@ -94,18 +87,16 @@ class SharedVerdicts:
         record, lease, backoff = await self._store.get_many(MACHINE_VERDICTS, [
             self._key("verdict", key), self._key("lease", key), self._key("backoff")])
         verdict = await self._adopt(key, _verdict(record), await self._local.get(key))
-        return VerdictView(verdict, lease is not None, _float(backoff))
+        return VerdictView(verdict, lease is not None, time_in(backoff))
 
     async def claim(self, key: bytes, seconds: float) -> bool:
         """Become the one worker asking Clerk about the token (for at most ``seconds``)."""
-        return await self._store.claim(MACHINE_VERDICTS, self._key("lease", key),
-                                       str(os.getpid()), self._clock() + seconds)
+        return await self._gate.claim(key.hex(), seconds)
 
     async def release(self, key: bytes) -> None:
         """Let other workers ask again (best effort: the lease expires anyway)."""
-        with contextlib.suppress(StoreUnavailable):
-            await self._store.delete(MACHINE_VERDICTS, self._key("lease", key))
+        await self._gate.release(key.hex())
 
     async def block(self, until: float) -> None:
         """Stop every worker's calls until ``until`` (a 429's Retry-After)."""
-        await self._store.put(MACHINE_VERDICTS, self._key("backoff"), repr(until), until)
+        await self._gate.block(until)
