@@ -41,9 +41,11 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, extractor_for, router_for
 from gateway.reasons import Reason
 from gateway.reload import ReloadResult, apply_settings
+from gateway.state.sqlite import SqliteStore
 from gateway.state.wiring import (
     introspection_share_for,
     keyset_share_for,
+    machine_verdicts_for,
     revocation_store_for,
     shared_store_for,
 )
@@ -72,10 +74,11 @@ class Gateway:
         self.scrape_registry = scrape_registry or (lambda: self.registry)
         self.session: aiohttp.ClientSession | None = None
         self.keys: dict[str, IssuerKeys] = {}
-        self.machine = _machine_verifier(settings, lambda: self.session, self.metrics, clock)
+        self.state = shared_store_for(settings, clock)
+        self.machine = _machine_verifier(settings, lambda: self.session, self.metrics, clock,
+                                         self.state)
         self.verifier = Verifier(settings, self.keys, self.metrics, clock, self.machine)
         revocation = settings.revocation
-        self.state = shared_store_for(settings, clock)
         introspector = None
         if revocation.introspection and settings.clerk_secret_key is not None:
             introspector = SessionIntrospector(
@@ -195,15 +198,18 @@ def _machine_verifier(
     session: Callable[[], aiohttp.ClientSession | None],
     metrics: Metrics,
     clock: Callable[[], float],
+    state: SqliteStore | None = None,
 ) -> MachineVerifier:
-    """The verifier of opaque machine credentials (its verdicts kept in this process)."""
+    """The verifier of opaque machine credentials (its verdicts shared by every worker
+    through the host's store when shared_state is on, else kept in this process)."""
     machine = settings.machine_tokens
     api = MachineApi(settings.clerk_api_url, settings.clerk_secret_key,
                      machine.machine_secret_key, session, machine.timeout_seconds, clock)
     issuer = next((i.issuer for i in settings.issuers if i.preset == "clerk"),
                   settings.clerk_api_url)
-    return MachineVerifier(machine, api, LocalVerdicts(machine.cache_size), metrics, issuer,
-                           clock, settings.leeway_seconds)
+    share = machine_verdicts_for(state, settings, clock)
+    return MachineVerifier(machine, api, share or LocalVerdicts(machine.cache_size), metrics,
+                           issuer, clock, settings.leeway_seconds, share)
 
 
 async def _reserved_not_found(request: web.Request) -> web.Response:

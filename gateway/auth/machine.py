@@ -14,11 +14,17 @@
   then `failure_mode` decides: `fail_closed` (503) or `fail_open` (the last valid verdict
   keeps serving until the token's own expiration, counted in `fail_open_total`). A token
   never verified is never let in, and a refused one stays refused.
+
+With a shared store (``share``, gateway/state/verdict_share.py) verdicts, the single flight
+and the back-off hold for every worker together: a worker without a fresh verdict reads the
+shared one and the shared back-off, and only the worker that claims the token's lease calls
+Clerk; the others wait for its verdict. The look-up budgets stay per worker process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +39,8 @@ from gateway.auth.verdicts import Verdict, VerdictStore
 from gateway.config_machine import MachineTokenSettings
 from gateway.metrics import Metrics
 from gateway.reasons import Reason
+from gateway.state.store import StoreUnavailable
+from gateway.state.verdict_share import SharedVerdicts
 
 __all__ = ["LOOKUP_RESULTS", "MachineVerifier", "Verification"]
 
@@ -40,6 +48,7 @@ LOOKUP_RESULTS = ("valid", "invalid", "revoked", "expired", "rate_limited", "fai
                   "throttled")
 _FAILURE_BACKOFF = 1.0
 _YEAR = 365 * 86400.0
+_WAIT_SECONDS = 0.05  # how often a worker waiting on another's call looks for its verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +71,11 @@ class MachineVerifier:
         issuer: str,
         clock: Callable[[], float],
         leeway: float = 5.0,
+        share: SharedVerdicts | None = None,
     ) -> None:
         self._settings = settings
+        self._share = share
+        self._lease_seconds = settings.timeout_seconds + 1.0
         self._api = api
         self._store = store
         self._issuer = issuer
@@ -132,6 +144,40 @@ class MachineVerifier:
         raise TokenRejected(Reason.TOKEN_VERIFICATION_UNAVAILABLE, retry_after=retry)
 
     async def _lookup(self, key: bytes, token_type: TokenType, token: str) -> Verdict | None:
+        """A fresh verdict: from the shared store, or from Clerk when this worker wins the
+        token's lease (or the store cannot answer); None while backing off or when the
+        calling worker's verdict does not come in time."""
+        share = self._share
+        if share is None:
+            return await self._ask(key, token_type, token)
+        deadline = self._clock() + self._lease_seconds
+        while True:
+            try:
+                view = await share.view(key)
+                now = self._clock()
+                if view.verdict is not None and now < view.verdict.fresh_until:
+                    return view.verdict
+                if view.blocked_until > now:
+                    self.blocked_until = max(self.blocked_until, view.blocked_until)
+                    return None
+                if not view.leased and await share.claim(key, self._lease_seconds):
+                    break
+            except StoreUnavailable:
+                return await self._ask(key, token_type, token)
+            if now >= deadline:
+                return None
+            await asyncio.sleep(_WAIT_SECONDS)
+        try:
+            blocked = self.blocked_until
+            verdict = await self._ask(key, token_type, token)
+            if self.blocked_until > blocked:
+                with contextlib.suppress(StoreUnavailable):
+                    await share.block(self.blocked_until)
+        finally:
+            await share.release(key)
+        return verdict
+
+    async def _ask(self, key: bytes, token_type: TokenType, token: str) -> Verdict | None:
         """Ask the API once and remember its verdict; None when it gave no usable answer."""
         answer = await self._api.verify(token_type, token)
         now = self._clock()

@@ -1,9 +1,9 @@
 """Machine-token verdicts, remembered under a digest of the token (never the token itself).
 
 `VerdictStore` is the interface the machine verifier uses; `LocalVerdicts` keeps verdicts in
-this process. A store shared by every worker (the SQLite/Redis store of "one gateway, many
-workers, one truth") implements the same two methods, keeping `encode(verdict)` (JSON bytes)
-under the digest with an expiry of `fresh_until + grace`, and answering `decode(bytes)`.
+this process. `SharedVerdicts` (gateway/state/verdict_share.py) implements the same two
+methods for every worker, keeping `encode(verdict)` (JSON bytes) under the digest in the
+state store with an expiry of `fresh_until + grace`, and reading it back with `decode`.
 """
 
 from __future__ import annotations

@@ -6,16 +6,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.auth.revocation_store import RevocationStore, build_store
+from gateway.auth.verdicts import LocalVerdicts
 from gateway.config import IssuerSettings, Settings
 from gateway.state.introspection_share import IntrospectionShare
 from gateway.state.keysets import KeySetShare, source_digest
 from gateway.state.revocations import SharedRevocationStore
 from gateway.state.schema import database_path
 from gateway.state.sqlite import SqliteStore
+from gateway.state.verdict_share import SharedVerdicts
 
 __all__ = [
     "introspection_share_for",
     "keyset_share_for",
+    "machine_verdicts_for",
     "revocation_store_for",
     "shared_store_for",
 ]
@@ -48,6 +51,16 @@ def introspection_share_for(shared: SqliteStore | None, settings: Settings,
     if shared is None:
         return None
     return IntrospectionShare(shared, source_digest(settings.clerk_api_url), clock)
+
+
+def machine_verdicts_for(shared: SqliteStore | None, settings: Settings,
+                         clock: Callable[[], float]) -> SharedVerdicts | None:
+    """Machine-token verdicts, leases and back-off shared through the host's store."""
+    if shared is None:
+        return None
+    machine = settings.machine_tokens
+    return SharedVerdicts(shared, source_digest(settings.clerk_api_url),
+                          LocalVerdicts(machine.cache_size), machine.grace_seconds, clock)
 
 
 def revocation_store_for(settings: Settings, shared: SqliteStore | None,
