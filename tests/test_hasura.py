@@ -386,3 +386,29 @@ async def test_hostile_posts_never_allow_and_never_500(gw: Running, body: bytes)
     assert response.status in (400, 401), body
     payload = await response.json()
     assert payload["reason"] and payload["request_id"]
+
+
+async def test_a_clerk_jwt_template_is_accepted_only_where_its_route_accepts_it(
+    clerk: DevIssuer, make_gateway: GatewayFactory
+) -> None:
+    """A real template token (`cat` cl_B7d4PD222AAA) from Auth-Token: refused as a session by
+    default, accepted on the Hasura route once `accepts: [jwt_template]` says so."""
+    claims = {NAMESPACE: {"x-hasura-default-role": "editor", "x-hasura-org-id": "org_9",
+                          "x-hasura-allowed-roles": ["editor", "viewer"]}}
+    token = clerk.template_token(sub="user_tpl", **claims)
+    refused = await make_gateway(config=template_config(clerk), issuer_env=False)
+    response = await ask(refused, token, method="GET", header="Auth-Token", scheme="")
+    assert response.status == 401
+    assert (await response.json())["reason"] == "wrong_token_type"
+    accepting = {**template_config(clerk), "token_types": ["session_token", "jwt_template"],
+                 "routes": [{"name": "graphql", "path": "/v1/graphql",
+                             "accepts": ["jwt_template"]}]}
+    gw = await make_gateway(config=accepting, issuer_env=False)
+    response = await ask(gw, token, method="POST", header="Auth-Token", scheme="")
+    assert response.status == 200
+    body = await response.json()
+    assert (body["X-Hasura-User-Id"], body["X-Hasura-Role"]) == ("user_tpl", "editor")
+    assert body["X-Hasura-Org-Id"] == "org_9"
+    session = await ask(gw, clerk.token(), method="GET", header="Auth-Token", scheme="")
+    assert session.status == 401  # a session token is not what this route accepts
+    assert (await session.json())["reason"] == "token_type_not_accepted"
