@@ -26,6 +26,10 @@ class ClientAddresses:
         self._is_trusted: Callable[[str], bool] = lru_cache(maxsize=4096)(
             lambda address: address_in(address, trusted))
 
+    def trusts(self, peer: str | None) -> bool:
+        """True when the peer is a trusted proxy (so it may say who the client is)."""
+        return bool(self._trusted) and peer is not None and self._is_trusted(peer)
+
     def of(self, peer: str | None, headers: MultiMapping[str]) -> str:
         """The client address a request is counted against."""
         address = peer or ""

@@ -74,7 +74,7 @@ class ForwardAuthHandler:
         self._prefix = settings.path_prefix
         self.observer = RequestObserver(authorizer.metrics, "forward_auth")
 
-    def _original(self, method: str, own_path: str, remote: str | None,
+    def _original(self, method: str, own_path: str, trusted: bool,
                   headers: CIMultiDictProxy[str]) -> tuple[str, str, str | None]:
         """The forwarded request's method, URI and host, as the caller reports them."""
         for name in _REROUTING:
@@ -86,7 +86,7 @@ class ForwardAuthHandler:
             own_path = own_path[len(prefix):] or "/"
             if own_path.startswith("?"):
                 own_path = "/" + own_path
-        if not self._settings.trusts(remote):
+        if not trusted:
             return method, own_path, headers.get(hdrs.HOST)
         host = _single_token(headers, X_FORWARDED_HOST) or headers.get(hdrs.HOST)
         source = self._settings.uri_source
@@ -106,10 +106,10 @@ class ForwardAuthHandler:
     def facts(self, method: str, own_path: str, remote: str | None,
               headers: CIMultiDictProxy[str]) -> RequestFacts:
         """The facts of the forwarded request; raises ConflictingForwardedRequest."""
-        method, uri, host = self._original(method, own_path, remote, headers)
+        trusted = self._settings.trusts(remote)  # once: it decides two things
+        method, uri, host = self._original(method, own_path, trusted, headers)
         return RequestFacts(door="forward_auth", method=method, uri=uri, host=host,
-                            headers=headers, client_ip=remote,
-                            trusted_peer=self._settings.trusts(remote))
+                            headers=headers, client_ip=remote, trusted_peer=trusted)
 
     def refuse_conflict(self) -> Decision:
         """The (counted) refusal of a request whose two header families disagree."""

@@ -21,7 +21,6 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 from yarl import URL
 
 from gateway.config import Settings
-from gateway.config_sections import address_in
 from gateway.http.bounded_body import answer_and_close
 from gateway.http.client_slots import ClientAddresses, ClientSlots
 from gateway.http.errors import error_response
@@ -225,7 +224,6 @@ class ProxyHandler:
         assert settings.upstream, "the proxy needs an upstream"
         proxy = settings.proxy
         self._settings = settings
-        self._trusted_proxies = settings.proxy.trusted_proxies
         self._authorizer = authorizer
         self._metrics = metrics
         self._sockets = sockets
@@ -344,10 +342,9 @@ class ProxyHandler:
     def facts(self, method: str, uri: str, headers: CIMultiDictProxy[str],
               client_ip: str | None, query: Mapping[str, str] | None = None) -> RequestFacts:
         """What the pipeline decides a proxied request on (either door)."""
-        trusted = self._trusted_proxies
         return RequestFacts(door="proxy", method=method, uri=uri, host=headers.get(hdrs.HOST),
                             headers=headers, query=query, client_ip=client_ip,
-                            trusted_peer=bool(trusted) and address_in(client_ip, trusted))
+                            trusted_peer=self._addresses.trusts(client_ip))
 
     def lean_only(self) -> bool:
         """True when the lean pool serves every configured upstream (all plain http://)."""
