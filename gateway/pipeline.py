@@ -21,6 +21,7 @@ from gateway.auth.extract import (
 )
 from gateway.auth.jwks import KeysUnavailable
 from gateway.auth.verify import TokenRejected, Verified, Verifier
+from gateway.clients import ClientAddresses
 from gateway.config import Settings
 from gateway.cors import CorsPolicy
 from gateway.metrics import Metrics
@@ -44,18 +45,14 @@ class RequestFacts:
     headers: CIMultiDictProxy[str]  # cookies are read from these, only when needed
     query: Mapping[str, str] | None = None
     client_ip: str | None = None
-    trusted_peer: bool = False  # the peer may say who the client is (X-Forwarded-For)
+    addresses: ClientAddresses | None = None  # the door's rule for who the client is
 
     def client_address(self) -> str | None:
-        """The client's address: the last `X-Forwarded-For` entry a trusted peer added, else
-        the peer's own (it keys the per-client budget of Backend API look-ups)."""
-        if self.trusted_peer:
-            forwarded = self.headers.get(hdrs.X_FORWARDED_FOR)
-            if forwarded:
-                last = forwarded.rsplit(",", 1)[-1].strip()
-                if last:
-                    return last
-        return self.client_ip
+        """The client's address as gateway/clients.py defines it (the peer's own when the
+        door has no rule); it keys the per-client budget of Backend API look-ups."""
+        if self.addresses is None:
+            return self.client_ip
+        return self.addresses.of(self.client_ip, self.headers) or None
 
 
 @dataclass(frozen=True, slots=True)

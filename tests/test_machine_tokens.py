@@ -571,6 +571,33 @@ async def test_in_proxy_mode_x_forwarded_for_names_the_client_only_from_a_truste
     assert not upstream.seen
 
 
+@pytest.mark.parametrize("door", ["forward_auth", "proxy"])
+async def test_behind_a_chain_of_listed_proxies_each_client_has_its_own_budget(
+    clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Any, door: str
+) -> None:
+    # A load balancer (10.200.0.5, listed) sits in front of the trusted caller: the client is
+    # the right-most address that is not a listed proxy, in both doors, never the balancer.
+    chain = ["127.0.0.1/32", "10.200.0.0/16"]
+    env = {"GATEWAY_UPSTREAM": upstream.url} if door == "proxy" else {}
+    extra: dict[str, Any] = ({"proxy": {"trusted_proxies": chain}} if door == "proxy"
+                             else {"forward_auth": {"trusted_callers": chain}})
+    gw = await machine_gateway(
+        make_gateway, clerk, env=env, extra=extra,
+        machine_tokens={"client_lookup_burst": 3, "client_lookups_per_second": 0.01})
+    statuses = []
+    for i in range(6):  # six clients, every one through the same balancer
+        response = await gw.get("/keys", f"ak_chain_{i}",
+                                headers=from_client(f"203.0.113.{i}, 10.200.0.5"))
+        statuses.append(response.status)
+    assert statuses == [401] * 6
+    statuses = []
+    for i in range(5):  # one client guessing: its own budget runs out, the balancer's does not
+        response = await gw.get("/keys", f"ak_guess_{i}",
+                                headers=from_client("198.51.100.7, 10.200.0.5"))
+        statuses.append(response.status)
+    assert statuses == [401, 401, 401, 429, 429]
+
+
 async def test_a_flood_from_many_addresses_is_bounded_for_the_whole_instance(
     clerk: DevIssuer, make_gateway: GatewayFactory
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy, istr
 
+from gateway.clients import ClientAddresses
 from gateway.config import ForwardAuthSettings
 from gateway.http.errors import error_response
 from gateway.http.headers import DECISION, REQUEST_ID, REQUEST_ID_KEY, request_id
@@ -71,6 +72,8 @@ class ForwardAuthHandler:
         self.authorizer = authorizer
         self.realm = realm
         self._settings = settings
+        # A caller forwards for its client: with no list, every caller is trusted to.
+        self._addresses = ClientAddresses(settings.trusted_callers, trust_all_when_empty=True)
         self._prefix = settings.path_prefix
         self.observer = RequestObserver(authorizer.metrics, "forward_auth")
 
@@ -109,7 +112,7 @@ class ForwardAuthHandler:
         trusted = self._settings.trusts(remote)  # once: it decides two things
         method, uri, host = self._original(method, own_path, trusted, headers)
         return RequestFacts(door="forward_auth", method=method, uri=uri, host=host,
-                            headers=headers, client_ip=remote, trusted_peer=trusted)
+                            headers=headers, client_ip=remote, addresses=self._addresses)
 
     def refuse_conflict(self) -> Decision:
         """The (counted) refusal of a request whose two header families disagree."""

@@ -20,9 +20,10 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 from yarl import URL
 
+from gateway.clients import ClientAddresses
 from gateway.config import Settings
 from gateway.http.bounded_body import answer_and_close
-from gateway.http.client_slots import ClientAddresses, ClientSlots
+from gateway.http.client_slots import ClientSlots
 from gateway.http.errors import error_response
 from gateway.http.headers import DECISION, REQUEST_ID, request_id
 from gateway.http.hop import HeaderHygiene
@@ -344,7 +345,7 @@ class ProxyHandler:
         """What the pipeline decides a proxied request on (either door)."""
         return RequestFacts(door="proxy", method=method, uri=uri, host=headers.get(hdrs.HOST),
                             headers=headers, query=query, client_ip=client_ip,
-                            trusted_peer=self._addresses.trusts(client_ip))
+                            addresses=self._addresses)
 
     def lean_only(self) -> bool:
         """True when the lean pool serves every configured upstream (all plain http://)."""
