@@ -3,6 +3,8 @@
 On a stop signal the listeners close at once (no new connections), idle keep-alive
 connections are closed, open WebSockets are closed with 1001, and in-flight requests get up
 to `shutdown_timeout_seconds` to finish before they are cancelled; then the process exits 0.
+A stop that overruns that by more than a few seconds is reported and ends the process with a
+non-zero code (gateway/watchdog.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from gateway.http.guard import ConnectionFront, GuardedAppRunner
 from gateway.loops import loop_name
 from gateway.reload import reload_from_sources
 from gateway.startup import listen_problem, report_start
+from gateway.watchdog import SHUTDOWN_GRACE_SECONDS, arm_shutdown_watchdog
 
 __all__ = ["KEEPALIVE_SECONDS", "admin_runner", "public_runner", "serve"]
 
@@ -142,6 +145,8 @@ async def serve(
             await on_ready(gateway)
         await stop.wait()
         log.info("shutting down", extra={"drain_seconds": drain})
+        # Public drain, admin drain (1 s), then the stores and clients: never longer.
+        arm_shutdown_watchdog(loop, drain + 1.0 + SHUTDOWN_GRACE_SECONDS)
     finally:
         try:
             await public.cleanup()

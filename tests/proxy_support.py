@@ -219,16 +219,23 @@ class GatewayProcess:
         """What the gateway printed so far."""
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM, then wait; returns the exit code."""
+    def stop(self, timeout: float = 45.0) -> int:
+        """SIGTERM, then wait; returns the exit code. The wait outlasts the gateway's own
+        shutdown watchdog (drain + 6 s), so a wedged stop fails with the watchdog's report."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
+            self.kill_all()
+            raise AssertionError(
+                f"gateway did not stop in {timeout:g} s:\n{self.log()[-6000:]}") from None
+
+    def kill_all(self) -> None:
+        """SIGKILL the gateway and every worker it started (its own process group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
 
     def peak_rss_kib(self, pid: int | None = None) -> int:
         """VmHWM (peak resident set size) of the gateway process, in KiB."""
@@ -259,7 +266,8 @@ async def start_gateway_process(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", *args],
-            env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp))
+            env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp),
+            start_new_session=True)  # one group: a failed stop kills the workers too
     gateway = GatewayProcess(proc, port, admin_port, log_path)
     deadline = time.monotonic() + ready_timeout
     async with aiohttp.ClientSession() as session:
