@@ -219,13 +219,18 @@ class GatewayProcess:
         """What the gateway printed so far."""
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, timeout: float = 45.0) -> int:
-        """SIGTERM, then wait; returns the exit code. The wait outlasts the gateway's own
-        shutdown watchdog (drain + 6 s), so a wedged stop fails with the watchdog's report."""
+    async def stop(self, timeout: float = 45.0) -> int:
+        """SIGTERM, then wait; returns the exit code.
+
+        The wait runs off the event loop, so the test's in-process issuer and upstream keep
+        answering while the gateway drains (a blocked test loop would stall the gateway's
+        in-flight calls to them). It outlasts the gateway's own shutdown watchdog (drain +
+        6 s), so a wedged stop fails with the watchdog's report in the log.
+        """
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            return await asyncio.to_thread(self.proc.wait, timeout)
         except subprocess.TimeoutExpired:
             self.kill_all()
             raise AssertionError(
@@ -279,7 +284,7 @@ async def start_gateway_process(
                     if response.status == 200:
                         return gateway
             if time.monotonic() > deadline:
-                gateway.stop()
+                await gateway.stop()
                 raise AssertionError(f"gateway not ready:\n{gateway.log()}")
             await asyncio.sleep(0.1)
 

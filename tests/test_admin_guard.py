@@ -30,7 +30,7 @@ async def served(clerk: DevIssuer, tmp_path: Path) -> AsyncIterator[GatewayProce
     try:
         yield gateway
     finally:
-        assert gateway.stop() == 0
+        assert await gateway.stop() == 0
 
 
 async def test_a_trickled_admin_head_is_cut_with_408(served: GatewayProcess) -> None:

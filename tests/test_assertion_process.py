@@ -66,5 +66,5 @@ async def test_every_worker_and_restart_sign_with_one_key(
                     assert claims["aud"] == AUDIENCE
                     kids.add(jwt.get_unverified_header(assertion)["kid"])
         finally:
-            assert process.stop() == 0
+            assert await process.stop() == 0
     assert len(kids) == 1

@@ -300,4 +300,4 @@ async def test_served_with_default_workers_every_stalled_body_is_cut(
             status, _, body = split_reply(raw)
             assert (status, body["reason"]) == (408, "body_timeout")
     finally:
-        assert served.stop() == 0
+        assert await served.stop() == 0

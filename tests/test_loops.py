@@ -84,7 +84,7 @@ async def test_serve_answers_on_either_loop_and_logs_which(
             async with session.get(gateway.url + path) as response:
                 assert response.status == 401
     finally:
-        assert gateway.stop() == 0, gateway.log()
+        assert await gateway.stop() == 0, gateway.log()
     assert f'"event_loop":"{choice}"' in gateway.log(), gateway.log()
     if mode == "proxy":
         assert len(upstream.seen) == 3

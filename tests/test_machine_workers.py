@@ -44,7 +44,7 @@ async def test_every_request_with_machine_credentials_through_two_workers(
                     assert response.status == 401
                     assert (await response.json())["reason"] == "revoked"
     finally:
-        code = gateway.stop()
+        code = await gateway.stop()
     assert code == 0, gateway.log()
     # Verdicts are shared by the workers: one call per token (the key and the revoked one).
     assert clerk.hits["api_keys_verify"] == 2

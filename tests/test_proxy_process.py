@@ -48,7 +48,7 @@ async def test_one_gib_up_and_down_in_bounded_memory(
         assert upstream.uploads == [GiB]
         assert peak < PEAK_RSS_LIMIT_KIB, f"gateway peak RSS {peak} KiB"
     finally:
-        assert gateway.stop() == 0, gateway.log()
+        assert await gateway.stop() == 0, gateway.log()
 
 
 async def test_sigterm_drains_an_in_flight_request_then_exits_zero(

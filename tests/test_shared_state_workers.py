@@ -97,7 +97,7 @@ async def start_workers(clerk: DevIssuer, upstream: Upstream, tmp_path: Path, *a
     try:
         pids = await wait_listening(process.proc.pid, count, port, admin_port)
     except AssertionError:
-        process.stop()
+        await process.stop()
         raise
     return Workers(process, pids)
 
@@ -110,7 +110,7 @@ async def serving(clerk: DevIssuer, upstream: Upstream, tmp_path: Path, *args: s
     try:
         yield running
     finally:
-        code = running.process.stop()
+        code = await running.process.stop()
     assert code == 0, running.process.log()
 
 

@@ -68,7 +68,7 @@ async def test_two_workers_share_the_port_and_metrics_sum_across_them(
             assert float(match.group(1)) == requests
         assert "clerk_gateway_upstream_duration_seconds_count" in scrapes[0]
     finally:
-        code = gateway.stop()
+        code = await gateway.stop()
     assert code == 0, gateway.log()
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
