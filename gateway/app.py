@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -49,6 +48,7 @@ from gateway.state.wiring import (
     revocation_store_for,
     shared_store_for,
 )
+from gateway.tasks import stop_task
 
 __all__ = ["GATEWAY", "WORKER_HEADER", "Gateway", "build_admin_app", "build_public_app"]
 
@@ -173,10 +173,8 @@ class Gateway:
 
     async def close(self) -> None:
         """Stop the proxy, refreshers, the revocation store and the HTTP client."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        await stop_task(self._flusher)
+        self._flusher = None
         self.metrics.flush()
         flush_logs()
         if self.proxy is not None:

@@ -336,3 +336,20 @@ async def test_a_state_store_failing_at_run_time_follows_on_store_error(
     added = await gw.admin.post("/admin/revocations", json={"kind": "user", "id": "u"},
                                 headers=admin_headers())
     assert added.status == 503  # not stored, so not claimed: never a 201 nor a 500
+
+
+@pytest.mark.timeout(60)  # the regression hung for good
+async def test_close_always_ends_the_feed_even_when_a_poll_completes_as_it_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    # The feed polling back to back: close() lands while a database call is finishing, the
+    # moment Python 3.11's wait_for swallowed cancellations (a worker then never stopped).
+    for round_ in range(60):
+        store = SqliteStore(database_path(tmp_path / "state"), time.time, poll_seconds=0.0)
+        await store.open()
+        feed = store._task
+        assert feed is not None
+        await asyncio.sleep(0.0005 * (round_ % 5))
+        async with asyncio.timeout(10):
+            await store.close()
+        assert feed.done(), f"the feed still runs after close() (round {round_})"

@@ -14,7 +14,6 @@ another worker fetched recently instead of fetching again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -33,6 +32,7 @@ from gateway.configreader import check_key_url
 from gateway.metrics import Metrics
 from gateway.state.keysets import KeySetShare, SharedKeySet
 from gateway.state.store import StoreUnavailable
+from gateway.tasks import stop_task
 
 __all__ = ["IssuerKeys", "KeyEntry", "KeysUnavailable"]
 
@@ -385,8 +385,5 @@ class IssuerKeys:
         if self._unfollow is not None:
             self._unfollow()
             self._unfollow = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None

@@ -25,6 +25,7 @@ from gateway.config import RevocationSettings
 from gateway.numbers import whole_number
 from gateway.redaction import describe_error
 from gateway.state.store import StoreUnavailable
+from gateway.tasks import stop_task
 
 __all__ = [
     "KINDS",
@@ -251,10 +252,8 @@ class RedisStore(_CacheStore):
 
     async def close(self) -> None:
         """Stop listening and close the connection pool."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
+        self._task = None
         await self._cache.client.aclose()
 
     async def _listen(self) -> None:
@@ -262,7 +261,8 @@ class RedisStore(_CacheStore):
         while True:
             pubsub = self._cache.client.pubsub()
             try:
-                await asyncio.wait_for(pubsub.subscribe(self._channel), self._retry + 1)
+                async with asyncio.timeout(self._retry + 1):
+                    await pubsub.subscribe(self._channel)
                 await self._call(self._cache.raw("ping"))
                 if self._resync is not None:
                     self._resync()
@@ -325,7 +325,8 @@ class RedisStore(_CacheStore):
             return found
 
         try:
-            keys = await asyncio.wait_for(scan(), max(5.0, self._retry))
+            async with asyncio.timeout(max(5.0, self._retry)):
+                keys = await scan()
         except (RedisError, OSError, TimeoutError) as exc:
             self.healthy = False
             raise StoreUnavailable(type(exc).__name__) from exc

@@ -518,7 +518,8 @@ class UpstreamPool:
             if left <= 0:
                 raise UpstreamBusy("no upstream connection became free in time")
             try:
-                await asyncio.wait_for(waiter, left)
+                async with asyncio.timeout(left):
+                    await waiter
             except TimeoutError:
                 raise UpstreamBusy("no upstream connection became free in time") from None
         finally:

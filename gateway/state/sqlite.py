@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from gateway.state.schema import BUSY_TIMEOUT_SECONDS, StateError, connect
 from gateway.state.store import Change, ChangeHandler, Record, StoreUnavailable
+from gateway.tasks import stop_task
 
 __all__ = ["FEED_KEEP_SECONDS", "PURGE_EVERY_SECONDS", "SqliteStore"]
 
@@ -101,11 +102,8 @@ class SqliteStore:
 
     async def close(self) -> None:
         """Stop the feed, close the connection and the thread."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         if self._executor is not None:
             if self._conn is not None:
                 conn = self._conn
@@ -120,8 +118,9 @@ class SqliteStore:
             raise StoreUnavailable("the state store is not open")
         loop = asyncio.get_running_loop()
         try:
-            result = await asyncio.wait_for(
-                loop.run_in_executor(self._executor, fn, *args), self._timeout)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+            async with asyncio.timeout(self._timeout):
+                result = await loop.run_in_executor(self._executor, fn, *args)
         except (sqlite3.Error, OSError, TimeoutError) as exc:
             if self._healthy:
                 log.warning("state store failed", extra={"error": repr(exc)})
