@@ -101,8 +101,11 @@ async def test_a_revocation_outlives_every_token_it_applies_to(
 ) -> None:
     """A 2-hour token, revoked, is still refused after entry_ttl (and after any ttl given)."""
     offset = [0.0]
-    gw = await make_gateway(env=ENV, clock=lambda: time.time() + offset[0])
-    token = clerk.token(sub="user_1", sid="sess_1", lifetime=2 * 3600)
+    start = time.time()  # the gateway's clock stands still but for the offsets (no flake)
+    gw = await make_gateway(env=ENV, clock=lambda: start + offset[0])
+    issued = int(start)
+    token = clerk.token(sub="user_1", sid="sess_1", iat=issued, nbf=issued - 5,
+                        exp=issued + 2 * 3600)
     assert (await gw.get("/", token)).status == 200
     entry = gw.gateway.revocation.make_entry("session", "sess_1", ttl=ttl)
     await gw.gateway.revocation.revoke(entry)
