@@ -1,0 +1,64 @@
+"""Backend API look-up budgets shared by every worker: token buckets in the state store.
+
+In namespace ``lookup_budgets``, for one Clerk Backend API (keys prefixed by a digest of its
+URL): ``client:<address>`` holds a client's bucket, ``instance`` the bucket of every client
+together, each as ``"<units> <time>"``. A look-up attempt reads both and, when each holds a
+unit, writes both, in one transaction (gateway/auth/budget.py `spend`): atomic across every
+worker. A refused attempt writes nothing, so rows are created no faster than the instance's
+budget allows; a row expires when its bucket would be full again (absent means full) and is
+purged like any other record. Only tokens with no cached verdict reach this.
+"""
+
+from __future__ import annotations
+
+import math
+
+from gateway.auth.budget import Bucket, Rate, spend
+from gateway.state.store import Record, SharedStore
+
+__all__ = ["LOOKUP_BUDGETS", "SharedBudgets"]
+
+LOOKUP_BUDGETS = "lookup_budgets"
+
+
+def _bucket(record: Record | None, rate: Rate, now: float) -> Bucket | None:
+    """The bucket a record holds (None, a full bucket, when absent or not a bucket)."""
+    if record is None:
+        return None
+    units_text, _, at_text = record.value.partition(" ")
+    try:
+        units, at = float(units_text), float(at_text)
+    except ValueError:
+        return None
+    if not (math.isfinite(units) and math.isfinite(at)):
+        return None
+    return min(max(units, 0.0), rate.burst), min(at, now)
+
+
+class SharedBudgets:
+    """The per-client and instance look-up budgets of every worker (``take`` raises
+    StoreUnavailable)."""
+
+    def __init__(self, store: SharedStore, api_digest: str, client: Rate,
+                 instance: Rate) -> None:
+        self._store = store
+        self._prefix = api_digest + ":"
+        self._rates = (client, instance)
+
+    def keys(self, client: str) -> tuple[str, str]:
+        """The record keys of a client's bucket and of the instance's."""
+        return f"{self._prefix}client:{client}", f"{self._prefix}instance"
+
+    async def take(self, client: str, now: float) -> float:
+        """Spend one look-up: 0.0 when allowed, else the seconds until one is available."""
+        keys, rates = self.keys(client), self._rates
+
+        def change(records: list[Record | None]) -> tuple[list[Record], float]:
+            held = [_bucket(record, rate, now) for record, rate in zip(records, rates, strict=True)]
+            wait, after = spend(held, rates, now)
+            if wait > 0.0:
+                return [], wait  # refused: nothing written
+            return [Record(key, f"{units!r} {at!r}", at + rate.full_in(units))
+                    for key, (units, at), rate in zip(keys, after, rates, strict=True)], 0.0
+
+        return await self._store.update(LOOKUP_BUDGETS, keys, change)
