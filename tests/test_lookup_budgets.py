@@ -204,3 +204,19 @@ async def test_with_the_store_gone_a_gateway_falls_back_to_its_own_bounded_budge
     assert answers == [(401, "invalid_credential")] * 3 + [(429, "token_lookups_exhausted")] * 2
     assert clerk.hits["api_keys_verify"] == 1 + 1 + 3
     assert gw.gateway.registry.get_sample_value(FALLBACKS, sample) == 5.0
+
+
+async def test_concurrent_requests_with_one_new_key_spend_one_unit_of_the_shared_budget(
+    clerk: DevIssuer, make_gateway: GatewayFactory
+) -> None:
+    gw = await machine_gateway(make_gateway, clerk, machine_tokens={
+        "client_lookup_burst": 2, "client_lookups_per_second": 0.001})
+    clerk.delay = 0.3  # Clerk answers slowly: every request arrives while the budget is asked
+    key = clerk.api_key("user_new")
+    responses = await asyncio.gather(*(gw.get("/keys", key) for _ in range(10)))
+    assert [response.status for response in responses] == [200] * 10
+    assert clerk.hits["api_keys_verify"] == 1
+    assert (await gw.get("/keys", "ak_guess_1")).status == 401  # the second unit was left
+    refused = await asyncio.gather(*(gw.get("/keys", "ak_guess_2") for _ in range(5)))
+    assert [response.status for response in refused] == [429] * 5  # one refusal, shared
+    assert clerk.hits["api_keys_verify"] == 2

@@ -114,22 +114,34 @@ class MachineVerifier:
         if task is None:
             if now < self.blocked_until:
                 return self._fallback(verdict, now)
-            if verdict is None or not verdict.valid:
-                wait = await self._take_budget(client or "unknown", now)
-                if wait > 0:
-                    self._count(token_type, "throttled")
-                    raise TokenRejected(Reason.TOKEN_LOOKUPS_EXHAUSTED,
-                                         retry_after=max(1, math.ceil(wait)))
-                task = self._inflight.get(key)  # one may have started while the store answered
-        if task is None:
-            task = asyncio.create_task(self._lookup(key, token_type, token))
+            payer = (client or "unknown") if verdict is None or not verdict.valid else None
+            task = asyncio.create_task(self._budgeted(key, token_type, token, payer, now))
             self._inflight[key] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
-        fresh = await asyncio.shield(task)
+            task.add_done_callback(lambda done: self._settled(key, done))
+        fresh = await asyncio.shield(task)  # raises the look-up's TokenRejected (429)
         now = self._clock()
         if fresh is None:
             return self._fallback(verdict, now)
         return self._use(fresh, now, fresh.fresh_until)
+
+    def _settled(self, key: bytes, task: asyncio.Task[Verdict | None]) -> None:
+        """A look-up ended: the next request starts another (its refusal is retrieved here,
+        so one whose requests all went away is not logged as lost)."""
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()
+
+    async def _budgeted(self, key: bytes, token_type: TokenType, token: str,
+                        payer: str | None, now: float) -> Verdict | None:
+        """The look-up, once ``payer`` (None: a token with a valid verdict) paid for it; every
+        request joining it shares the one budget unit, or the 429."""
+        if payer is not None:
+            wait = await self._take_budget(payer, now)
+            if wait > 0:
+                self._count(token_type, "throttled")
+                raise TokenRejected(Reason.TOKEN_LOOKUPS_EXHAUSTED,
+                                     retry_after=max(1, math.ceil(wait)))
+        return await self._lookup(key, token_type, token)
 
     async def _take_budget(self, client: str, now: float) -> float:
         """Spend one look-up from the shared budgets, or this worker's while the store cannot
