@@ -147,6 +147,32 @@ async def test_a_flood_of_addresses_writes_rows_only_while_the_instance_allows(
     assert len(await stores[0].items(LOOKUP_BUDGETS)) == 5 + 1  # five clients, the instance
 
 
+async def test_a_bucket_known_empty_is_refused_without_asking_the_store_until_its_refill(
+    stores: list[SqliteStore], clock: Clock
+) -> None:
+    budget = shared(stores[0], Rate(0.5, 1), Rate(1000, 100_000))
+    assert await budget.take("10.0.0.1", clock()) == 0.0
+    assert await budget.take("10.0.0.1", clock()) == pytest.approx(2.0)  # asked: empty
+    stores[0]._conn.close()  # type: ignore[union-attr]  # from now on, asking fails
+    clock.advance(1.5)
+    assert await budget.take("10.0.0.1", clock()) == pytest.approx(0.5)  # known: not asked
+    assert stores[0].healthy
+    clock.advance(0.5)  # the refill is due: only the store can say who takes it
+    with pytest.raises(StoreUnavailable):
+        await budget.take("10.0.0.1", clock())
+
+
+async def test_the_table_of_buckets_known_empty_is_bounded(
+    stores: list[SqliteStore], clock: Clock
+) -> None:
+    budget = SharedBudgets(stores[0], "api", Rate(0.001, 1), Rate(1000, 100_000), max_known=32)
+    for i in range(100):
+        assert await budget.take(f"10.0.0.{i}", clock()) == 0.0
+        assert await budget.take(f"10.0.0.{i}", clock()) > 0.0
+    assert len(budget._empty_until) <= 32
+    assert await budget.take("10.0.0.0", clock()) > 0.0  # forgotten here, still empty there
+
+
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(st.text(), st.sampled_from([

@@ -42,15 +42,15 @@ class Rate:
 
 
 def spend(buckets: Sequence[Bucket | None], rates: Sequence[Rate],
-          now: float) -> tuple[float, list[Bucket]]:
-    """Take one unit from every bucket: (0.0, the buckets after) when each holds one, else
-    (the seconds until each does, []) and nothing is taken."""
+          now: float) -> tuple[list[float], list[Bucket]]:
+    """Take one unit from every bucket: (the seconds until each bucket holds a unit, all 0.0;
+    the buckets after) when each holds one, else (those seconds, []) and nothing is taken."""
     levels = [rate.level(bucket, now) for bucket, rate in zip(buckets, rates, strict=True)]
-    wait = max(((1.0 - level) / rate.per_second
-                for level, rate in zip(levels, rates, strict=True) if level < 1.0), default=0.0)
-    if wait > 0.0:
-        return wait, []
-    return 0.0, [(level - 1.0, now) for level in levels]
+    waits = [max(0.0, 1.0 - level) / rate.per_second
+             for level, rate in zip(levels, rates, strict=True)]
+    if any(wait > 0.0 for wait in waits):
+        return waits, []
+    return waits, [(level - 1.0, now) for level in levels]
 
 
 class LookupBudgets:
@@ -67,7 +67,7 @@ class LookupBudgets:
         """Spend one look-up: 0.0 when allowed, else the seconds until one is available."""
         clients = self._clients
         held = clients.pop(client, None)
-        wait, after = spend((held, self._instance), (self.client, self.instance), now)
+        waits, after = spend((held, self._instance), (self.client, self.instance), now)
         if after:
             held, self._instance = after
         if held is not None:
@@ -75,4 +75,4 @@ class LookupBudgets:
         if len(clients) > self.max_clients:
             for old in list(clients)[: max(1, self.max_clients // 16)]:
                 del clients[old]
-        return wait
+        return max(waits)

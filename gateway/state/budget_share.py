@@ -7,6 +7,11 @@ unit, writes both, in one transaction (gateway/auth/budget.py `spend`): atomic a
 worker. A refused attempt writes nothing, so rows are created no faster than the instance's
 budget allows; a row expires when its bucket would be full again (absent means full) and is
 purged like any other record. Only tokens with no cached verdict reach this.
+
+A bucket found short of a unit cannot hold one before its refill time (other workers only
+take units), so each worker remembers that time and refuses attempts on that bucket until
+then without asking the store: a flood of guesses costs the store one transaction per
+bucket and refill, not one per guess.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from gateway.state.store import Record, SharedStore
 __all__ = ["LOOKUP_BUDGETS", "SharedBudgets"]
 
 LOOKUP_BUDGETS = "lookup_budgets"
+_MAX_KNOWN_EMPTY = 65_536
 
 
 def _bucket(record: Record | None, rate: Rate, now: float) -> Bucket | None:
@@ -39,11 +45,13 @@ class SharedBudgets:
     """The per-client and instance look-up budgets of every worker (``take`` raises
     StoreUnavailable)."""
 
-    def __init__(self, store: SharedStore, api_digest: str, client: Rate,
-                 instance: Rate) -> None:
+    def __init__(self, store: SharedStore, api_digest: str, client: Rate, instance: Rate,
+                 max_known: int = _MAX_KNOWN_EMPTY) -> None:
         self._store = store
         self._prefix = api_digest + ":"
         self._rates = (client, instance)
+        self._max_known = max_known
+        self._empty_until: dict[str, float] = {}
 
     def keys(self, client: str) -> tuple[str, str]:
         """The record keys of a client's bucket and of the instance's."""
@@ -52,13 +60,29 @@ class SharedBudgets:
     async def take(self, client: str, now: float) -> float:
         """Spend one look-up: 0.0 when allowed, else the seconds until one is available."""
         keys, rates = self.keys(client), self._rates
+        known = max(self._empty_until.get(key, 0.0) for key in keys)
+        if known > now:
+            return known - now  # a bucket known short: no unit before then, ask nobody
 
-        def change(records: list[Record | None]) -> tuple[list[Record], float]:
+        def change(records: list[Record | None]) -> tuple[list[Record], list[float]]:
             held = [_bucket(record, rate, now) for record, rate in zip(records, rates, strict=True)]
-            wait, after = spend(held, rates, now)
-            if wait > 0.0:
-                return [], wait  # refused: nothing written
+            waits, after = spend(held, rates, now)
+            if not after:
+                return [], waits  # refused: nothing written
             return [Record(key, f"{units!r} {at!r}", at + rate.full_in(units))
-                    for key, (units, at), rate in zip(keys, after, rates, strict=True)], 0.0
+                    for key, (units, at), rate in zip(keys, after, rates, strict=True)], waits
 
-        return await self._store.update(LOOKUP_BUDGETS, keys, change)
+        waits = await self._store.update(LOOKUP_BUDGETS, keys, change)
+        for key, wait in zip(keys, waits, strict=True):
+            if wait > 0.0:
+                self._remember(key, now + wait)
+        return max(waits)
+
+    def _remember(self, key: str, until: float) -> None:
+        """Note that a bucket holds no unit before ``until`` (a bounded table)."""
+        known = self._empty_until
+        known.pop(key, None)
+        known[key] = until
+        if len(known) > self._max_known:
+            for old in list(known)[: max(1, self._max_known // 16)]:
+                del known[old]
