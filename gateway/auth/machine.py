@@ -4,7 +4,8 @@
   `cache_ttl_seconds`, whichever is first; an invalid one for `negative_ttl_seconds`; a
   revoked or expired one for `cache_ttl_seconds` (those do not come back);
 - concurrent requests with one token share one call (single flight);
-- a token with no valid verdict costs its client address one look-up from a token bucket
+- a token with no valid verdict costs its client address one look-up (shared by the
+  requests joining its single flight) from a token bucket
   (`client_lookups_per_second`, `client_lookup_burst`), and the instance one from another
   (`lookups_per_second`, `lookup_burst`: a flood from many addresses stays bounded too); an
   empty bucket answers 429;
