@@ -212,7 +212,7 @@ def _machine_verifier(
     share = machine_verdicts_for(state, settings, clock)
     return MachineVerifier(machine, api, share or LocalVerdicts(machine.cache_size), metrics,
                            issuer, clock, settings.leeway_seconds, share,
-                           lookup_budgets_for(state, settings))
+                           lookup_budgets_for(state, settings, clock))
 
 
 async def _reserved_not_found(request: web.Request) -> web.Response:

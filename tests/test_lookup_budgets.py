@@ -44,7 +44,8 @@ async def stores(tmp_path: Path, clock: Clock) -> AsyncIterator[list[SqliteStore
 
 
 def shared(store: SqliteStore, client: Rate, instance: Rate) -> SharedBudgets:
-    return SharedBudgets(store, "api", client, instance)
+    """One worker's shared budgets, on its store's (the test's) clock."""
+    return SharedBudgets(store, "api", client, instance, store._clock)
 
 
 @pytest.fixture(params=["local", "shared"])
@@ -65,7 +66,7 @@ def budgets(request: pytest.FixtureRequest, stores: list[SqliteStore], clock: Cl
             budget = shared(store, client, instance)
 
             async def take_shared(address: str, budget: SharedBudgets = budget) -> float:
-                return await budget.take(address, clock())
+                return await budget.take(address)
 
             takes.append(take_shared)
         return takes
@@ -109,10 +110,10 @@ async def test_two_workers_share_one_burst_under_concurrency(
     stores: list[SqliteStore], clock: Clock
 ) -> None:
     workers = [shared(store, Rate(0.001, 5), Rate(0.001, 8)) for store in stores]
-    waits = await asyncio.gather(*(w.take("10.0.0.1", clock()) for w in workers
+    waits = await asyncio.gather(*(w.take("10.0.0.1") for w in workers
                                    for _ in range(10)))
     assert waits.count(0.0) == 5  # not 5 per worker
-    waits = await asyncio.gather(*(w.take(f"10.1.0.{i}", clock()) for i, w in
+    waits = await asyncio.gather(*(w.take(f"10.1.0.{i}") for i, w in
                                    enumerate(workers * 5)))
     assert waits.count(0.0) == 3  # what the instance's 8 had left
 
@@ -123,7 +124,7 @@ async def test_rows_expire_when_their_bucket_is_full_again_and_are_purged(
     store = stores[0]
     budget = shared(store, Rate(0.5, 3), Rate(1.0, 5))
     now = clock()
-    assert await budget.take("10.0.0.1", now) == 0.0
+    assert await budget.take("10.0.0.1") == 0.0
     rows = {record.key: record for record in await store.items(LOOKUP_BUDGETS)}
     client_key, instance_key = budget.keys("10.0.0.1")
     assert rows[client_key].expires_at == pytest.approx(now + 2.0)  # 1 unit at 0.5/s
@@ -135,14 +136,14 @@ async def test_rows_expire_when_their_bucket_is_full_again_and_are_purged(
         count = conn.execute("SELECT count(*) FROM entries WHERE ns = ?",
                              (LOOKUP_BUDGETS,)).fetchone()[0]
     assert count == 0
-    assert [await budget.take("10.0.0.1", clock()) for _ in range(4)][3] > 0.0  # full again
+    assert [await budget.take("10.0.0.1") for _ in range(4)][3] > 0.0  # full again
 
 
 async def test_a_flood_of_addresses_writes_rows_only_while_the_instance_allows(
     stores: list[SqliteStore], clock: Clock
 ) -> None:
     budget = shared(stores[0], Rate(1.0, 20), Rate(0.001, 5))
-    waits = [await budget.take(f"10.{i // 250}.{i % 250}.1", clock()) for i in range(500)]
+    waits = [await budget.take(f"10.{i // 250}.{i % 250}.1") for i in range(500)]
     assert waits.count(0.0) == 5
     assert len(await stores[0].items(LOOKUP_BUDGETS)) == 5 + 1  # five clients, the instance
 
@@ -151,26 +152,27 @@ async def test_a_bucket_known_empty_is_refused_without_asking_the_store_until_it
     stores: list[SqliteStore], clock: Clock
 ) -> None:
     budget = shared(stores[0], Rate(0.5, 1), Rate(1000, 100_000))
-    assert await budget.take("10.0.0.1", clock()) == 0.0
-    assert await budget.take("10.0.0.1", clock()) == pytest.approx(2.0)  # asked: empty
+    assert await budget.take("10.0.0.1") == 0.0
+    assert await budget.take("10.0.0.1") == pytest.approx(2.0)  # asked: empty
     stores[0]._conn.close()  # type: ignore[union-attr]  # from now on, asking fails
     clock.advance(1.5)
-    assert await budget.take("10.0.0.1", clock()) == pytest.approx(0.5)  # known: not asked
+    assert await budget.take("10.0.0.1") == pytest.approx(0.5)  # known: not asked
     assert stores[0].healthy
     clock.advance(0.5)  # the refill is due: only the store can say who takes it
     with pytest.raises(StoreUnavailable):
-        await budget.take("10.0.0.1", clock())
+        await budget.take("10.0.0.1")
 
 
 async def test_the_table_of_buckets_known_empty_is_bounded(
     stores: list[SqliteStore], clock: Clock
 ) -> None:
-    budget = SharedBudgets(stores[0], "api", Rate(0.001, 1), Rate(1000, 100_000), max_known=32)
+    budget = SharedBudgets(stores[0], "api", Rate(0.001, 1), Rate(1000, 100_000), clock,
+                           max_known=32)
     for i in range(100):
-        assert await budget.take(f"10.0.0.{i}", clock()) == 0.0
-        assert await budget.take(f"10.0.0.{i}", clock()) > 0.0
+        assert await budget.take(f"10.0.0.{i}") == 0.0
+        assert await budget.take(f"10.0.0.{i}") > 0.0
     assert len(budget._empty_until) <= 32
-    assert await budget.take("10.0.0.0", clock()) > 0.0  # forgotten here, still empty there
+    assert await budget.take("10.0.0.0") > 0.0  # forgotten here, still empty there
 
 
 @settings(max_examples=60, deadline=None,
@@ -183,7 +185,7 @@ async def test_a_row_that_is_not_a_bucket_never_raises_nor_grants_more_than_the_
     budget = shared(stores[0], Rate(0.001, 3), Rate(0.001, 1000))
     client_key, _ = budget.keys("10.9.9.9")
     await stores[0].put(LOOKUP_BUDGETS, client_key, value, clock() + 60)
-    waits = [await budget.take("10.9.9.9", clock()) for _ in range(4)]
+    waits = [await budget.take("10.9.9.9") for _ in range(4)]
     assert waits.count(0.0) <= 3
     assert all(0.0 <= wait <= 1000.0 for wait in waits)
 
@@ -193,7 +195,7 @@ async def test_a_store_that_fails_raises_store_unavailable(
 ) -> None:
     stores[0]._conn.close()  # type: ignore[union-attr]  # the database goes away
     with pytest.raises(StoreUnavailable):
-        await shared(stores[0], Rate(1, 1), Rate(1, 1)).take("10.0.0.1", clock())
+        await shared(stores[0], Rate(1, 1), Rate(1, 1)).take("10.0.0.1")
 
 
 async def test_the_local_table_of_clients_is_bounded(clock: Clock) -> None:

@@ -149,7 +149,7 @@ class MachineVerifier:
         answer: 0.0 when allowed, else the seconds until one is available."""
         if self._shared_budgets is not None:
             try:
-                return await self._shared_budgets.take(client, now)
+                return await self._shared_budgets.take(client)
             except StoreUnavailable:
                 self._budget_fallbacks.inc()
         return self._budgets.take(client, now)

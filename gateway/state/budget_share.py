@@ -4,7 +4,8 @@ In namespace ``lookup_budgets``, for one Clerk Backend API (keys prefixed by a d
 URL): ``client:<address>`` holds a client's bucket, ``instance`` the bucket of every client
 together, each as ``"<units> <time>"``. A look-up attempt reads both and, when each holds a
 unit, writes both, in one transaction (gateway/auth/budget.py `spend`): atomic across every
-worker. A refused attempt writes nothing, so rows are created no faster than the instance's
+worker, with the time read inside it, so the times written are in order whatever the
+worker's queue. A refused attempt writes nothing, so rows are created no faster than the instance's
 budget allows; a row expires when its bucket would be full again (absent means full) and is
 purged like any other record. Only tokens with no cached verdict reach this.
 
@@ -17,6 +18,7 @@ bucket and refill, not one per guess.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from gateway.auth.budget import Bucket, Rate, spend
 from gateway.state.store import Record, SharedStore
@@ -46,8 +48,9 @@ class SharedBudgets:
     StoreUnavailable)."""
 
     def __init__(self, store: SharedStore, api_digest: str, client: Rate, instance: Rate,
-                 max_known: int = _MAX_KNOWN_EMPTY) -> None:
+                 clock: Callable[[], float], max_known: int = _MAX_KNOWN_EMPTY) -> None:
         self._store = store
+        self._clock = clock
         self._prefix = api_digest + ":"
         self._rates = (client, instance)
         self._max_known = max_known
@@ -57,25 +60,28 @@ class SharedBudgets:
         """The record keys of a client's bucket and of the instance's."""
         return f"{self._prefix}client:{client}", f"{self._prefix}instance"
 
-    async def take(self, client: str, now: float) -> float:
+    async def take(self, client: str) -> float:
         """Spend one look-up: 0.0 when allowed, else the seconds until one is available."""
-        keys, rates = self.keys(client), self._rates
+        keys, rates, clock = self.keys(client), self._rates, self._clock
+        now = clock()
         known = max(self._empty_until.get(key, 0.0) for key in keys)
         if known > now:
             return known - now  # a bucket known short: no unit before then, ask nobody
 
-        def change(records: list[Record | None]) -> tuple[list[Record], list[float]]:
+        def change(records: list[Record | None]) -> tuple[list[Record], tuple[float, list[float]]]:
+            now = clock()  # under the write lock
             held = [_bucket(record, rate, now) for record, rate in zip(records, rates, strict=True)]
             waits, after = spend(held, rates, now)
             if not after:
-                return [], waits  # refused: nothing written
+                return [], (now, waits)  # refused: nothing written
             return [Record(key, f"{units!r} {at!r}", at + rate.full_in(units))
-                    for key, (units, at), rate in zip(keys, after, rates, strict=True)], waits
+                    for key, (units, at), rate in zip(keys, after, rates, strict=True)
+                    ], (now, waits)
 
-        waits = await self._store.update(LOOKUP_BUDGETS, keys, change)
+        asked_at, waits = await self._store.update(LOOKUP_BUDGETS, keys, change)
         for key, wait in zip(keys, waits, strict=True):
             if wait > 0.0:
-                self._remember(key, now + wait)
+                self._remember(key, asked_at + wait)
         return max(waits)
 
     def _remember(self, key: str, until: float) -> None:

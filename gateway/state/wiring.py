@@ -66,7 +66,8 @@ def machine_verdicts_for(shared: SqliteStore | None, settings: Settings,
                           LocalVerdicts(machine.cache_size), machine.grace_seconds, clock)
 
 
-def lookup_budgets_for(shared: SqliteStore | None, settings: Settings) -> SharedBudgets | None:
+def lookup_budgets_for(shared: SqliteStore | None, settings: Settings,
+                       clock: Callable[[], float]) -> SharedBudgets | None:
     """Machine-token look-up budgets (per client, per instance) shared through the host's
     store."""
     if shared is None:
@@ -74,7 +75,7 @@ def lookup_budgets_for(shared: SqliteStore | None, settings: Settings) -> Shared
     machine = settings.machine_tokens
     return SharedBudgets(shared, source_digest(settings.clerk_api_url),
                          Rate(machine.client_lookups_per_second, machine.client_lookup_burst),
-                         Rate(machine.lookups_per_second, machine.lookup_burst))
+                         Rate(machine.lookups_per_second, machine.lookup_burst), clock)
 
 
 def revocation_store_for(settings: Settings, shared: SqliteStore | None,
