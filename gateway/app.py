@@ -44,6 +44,7 @@ from gateway.state.sqlite import SqliteStore
 from gateway.state.wiring import (
     introspection_share_for,
     keyset_share_for,
+    lookup_budgets_for,
     machine_verdicts_for,
     revocation_store_for,
     shared_store_for,
@@ -198,8 +199,9 @@ def _machine_verifier(
     clock: Callable[[], float],
     state: SqliteStore | None = None,
 ) -> MachineVerifier:
-    """The verifier of opaque machine credentials (its verdicts shared by every worker
-    through the host's store when shared_state is on, else kept in this process)."""
+    """The verifier of opaque machine credentials (its verdicts and look-up budgets shared by
+    every worker through the host's store when shared_state is on, else kept in this
+    process)."""
     machine = settings.machine_tokens
     api = MachineApi(settings.clerk_api_url, settings.clerk_secret_key,
                      machine.machine_secret_key, session, machine.timeout_seconds, clock)
@@ -207,7 +209,8 @@ def _machine_verifier(
                   settings.clerk_api_url)
     share = machine_verdicts_for(state, settings, clock)
     return MachineVerifier(machine, api, share or LocalVerdicts(machine.cache_size), metrics,
-                           issuer, clock, settings.leeway_seconds, share)
+                           issuer, clock, settings.leeway_seconds, share,
+                           lookup_budgets_for(state, settings, clock))
 
 
 async def _reserved_not_found(request: web.Request) -> web.Response:

@@ -104,6 +104,10 @@ class Metrics:
         self.fail_open = Counter(
             "fail_open", "Requests let through by an explicitly configured fail-open choice.",
             ["component"], namespace=ns, registry=registry)
+        self.state_fallbacks = Counter(
+            "state_fallbacks", "Operations this worker did on its own because the shared state "
+            "store could not answer, by component.", ["component"], namespace=ns,
+            registry=registry)
         self.resource_guards = Counter(
             "resource_guards", "Connections cut or requests refused by a resource bound, by "
             "guard.", ["guard"], namespace=ns, registry=registry)

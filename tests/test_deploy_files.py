@@ -51,6 +51,7 @@ _COUNTERS = (
     "resource_guards_total",
     "cors_preflights_total",
     "proxy_fast_path_total",
+    "state_fallbacks_total",
 )
 _GAUGES = (
     "in_flight_requests",

@@ -27,7 +27,7 @@ from gateway.state.schema import (
     default_state_dir,
 )
 from gateway.state.sqlite import FEED_KEEP_SECONDS, SqliteStore
-from gateway.state.store import Change, StoreUnavailable
+from gateway.state.store import Change, Record, StoreUnavailable
 from tests.revocation_support import ADMIN_TOKEN, admin_headers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +104,34 @@ async def test_claim_is_won_by_exactly_one_worker_until_it_expires(stores: Store
     again = await asyncio.gather(*(w.claim("lease", "issuer", "x", clock() + 30)
                                    for w in workers))
     assert again.count(True) == 1
+
+
+def _increment(records: list[Record | None]) -> tuple[list[Record], int]:
+    """An update: add one to a counter record (absent: 0)."""
+    [record] = records
+    count = int(record.value) + 1 if record is not None else 1
+    return [Record("n", str(count), time.time() + 60)], count
+
+
+async def test_update_is_atomic_across_workers(stores: Stores) -> None:
+    workers = [await stores() for _ in range(4)]
+    counts = await asyncio.gather(*(w.update("counter", ["n"], _increment)
+                                    for w in workers for _ in range(25)))
+    assert sorted(counts) == list(range(1, 101))  # no two read the same value
+    [record] = await workers[0].get_many("counter", ["n"])
+    assert record is not None and record.value == "100"
+
+
+async def test_update_sees_only_live_records_and_may_write_nothing(stores: Stores) -> None:
+    clock = Clock()
+    store = await stores(clock)
+    await store.put("ns", "old", "1", clock() + 10)
+    await store.put("ns", "live", "2", clock() + 100)
+    clock.offset = 20
+    seen = await store.update("ns", ["old", "live", "absent"],
+                              lambda records: ([], [r.value if r else None for r in records]))
+    assert seen == [None, "2", None]
+    assert [r.key for r in await store.items("ns")] == ["live"]  # nothing written
 
 
 async def test_feed_delivers_other_workers_changes_in_order(stores: Stores) -> None:

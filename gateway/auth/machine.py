@@ -4,7 +4,8 @@
   `cache_ttl_seconds`, whichever is first; an invalid one for `negative_ttl_seconds`; a
   revoked or expired one for `cache_ttl_seconds` (those do not come back);
 - concurrent requests with one token share one call (single flight);
-- a token with no valid verdict costs its client address one look-up from a token bucket
+- a token with no valid verdict costs its client address one look-up (shared by the
+  requests joining its single flight) from a token bucket
   (`client_lookups_per_second`, `client_lookup_burst`), and the instance one from another
   (`lookups_per_second`, `lookup_burst`: a flood from many addresses stays bounded too); an
   empty bucket answers 429;
@@ -18,7 +19,10 @@
 With a shared store (``share``, gateway/state/verdict_share.py) verdicts, the single flight
 and the back-off hold for every worker together: a worker without a fresh verdict reads the
 shared one and the shared back-off, and only the worker that claims the token's lease calls
-Clerk; the others wait for its verdict. The look-up budgets stay per worker process.
+Clerk; the others wait for its verdict. The look-up budgets (``budgets``,
+gateway/state/budget_share.py) hold for every worker too; while the store cannot answer, each
+worker spends its own buckets instead (counted in ``state_fallbacks{component=
+"lookup_budgets"}``): never unlimited.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.auth.budget import ClientBudget
+from gateway.auth.budget import LookupBudgets, Rate
 from gateway.auth.claims import ClaimError, Identity
 from gateway.auth.classify import TokenType
 from gateway.auth.machine_api import MachineApi
@@ -39,6 +43,7 @@ from gateway.auth.verdicts import Verdict, VerdictStore
 from gateway.config_machine import MachineTokenSettings
 from gateway.metrics import Metrics
 from gateway.reasons import Reason
+from gateway.state.budget_share import SharedBudgets
 from gateway.state.store import StoreUnavailable
 from gateway.state.verdict_share import SharedVerdicts
 
@@ -72,6 +77,7 @@ class MachineVerifier:
         clock: Callable[[], float],
         leeway: float = 5.0,
         share: SharedVerdicts | None = None,
+        budgets: SharedBudgets | None = None,
     ) -> None:
         self._settings = settings
         self._share = share
@@ -81,14 +87,16 @@ class MachineVerifier:
         self._issuer = issuer
         self._clock = clock
         self._leeway = leeway
-        self._budget = ClientBudget(settings.client_lookups_per_second,
-                                    settings.client_lookup_burst)
-        self._instance_budget = ClientBudget(settings.lookups_per_second, settings.lookup_burst)
+        self._budgets = LookupBudgets(
+            Rate(settings.client_lookups_per_second, settings.client_lookup_burst),
+            Rate(settings.lookups_per_second, settings.lookup_burst))
+        self._shared_budgets = budgets
         self._inflight: dict[bytes, asyncio.Task[Verdict | None]] = {}
         self._fail_open = settings.failure_mode == "fail_open"
         self.blocked_until = 0.0
         self._metrics = metrics
         self._fail_open_counter = metrics.fail_open.labels("machine_tokens")
+        self._budget_fallbacks = metrics.state_fallbacks.labels("lookup_budgets")
 
     def _count(self, token_type: TokenType, result: str) -> None:
         self._metrics.machine_token_lookups.labels(token_type.value, result).inc()
@@ -107,21 +115,44 @@ class MachineVerifier:
         if task is None:
             if now < self.blocked_until:
                 return self._fallback(verdict, now)
-            if verdict is None or not verdict.valid:
-                wait = self._budget.take(client or "unknown", now) or (
-                    self._instance_budget.take("*", now))
-                if wait > 0:
-                    self._count(token_type, "throttled")
-                    raise TokenRejected(Reason.TOKEN_LOOKUPS_EXHAUSTED,
-                                         retry_after=max(1, math.ceil(wait)))
-            task = asyncio.create_task(self._lookup(key, token_type, token))
+            payer = (client or "unknown") if verdict is None or not verdict.valid else None
+            task = asyncio.create_task(self._budgeted(key, token_type, token, payer, now))
             self._inflight[key] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
-        fresh = await asyncio.shield(task)
+            task.add_done_callback(lambda done: self._settled(key, done))
+        fresh = await asyncio.shield(task)  # raises the look-up's TokenRejected (429)
         now = self._clock()
         if fresh is None:
             return self._fallback(verdict, now)
         return self._use(fresh, now, fresh.fresh_until)
+
+    def _settled(self, key: bytes, task: asyncio.Task[Verdict | None]) -> None:
+        """A look-up ended: the next request starts another (its refusal is retrieved here,
+        so one whose requests all went away is not logged as lost)."""
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()
+
+    async def _budgeted(self, key: bytes, token_type: TokenType, token: str,
+                        payer: str | None, now: float) -> Verdict | None:
+        """The look-up, once ``payer`` (None: a token with a valid verdict) paid for it; every
+        request joining it shares the one budget unit, or the 429."""
+        if payer is not None:
+            wait = await self._take_budget(payer, now)
+            if wait > 0:
+                self._count(token_type, "throttled")
+                raise TokenRejected(Reason.TOKEN_LOOKUPS_EXHAUSTED,
+                                     retry_after=max(1, math.ceil(wait)))
+        return await self._lookup(key, token_type, token)
+
+    async def _take_budget(self, client: str, now: float) -> float:
+        """Spend one look-up from the shared budgets, or this worker's while the store cannot
+        answer: 0.0 when allowed, else the seconds until one is available."""
+        if self._shared_budgets is not None:
+            try:
+                return await self._shared_budgets.take(client)
+            except StoreUnavailable:
+                self._budget_fallbacks.inc()
+        return self._budgets.take(client, now)
 
     def _use(self, verdict: Verdict, now: float, reusable_until: float | None) -> Verification:
         identity = verdict.identity

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.state.schema import BUSY_TIMEOUT_SECONDS, StateError, connect
-from gateway.state.store import Change, ChangeHandler, Record, StoreUnavailable
+from gateway.state.store import Change, ChangeHandler, Record, StoreUnavailable, Update
 from gateway.tasks import stop_task
 
 __all__ = ["FEED_KEEP_SECONDS", "PURGE_EVERY_SECONDS", "SqliteStore"]
@@ -166,13 +166,16 @@ class SqliteStore:
         """Store (replace) a record; with ``feed`` every subscriber is told."""
         await self._run(self._put_sync, namespace, key, value, expires_at, feed, self._clock())
 
+    def _upsert_sync(self, namespace: str, key: str, value: str, expires_at: float) -> None:
+        self._db.execute(
+            "INSERT INTO entries (ns, key, value, expires_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, "
+            "expires_at = excluded.expires_at", (namespace, key, value, expires_at))
+
     def _put_sync(self, namespace: str, key: str, value: str, expires_at: float, feed: bool,
                   now: float) -> None:
         with _transaction(self._db):
-            self._db.execute(
-                "INSERT INTO entries (ns, key, value, expires_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, "
-                "expires_at = excluded.expires_at", (namespace, key, value, expires_at))
+            self._upsert_sync(namespace, key, value, expires_at)
             if feed:
                 self._db.execute(
                     "INSERT INTO changes (ns, key, op, value, expires_at, at) "
@@ -208,6 +211,18 @@ class SqliteStore:
             "expires_at = excluded.expires_at WHERE entries.expires_at <= ?",
             (namespace, key, value, expires_at, now))
         return cursor.rowcount == 1
+
+    async def update(self, namespace: str, keys: Sequence[str], change: Update[T]) -> T:
+        """Read, change and write records in one BEGIN IMMEDIATE transaction: atomic across
+        every process; a ``change`` that writes nothing commits nothing."""
+        return await self._run(self._update_sync, namespace, list(keys), change, self._clock())
+
+    def _update_sync(self, namespace: str, keys: list[str], change: Update[T], now: float) -> T:
+        with _transaction(self._db):
+            writes, result = change(self._get_many_sync(namespace, keys, now))
+            for record in writes:
+                self._upsert_sync(namespace, record.key, record.value, record.expires_at)
+        return result
 
     # -- the change feed --------------------------------------------------------------------
 

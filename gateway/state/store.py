@@ -1,4 +1,5 @@
-"""The shared-store interface: namespaced key/value with expiry, claims and a change feed.
+"""The shared-store interface: namespaced key/value with expiry, claims, atomic updates and a
+change feed.
 
 Every fact a worker learns that every other worker must see (revocations, webhook
 deliveries, key sets, introspection answers, machine-token verdicts) is one record:
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-__all__ = ["Change", "ChangeHandler", "Record", "SharedStore", "StoreUnavailable"]
+__all__ = ["Change", "ChangeHandler", "Record", "SharedStore", "StoreUnavailable", "Update"]
+
+T = TypeVar("T")
 
 
 class StoreUnavailable(Exception):
@@ -41,6 +44,10 @@ class Change:
 
 ChangeHandler = Callable[[Sequence[Change]], None]
 """Called (in the event loop, must not block) with the feed's new changes of a namespace."""
+
+Update = Callable[[list[Record | None]], tuple[list[Record], T]]
+"""Given the live records of some keys (None for absent ones): the records to write, and a
+result. Runs inside the store's transaction (on its thread): pure, quick, never raising."""
 
 
 class SharedStore(Protocol):
@@ -79,6 +86,10 @@ class SharedStore(Protocol):
 
     async def claim(self, namespace: str, key: str, value: str, expires_at: float) -> bool:
         """Atomically create a record unless a live one exists; True when this call won."""
+
+    async def update(self, namespace: str, keys: Sequence[str], change: Update[T]) -> T:
+        """Atomically read the live records of ``keys``, write what ``change`` makes of them,
+        and return its result (no other writer runs in between, in any process)."""
 
     def subscribe(self, namespace: str, on_change: ChangeHandler,
                   on_resync: Callable[[], None]) -> Callable[[], None]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.auth.budget import Rate
 from gateway.auth.revocation_store import RevocationStore, build_store
 from gateway.auth.verdicts import LocalVerdicts
 from gateway.config import IssuerSettings, Settings
+from gateway.state.budget_share import SharedBudgets
 from gateway.state.introspection_share import IntrospectionShare
 from gateway.state.keysets import KeySetShare, source_digest
 from gateway.state.revocations import SharedRevocationStore
@@ -18,6 +20,7 @@ from gateway.state.verdict_share import SharedVerdicts
 __all__ = [
     "introspection_share_for",
     "keyset_share_for",
+    "lookup_budgets_for",
     "machine_verdicts_for",
     "revocation_store_for",
     "shared_store_for",
@@ -61,6 +64,18 @@ def machine_verdicts_for(shared: SqliteStore | None, settings: Settings,
     machine = settings.machine_tokens
     return SharedVerdicts(shared, source_digest(settings.clerk_api_url),
                           LocalVerdicts(machine.cache_size), machine.grace_seconds, clock)
+
+
+def lookup_budgets_for(shared: SqliteStore | None, settings: Settings,
+                       clock: Callable[[], float]) -> SharedBudgets | None:
+    """Machine-token look-up budgets (per client, per instance) shared through the host's
+    store."""
+    if shared is None:
+        return None
+    machine = settings.machine_tokens
+    return SharedBudgets(shared, source_digest(settings.clerk_api_url),
+                         Rate(machine.client_lookups_per_second, machine.client_lookup_burst),
+                         Rate(machine.lookups_per_second, machine.lookup_burst), clock)
 
 
 def revocation_store_for(settings: Settings, shared: SqliteStore | None,
