@@ -28,7 +28,7 @@ from gateway.config_sections import address_in
 
 __all__ = [
     "HOP_BY_HOP", "REROUTING_HEADERS", "REROUTING_PREFIXES", "HeaderHygiene", "connection_tokens",
-    "normalize_name",
+    "end_to_end", "normalize_name",
 ]
 
 HOP_BY_HOP = frozenset({
@@ -143,11 +143,14 @@ class HeaderHygiene:
     @staticmethod
     def response_headers(headers: MultiMapping[str]) -> CIMultiDict[str]:
         """The upstream's response headers without hop-by-hop ones."""
-        named = connection_tokens(headers)
-        out: CIMultiDict[str] = CIMultiDict()
-        for name, value in headers.items():
-            key = name.lower()
-            if key in HOP_BY_HOP or key in named:
-                continue
-            out.add(name, value)
-        return out
+        return CIMultiDict(end_to_end(list(headers.items())))
+
+
+def end_to_end(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Response header pairs without hop-by-hop ones and those `Connection` names (every
+    door's response headers, in order)."""
+    named = frozenset(
+        normalize_name(token.strip()) for name, value in pairs
+        if name.lower() == "connection" for token in value.split(",") if token.strip())
+    hop = HOP_BY_HOP | named if named else HOP_BY_HOP
+    return [(name, value) for name, value in pairs if name.lower() not in hop]

@@ -321,6 +321,11 @@ class ProxyHandler:
         return self._body_idle
 
     @property
+    def read_timeout_seconds(self) -> float:
+        """`proxy.read_timeout_seconds`: an upstream sending nothing that long times out."""
+        return self._settings.proxy.read_timeout_seconds
+
+    @property
     def write_timeout_seconds(self) -> float:
         """`proxy.write_timeout_seconds`: a client reading none of its response is cut."""
         return self._write_timeout
