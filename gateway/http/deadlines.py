@@ -40,6 +40,11 @@ class Sweep:
         self._timer: asyncio.TimerHandle | None = None
         self._quiet: asyncio.Future[None] | None = None
 
+    @property
+    def running(self) -> bool:
+        """True while the timer is scheduled."""
+        return self._timer is not None
+
     def watch(self, relay: Watched, loop: asyncio.AbstractEventLoop) -> None:
         """Check the relay's deadline from now on (its first deadline is set at a tick)."""
         relay.moved = True

@@ -94,6 +94,7 @@ class FastProxyDoor(FrontDoor):
         self.served_later = counter.labels("answered_after_io")
         # The deadlines of the relays driven by callbacks: one sweep for them all.
         self.sweep = Sweep(min(handler.read_timeout_seconds, handler.write_timeout_seconds))
+        self.callback_relays = 0  # requests relayed by callbacks alone (tests and bench read it)
 
     def protocol(self, fallback: Callable[[], asyncio.Protocol]) -> FastProxyProtocol:
         """A protocol for one new connection; `fallback` makes the aiohttp protocol."""
@@ -387,6 +388,7 @@ class FastProxyProtocol(FrontProtocol):
         route = exchange.decision.route.name if exchange.decision is not None else "none"
         relay = self._live = CallbackRelay(self, exchange, plan, pool, conn, self._door.sweep,
                                            transport, route)
+        self._door.callback_relays += 1
         relay.start(head, payload)
         if self._writable is not None:  # the client is not reading its answers yet
             relay.client_writable(False)
