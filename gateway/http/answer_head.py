@@ -12,7 +12,6 @@ it kept its headers in one.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from aiohttp import hdrs
@@ -30,29 +29,26 @@ __all__ = ["NO_BODY_STATUSES", "client_head", "encode_head"]
 NO_BODY_STATUSES = frozenset({204, 304})
 _SERVER = SERVER_LINE.decode()
 _OCTETS = "application/octet-stream"
-# Characters aiohttp's writer refuses in a response head (CR and LF only as line ends).
-_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+# The bytes a response head may hold besides CR and LF as line ends (aiohttp's writer
+# refuses control characters, CR and LF in a header: the door answers 500 as it does).
+_ALLOWED = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
 
 Pairs = list[tuple[str, str]]
 
 
-def _set(pairs: Pairs, name: str, value: str) -> None:
-    """CIMultiDict's `pairs[name] = value`: the first occurrence replaced in place."""
+def _set(pairs: Pairs, lows: list[str], name: str, value: str) -> None:
+    """CIMultiDict's `pairs[name] = value`: the first occurrence replaced in place (`lows`:
+    the lower-cased names, kept in step)."""
     low = name.lower()
-    found = -1
-    for index, (key, _) in enumerate(pairs):
-        if key.lower() == low:
-            found = index
-            break
-    if found < 0:
+    if low not in lows:
         pairs.append((name, value))
+        lows.append(low)
         return
-    pairs[found] = (name, value)
-    pairs[found + 1:] = [pair for pair in pairs[found + 1:] if pair[0].lower() != low]
-
-
-def _has(pairs: Pairs, low: str) -> bool:
-    return any(key.lower() == low for key, _ in pairs)
+    index = lows.index(low)
+    pairs[index] = (name, value)
+    while lows.count(low) > 1:
+        later = lows.index(low, index + 1)
+        del pairs[later], lows[later]
 
 
 def client_head(status: int, reason: str, upstream: Pairs, *, length: int | None,
@@ -62,37 +58,43 @@ def client_head(status: int, reason: str, upstream: Pairs, *, length: int | None
     """The head (with `body`, a small body read whole, after it) and whether the body that
     follows is to be chunked; None when the head holds a control character."""
     pairs = end_to_end(upstream)
-    _set(pairs, REQUEST_ID, rid)
+    lows = [name.lower() for name, _ in pairs]
+    _set(pairs, lows, REQUEST_ID, rid)
     if cors is not None and cors.enabled and decision is not None:
         headers = CIMultiDict(pairs)
         add_cors_headers(cors, decision, method, request_headers, headers)
         pairs = list(headers.items())
+        lows = [name.lower() for name, _ in pairs]
     head_only = method == "HEAD"
     no_body = status in NO_BODY_STATUSES
     if no_body:  # as aiohttp: no length, no body
-        pairs = [pair for pair in pairs if pair[0].lower() != "content-length"]
+        if "content-length" in lows:
+            pairs = [pair for pair, low in zip(pairs, lows, strict=True) if low != "content-length"]
+            lows = [low for low in lows if low != "content-length"]
     elif head_only:
         pass  # the upstream's length stays; nothing is added
     elif body is not None:
-        _set(pairs, hdrs.CONTENT_LENGTH, str(len(body)))
-        if body and not _has(pairs, "content-type"):
+        _set(pairs, lows, hdrs.CONTENT_LENGTH, str(len(body)))
+        if body and "content-type" not in lows:
             pairs.append((hdrs.CONTENT_TYPE, _OCTETS))
-    elif length != 0 and not _has(pairs, "content-type"):
+    elif length != 0 and "content-type" not in lows:
         pairs.append((hdrs.CONTENT_TYPE, _OCTETS))
+        lows.append("content-type")
     chunked = body is None and length is None and not head_only and not no_body
     if chunked:
-        _set(pairs, hdrs.TRANSFER_ENCODING, "chunked")
-    head = encode_head(status, reason, pairs, keep_alive=keep_alive, date=date)
+        _set(pairs, lows, hdrs.TRANSFER_ENCODING, "chunked")
+    head = encode_head(status, reason, pairs, keep_alive=keep_alive, date=date, lows=lows)
     if head is None:
         return None
     return (head + body if body else head), chunked
 
 
-def encode_head(status: int, reason: str, pairs: Pairs, *, keep_alive: bool,
-                date: bytes) -> bytes | None:
-    """The status line and headers as aiohttp writes them; None for a control character."""
+def encode_head(status: int, reason: str, pairs: Pairs, *, keep_alive: bool, date: bytes,
+                lows: list[str] | None = None) -> bytes | None:
+    """The status line and headers as aiohttp writes them; None for a control character.
+    `lows`: the lower-cased names, when known."""
     lines = [f"{name}: {value}\r\n" for name, value in pairs]
-    names = {name.lower() for name, _ in pairs}
+    names = lows if lows is not None else [name.lower() for name, _ in pairs]
     if "date" not in names:
         lines.append(date.decode())
     if "server" not in names:
@@ -100,7 +102,10 @@ def encode_head(status: int, reason: str, pairs: Pairs, *, keep_alive: bool,
     if not keep_alive:
         lines.append("Connection: close\r\n")
     lines.append("\r\n")
-    text = f"HTTP/1.1 {status} {reason}\r\n{''.join(lines)}"
-    if _FORBIDDEN.search(text):  # as aiohttp: a control character in a header is a 500
-        return None
-    return text.encode("utf-8", "ignore")  # as aiohttp: undecodable bytes are dropped
+    # As aiohttp: undecodable bytes are dropped (control characters are ASCII in UTF-8).
+    head = f"HTTP/1.1 {status} {reason}\r\n{''.join(lines)}".encode("utf-8", "ignore")
+    ends = len(lines) + 1  # every CR and LF must be one of these line ends
+    if (head.count(b"\r") != ends or head.count(b"\n") != ends
+            or head.translate(None, _ALLOWED)):
+        return None  # as aiohttp: a control character in a header is a 500
+    return head

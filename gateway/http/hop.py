@@ -149,8 +149,10 @@ class HeaderHygiene:
 def end_to_end(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Response header pairs without hop-by-hop ones and those `Connection` names (every
     door's response headers, in order)."""
-    named = frozenset(
-        normalize_name(token.strip()) for name, value in pairs
-        if name.lower() == "connection" for token in value.split(",") if token.strip())
-    hop = HOP_BY_HOP | named if named else HOP_BY_HOP
-    return [(name, value) for name, value in pairs if name.lower() not in hop]
+    lows = [name.lower() for name, _ in pairs]
+    hop = HOP_BY_HOP
+    if "connection" in lows:
+        hop = hop | frozenset(
+            normalize_name(token.strip()) for (_, value), low in zip(pairs, lows, strict=True)
+            if low == "connection" for token in value.split(",") if token.strip())
+    return [pair for pair, low in zip(pairs, lows, strict=True) if low not in hop]
