@@ -21,7 +21,7 @@ from gateway.cors import CorsPolicy
 from gateway.http.cors import add_cors_headers
 from gateway.http.front import SERVER_LINE
 from gateway.http.headers import REQUEST_ID
-from gateway.http.hop import end_to_end
+from gateway.http.hop import end_to_end, put
 from gateway.pipeline import Decision
 
 __all__ = ["NO_BODY_STATUSES", "client_head", "encode_head"]
@@ -36,21 +36,6 @@ _ALLOWED = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
 Pairs = list[tuple[str, str]]
 
 
-def _set(pairs: Pairs, lows: list[str], name: str, value: str) -> None:
-    """CIMultiDict's `pairs[name] = value`: the first occurrence replaced in place (`lows`:
-    the lower-cased names, kept in step)."""
-    low = name.lower()
-    if low not in lows:
-        pairs.append((name, value))
-        lows.append(low)
-        return
-    index = lows.index(low)
-    pairs[index] = (name, value)
-    while lows.count(low) > 1:
-        later = lows.index(low, index + 1)
-        del pairs[later], lows[later]
-
-
 def client_head(status: int, reason: str, upstream: Pairs, *, length: int | None,
                 body: bytes | None, method: str, rid: str, keep_alive: bool, date: bytes,
                 cors: CorsPolicy | None, decision: Decision | None,
@@ -59,7 +44,7 @@ def client_head(status: int, reason: str, upstream: Pairs, *, length: int | None
     follows is to be chunked; None when the head holds a control character."""
     pairs = end_to_end(upstream)
     lows = [name.lower() for name, _ in pairs]
-    _set(pairs, lows, REQUEST_ID, rid)
+    put(pairs, lows, REQUEST_ID, rid)
     if cors is not None and cors.enabled and decision is not None:
         headers = CIMultiDict(pairs)
         add_cors_headers(cors, decision, method, request_headers, headers)
@@ -74,7 +59,7 @@ def client_head(status: int, reason: str, upstream: Pairs, *, length: int | None
     elif head_only:
         pass  # the upstream's length stays; nothing is added
     elif body is not None:
-        _set(pairs, lows, hdrs.CONTENT_LENGTH, str(len(body)))
+        put(pairs, lows, hdrs.CONTENT_LENGTH, str(len(body)))
         if body and "content-type" not in lows:
             pairs.append((hdrs.CONTENT_TYPE, _OCTETS))
     elif length != 0 and "content-type" not in lows:
@@ -82,7 +67,7 @@ def client_head(status: int, reason: str, upstream: Pairs, *, length: int | None
         lows.append("content-type")
     chunked = body is None and length is None and not head_only and not no_body
     if chunked:
-        _set(pairs, lows, hdrs.TRANSFER_ENCODING, "chunked")
+        put(pairs, lows, hdrs.TRANSFER_ENCODING, "chunked")
     head = encode_head(status, reason, pairs, keep_alive=keep_alive, date=date, lows=lows)
     if head is None:
         return None

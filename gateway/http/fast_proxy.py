@@ -375,11 +375,11 @@ class FastProxyProtocol(FrontProtocol):
         transport = self._transport
         if pool is None or transport is None:
             return False
-        key, target, headers = plan
+        key, target, headers, lows = plan
         try:
             head = exchange.head = request_head(
-                key, exchange.method, target, headers.items(), False,
-                exchange.length if body is not None else None)
+                key, exchange.method, target, headers, False,
+                exchange.length if body is not None else None, lows)
         except ValueError:
             return False  # the task path refuses it
         conn = pool.take_idle(key)
@@ -558,7 +558,7 @@ class FastProxyProtocol(FrontProtocol):
                      ) -> None:
         """Send the request upstream and relay the answer (never raises but cancellation);
         `fresh`: on a new connection (a callback relay's pooled one was stale)."""
-        key, target, headers = plan
+        key, target, headers, lows = plan
         handler = self._door.handler
         route = exchange.decision.route.name if exchange.decision is not None else "none"
         pool = handler.pool
@@ -572,7 +572,7 @@ class FastProxyProtocol(FrontProtocol):
                 head = exchange.head
                 if head is None:
                     head = exchange.head = request_head(key, exchange.method, target,
-                                                        headers.items(), False, length)
+                                                        headers, False, length, lows)
                 upstream = await pool.send(key, head, exchange.method, body, length,
                                            fresh=fresh)
             except _UPSTREAM_ERRORS as exc:

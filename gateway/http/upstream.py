@@ -79,18 +79,24 @@ def retryable(method: str) -> bool:
 
 
 def request_head(key: Key, method: str, target: str, headers: Iterable[tuple[str, str]],
-                 chunked: bool, length: int | None) -> bytes:
+                 chunked: bool, length: int | None, lows: list[str] | None = None) -> bytes:
     """The request head for the upstream: Host added when missing, the body's framing
-    (`chunked`, or `length`, or 0 for an empty POST/PUT/PATCH); ValueError on a CR or LF."""
-    host_seen = length_seen = False
+    (`chunked`, or `length`, or 0 for an empty POST/PUT/PATCH); ValueError on a CR or LF.
+    `lows`: the headers' lower-cased names, when known."""
     lines = [f"{method} {target} HTTP/1.1\r\n"]
-    for name, value in headers:
-        lines.append(f"{name}: {value}\r\n")
-        low = name.lower()
-        if low == "host":
-            host_seen = True
-        elif low == "content-length":
-            length_seen = True
+    if lows is None:
+        host_seen = length_seen = False
+        for name, value in headers:
+            lines.append(f"{name}: {value}\r\n")
+            low = name.lower()
+            if low == "host":
+                host_seen = True
+            elif low == "content-length":
+                length_seen = True
+    else:
+        lines += [f"{name}: {value}\r\n" for name, value in headers]
+        host_seen = "host" in lows
+        length_seen = "content-length" in lows
     if not host_seen:
         host, port = key
         host = f"[{host}]" if ":" in host else host
@@ -524,10 +530,12 @@ class UpstreamPool:
     async def request(
         self, key: Key, method: str, target: str, headers: Iterable[tuple[str, str]],
         body: AsyncIterable[bytes] | None = None, length: int | None = None,
+        lows: list[str] | None = None,
     ) -> UpstreamResponse:
-        """Send one request and return once the response head arrived."""
+        """Send one request and return once the response head arrived (`lows`: the
+        headers' lower-cased names, when known)."""
         head = request_head(key, method, target, headers, body is not None and length is None,
-                            length)
+                            length, lows)
         return await self.send(key, head, method, body, length)
 
     async def send(self, key: Key, head: bytes, method: str,
