@@ -1,14 +1,16 @@
-"""The header lists both proxy paths build without a multidict behave as a CIMultiDict would,
-and the response head refuses what aiohttp's writer refuses."""
+"""The header lists the proxy builds without a multidict are the ones a CIMultiDict would
+hold, and the response head refuses what aiohttp's writer refuses."""
 
 from __future__ import annotations
 
+from aiohttp import hdrs
 from hypothesis import given
 from hypothesis import strategies as st
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.config import load_settings
 from gateway.http.answer_head import client_head, encode_head
-from gateway.http.hop import end_to_end, put
+from gateway.http.hop import HeaderHygiene, connection_tokens, end_to_end, normalize_name, put
 
 DATE = b"Date: Wed, 02 Dec 2026 12:00:00 GMT\r\n"
 names = st.sampled_from(["A", "a", "X-Request-Id", "x-request-id", "Content-Length",
@@ -68,3 +70,45 @@ def test_the_head_frames_the_body_as_the_aiohttp_door_does() -> None:
     assert b"Content-Length" not in data and not chunked
     data, chunked = head(200, [("Content-Length", "5")], 5, None, "HEAD")
     assert b"Content-Length: 5\r\n" in data and b"Content-Type" not in data and not chunked
+
+
+HYGIENE = HeaderHygiene(load_settings({"CLERK_ISSUER": "https://clerk.example.com",
+                                       "GATEWAY_UPSTREAM": "http://127.0.0.1:9"}))
+header_names = st.sampled_from(["Accept", "accept", "X-Custom", "X-User-Id", "x_user_id",
+                                "X-Forwarded-Host", "Host", "X-Request-Id", "Connection",
+                                "X-Drop", "Cookie"])
+
+
+def reference(headers: CIMultiDictProxy[str], identity: list[tuple[str, str]]
+              ) -> list[tuple[str, str]]:
+    """The upstream headers as a CIMultiDict builds them (every set replaces in place)."""
+    named = connection_tokens(headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        key = normalize_name(name)
+        if key in HYGIENE._dropped or key in named or key.startswith(HYGIENE._prefixes):
+            continue
+        out.add(name, value)
+    out["X-Forwarded-For"] = "192.0.2.7"
+    out["X-Forwarded-Proto"] = "http"
+    if hdrs.HOST in headers:
+        out["X-Forwarded-Host"] = headers[hdrs.HOST]
+        if HYGIENE._preserve_host:
+            out[hdrs.HOST] = headers[hdrs.HOST]
+    for name, value in identity:
+        out[name] = value
+    out["X-Request-Id"] = "req-00000001"
+    return list(out.items())
+
+
+@given(client=st.lists(st.tuples(header_names, st.sampled_from(["a", "x-drop", "b"])),
+                       max_size=6),
+       identity=st.lists(st.tuples(header_names, st.sampled_from(["u", "v"])), max_size=4))
+def test_upstream_pairs_are_the_multidict_headers(client: list[tuple[str, str]],
+                                                  identity: list[tuple[str, str]]) -> None:
+    """Also when identity names repeat or meet the forwarded ones (the slower path)."""
+    headers = CIMultiDictProxy(CIMultiDict(client))
+    got, lows = HYGIENE.upstream_pairs(headers, client_ip="192.0.2.7", scheme="http",
+                                       identity=identity, request_id="req-00000001")
+    assert got == reference(headers, identity)
+    assert lows == [name.lower() for name, _ in got]

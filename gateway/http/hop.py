@@ -153,24 +153,31 @@ class HeaderHygiene:
             out.append((name, value))
             lows.append(low)
         host = headers.get(hdrs.HOST)
+        added: list[tuple[str, str]] = []  # each set as `out[name] = value`, in order
         trusted = bool(self._trusted) and client_ip is not None and self._is_trusted(client_ip)
         if trusted:
             chain = ", ".join(headers.getall(_X_FORWARDED_FOR, ()))
-            put(out, lows, _X_FORWARDED_FOR, f"{chain}, {client_ip}" if chain else client_ip or "")
-            put(out, lows, _X_FORWARDED_PROTO, headers.get(_X_FORWARDED_PROTO) or scheme)
+            added.append((_X_FORWARDED_FOR, f"{chain}, {client_ip}" if chain else client_ip or ""))
+            added.append((_X_FORWARDED_PROTO, headers.get(_X_FORWARDED_PROTO) or scheme))
             forwarded_host = headers.get(_X_FORWARDED_HOST) or host
         else:
             if client_ip:
-                put(out, lows, _X_FORWARDED_FOR, client_ip)
-            put(out, lows, _X_FORWARDED_PROTO, scheme)
+                added.append((_X_FORWARDED_FOR, client_ip))
+            added.append((_X_FORWARDED_PROTO, scheme))
             forwarded_host = host
         if forwarded_host:
-            put(out, lows, _X_FORWARDED_HOST, forwarded_host)
+            added.append((_X_FORWARDED_HOST, forwarded_host))
         if self._preserve_host and host:
-            put(out, lows, hdrs.HOST, host)
-        for name, value in identity:
-            put(out, lows, name, value)
-        put(out, lows, _REQUEST_ID, request_id)
+            added.append((hdrs.HOST, host))
+        added.extend(identity)
+        added.append((_REQUEST_ID, request_id))
+        names = [name.lower() for name, _ in added]
+        if len(set(names)) == len(names) and set(lows).isdisjoint(names):
+            out += added  # (the client's copies were dropped above: the usual case)
+            lows += names
+        else:
+            for name, value in added:
+                put(out, lows, name, value)
         return out, lows
 
     @staticmethod
