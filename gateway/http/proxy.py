@@ -522,7 +522,7 @@ class ProxyHandler:
         child = self._durations.get(route)
         if child is None:
             child = self._durations[route] = self._metrics.upstream_duration.labels(route)
-        child.observe(seconds)
+        self._metrics.observe(child, seconds)
 
     async def _forward(
         self, request: web.Request, route: str, url: URL, headers: CIMultiDict[str], rid: str,
