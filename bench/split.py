@@ -42,7 +42,7 @@ _RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Leng
              b'\r\n{"ok":true}')
 STAGES = ("parse", "decide", "relay", "write", "observe", "other")
 # (path fragment or function-name fragment, stage), first match wins.
-_BY_NAME = (("encode_answer", "write"), ("refusal_answer", "write"), ("_write_head", "write"),
+_BY_NAME = (("encode_answer", "write"), ("refusal_answer", "write"), ("answer_head", "write"),
             ("_send", "write"), ("request_id", "parse"))
 _BY_FILE = (
     ("bench/split.py", "harness"), ("gateway/http/front.py", "parse"),
@@ -51,7 +51,9 @@ _BY_FILE = (
     ("gateway/routing.py", "decide"), ("gateway/pathnorm.py", "decide"),
     ("gateway/http/forward_auth.py", "decide"), ("_cookie_helpers", "decide"),
     ("gateway/http/fast_door.py", "decide"),
+    ("gateway/http/answer_head.py", "write"),
     ("gateway/http/upstream.py", "relay"), ("gateway/http/fast_proxy.py", "relay"),
+    ("gateway/http/fast_relay.py", "relay"), ("gateway/http/deadlines.py", "relay"),
     ("gateway/http/proxy.py", "relay"), ("gateway/http/hop.py", "relay"),
     ("gateway/http/observe.py", "observe"), ("gateway/metrics.py", "observe"),
     ("prometheus_client", "observe"), ("gateway/logs.py", "observe"), ("logging", "observe"),

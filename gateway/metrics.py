@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +21,17 @@ _LATENCY_BUCKETS = (
 )
 
 
+class _Batch:
+    """A histogram child's observations not yet added: their sum and count per bucket."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: list[float]) -> None:
+        self.bounds = bounds  # the upper bounds, the last one +Inf (as Prometheus keeps them)
+        self.counts = [0] * len(bounds)
+        self.total = 0.0
+
+
 class _FlushFirst(Collector):
     """Registered before every instrument: a scrape first adds the batched counts."""
 
@@ -35,16 +47,18 @@ class _FlushFirst(Collector):
 class Metrics:
     """The gateway's instruments; label values come from closed sets only.
 
-    The counters touched on every request (decisions, cache lookups, revocation checks) and
-    the in-flight gauges are batched as plain numbers and added to Prometheus when the
-    registry is collected (so a scrape is exact) and by `flush()`, which the gateway also
-    calls periodically so that other worker processes' scrapes see them within a moment.
+    The counters touched on every request (decisions, cache lookups, revocation checks), the
+    latency histograms and the in-flight gauges are batched as plain numbers and added to
+    Prometheus when the registry is collected (so a scrape is exact) and by `flush()`, which
+    the gateway also calls periodically so that other worker processes' scrapes see them
+    within a moment.
     Each Prometheus increment takes a lock; batching keeps them off the hot path.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._pending: dict[Any, float] = {}
+        self._observed: dict[Histogram, _Batch] = {}
         self._in_flight_now: dict[str, int] = {}
         self._in_flight_children: dict[str, Gauge] = {}
         registry.register(_FlushFirst(self))
@@ -124,6 +138,15 @@ class Metrics:
         self._hit = self.token_cache_lookups.labels("hit")
         self._miss = self.token_cache_lookups.labels("miss")
 
+    def observe(self, child: Histogram, amount: float) -> None:
+        """Observe an amount in a histogram child, batched like the counters (its bucket
+        found by bisection now, the Prometheus values added at the flush)."""
+        batch = self._observed.get(child)
+        if batch is None:
+            batch = self._observed[child] = _Batch(child._upper_bounds)
+        batch.counts[bisect_left(batch.bounds, amount)] += 1
+        batch.total += amount
+
     def count(self, child: Counter) -> None:
         """Add one to a counter child, batched (for counters touched on every request)."""
         pending = self._pending
@@ -139,6 +162,12 @@ class Metrics:
         pending, self._pending = self._pending, {}
         for child, amount in pending.items():
             child.inc(amount)
+        observed, self._observed = self._observed, {}
+        for histogram, batch in observed.items():
+            histogram._sum.inc(batch.total)
+            for bucket, count in zip(histogram._buckets, batch.counts, strict=True):
+                if count:
+                    bucket.inc(count)
         for door, value in self._in_flight_now.items():
             gauge = self._in_flight_children.get(door)
             if gauge is None:

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.devissuer import DevIssuer
+from gateway.http.fast_proxy import FastProxyDoor
 from tests.conftest import GatewayFactory, Running
 from tests.test_fast_door_parity import auth_lines, parity_tokens
 
@@ -41,7 +42,8 @@ _GENERATED_ID = re.compile(rb"\b[0-9a-f]{32}\b")
 
 
 class RawUpstream(asyncio.Protocol):
-    """One connection of the raw upstream: record a request, send the canned answer, close."""
+    """One connection of the raw upstream: record a request, send the canned answer, close
+    (or keep the connection for the next request, when the server says so)."""
 
     def __init__(self, server: RawServer) -> None:
         self.server = server
@@ -63,10 +65,12 @@ class RawUpstream(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.server.requests.append(bytes(self.received))
+        self.received = bytearray()
         assert self.transport is not None
         head_only = self.parser.get_method() == b"HEAD"
         self.transport.write(self.server.answer(head_only))
-        self.transport.close()
+        if not self.server.keep:
+            self.transport.close()
 
 
 @dataclass
@@ -76,6 +80,7 @@ class RawServer:
     requests: list[bytes] = field(default_factory=list)
     response: tuple[bytes, bytes] = (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"ok")
     port: int = 0
+    keep: bool = False  # keep connections open (the gateway pools them: its callback relay)
 
     def answer(self, head_only: bool) -> bytes:
         head, body = self.response
@@ -277,24 +282,32 @@ def assert_same(fast: Reply, slow: Reply, sent_fast: list[bytes], sent_slow: lis
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]),
        target=targets, options=request_options, status=statuses, reason=reasons,
-       headers=answer_headers, framing=framings, body=st.binary(max_size=2000))
+       headers=answer_headers, framing=framings, body=st.binary(max_size=2000),
+       keep=st.booleans())
 @example(method="OPTIONS", target="/admin/x", options={"origin": ALLOWED_ORIGIN,
                                                        "preflight": "DELETE"},
-         status=200, reason=b"OK", headers=[], framing="length", body=b"")  # answered: 204
+         status=200, reason=b"OK", headers=[], framing="length", body=b"",
+         keep=False)  # answered: 204
 @example(method="GET", target="/admin", options={"origin": ALLOWED_ORIGIN, "auth": "member"},
-         status=200, reason=b"OK", headers=[], framing="length", body=b"")  # refused, readable
+         status=200, reason=b"OK", headers=[], framing="length", body=b"",
+         keep=True)  # refused, readable
 @example(method="GET", target="/public/a", options={"origin": ALLOWED_ORIGIN},
          status=200, reason=b"OK", headers=[b"Access-Control-Allow-Origin: *",
                                             b"Vary: Accept-Encoding"],
-         framing="length", body=b"ok")  # relayed: the gateway's CORS headers, not the app's
+         framing="length", body=b"ok", keep=True)  # relayed: the gateway's CORS headers
 async def test_both_doors_proxy_alike(pair: Pair, method: str, target: str,
                                       options: dict[str, Any], status: int, reason: bytes,
-                                      headers: list[bytes], framing: str, body: bytes) -> None:
+                                      headers: list[bytes], framing: str, body: bytes,
+                                      keep: bool) -> None:
     raw = build_request(method, target, options, pair.tokens)
     answer = build_answer(status, reason, headers, framing, body)
     replies = []
     sent = []
     for running, upstream in ((pair.fast, pair.fast_upstream), (pair.slow, pair.slow_upstream)):
+        upstream.keep = keep and framing not in ("close", "short")  # those end by closing
+        if upstream.keep:  # a pooled connection waits for the request: the callback relay
+            upstream.response = RawServer.response
+            await send(pair.port(running), build_request("GET", "/maybe/pool", {}, {}), False)
         upstream.response = answer
         upstream.requests.clear()
         replies.append(await send(pair.port(running), raw, method == "HEAD"))
@@ -304,7 +317,16 @@ async def test_both_doors_proxy_alike(pair: Pair, method: str, target: str,
 
 
 async def test_the_property_exercises_the_fast_door(pair: Pair) -> None:
-    """The generated shapes reach the fast door's no-I/O path, not only hand-overs."""
+    """The generated shapes reach the fast door's no-I/O path, not only hand-overs, and with
+    a keep-alive upstream its relay by callbacks."""
+    door = pair.fast.client.server.runner.server._front  # type: ignore[union-attr]
+    assert isinstance(door, FastProxyDoor)
+    pair.fast_upstream.keep = True
+    for _ in range(2):  # the first opens a connection, the second finds it pooled
+        reply = await send(pair.port(pair.fast), build_request(
+            "GET", "/admin/x", {"auth": "admin"}, pair.tokens), False)
+        assert reply.status == 200 and reply.body == b"ok"
+    assert door.callback_relays >= 1
     metrics = pair.fast.gateway.metrics
     registry = pair.fast.gateway.registry
     metrics.flush()

@@ -12,8 +12,13 @@ target and path checks, body limit, pool, failure accounting, observer):
 - the upstream head is built once by HeaderHygiene and written to a pooled connection, a
   Content-Length body streamed after it with back-pressure both ways;
 - the response head is framed by llhttp, rewritten (hop-by-hop headers out, X-Request-Id
-  in) and written as aiohttp's door writes it; its body is relayed as it arrives (a small
-  body with a length in one write, as the aiohttp door does).
+  in; gateway/http/answer_head.py) and written as aiohttp's door writes it; its body is
+  relayed as it arrives (a small body with a length in one write, as the aiohttp door does).
+
+The common case (the whole request here, an idle pooled connection for its upstream, a
+decision made without I/O) is relayed by callbacks alone (gateway/http/fast_relay.py), with
+no task, future or timer per request; the rest runs in a task per request (`_relay`). Both
+share the head building, the response head, the failure accounting and the access line.
 
 What it does not fully understand goes to the aiohttp door for the rest of the connection:
 HTTP/1.0, chunked or `Expect` request bodies, upgrades (WebSocket), odd targets, pipelined or
@@ -24,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -33,15 +37,17 @@ import httptools
 from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.http.answer_head import NO_BODY_STATUSES, client_head, encode_head
 from gateway.http.cors import add_cors_headers
+from gateway.http.deadlines import Sweep
+from gateway.http.fast_relay import CallbackRelay
 from gateway.http.front import (
     HANDOVER_CAUSES,
-    SERVER_LINE,
     FrontDoor,
     FrontProtocol,
     refusal_answer,
 )
-from gateway.http.headers import REQUEST_ID, request_id
+from gateway.http.headers import request_id
 from gateway.http.proxy import (
     SMALL_BODY,
     BodyStalled,
@@ -49,7 +55,7 @@ from gateway.http.proxy import (
     LeanPlan,
     ProxyHandler,
 )
-from gateway.http.upstream import UpstreamError, UpstreamResponse
+from gateway.http.upstream import UpstreamError, UpstreamResponse, request_head
 from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, Decision, RequestFacts
 from gateway.reasons import Reason
@@ -60,17 +66,13 @@ log = logging.getLogger("gateway.fast_proxy")
 
 # "upstream": after a reload, a route's upstream is https (aiohttp's client serves it).
 PROXY_HANDOVER_CAUSES = (*HANDOVER_CAUSES, "upstream")
-_NO_BODY_STATUSES = frozenset({204, 304})
 _CLIENT_CLOSED = 499  # the access line's status when the client went away (nginx's)
 _LINGER_SECONDS = 1.0
 # Request body bytes buffered before the client socket stops being read.
 _BODY_HIGH_WATER = 256 * 1024
 _BODY_LOW_WATER = 64 * 1024
-_SERVER = SERVER_LINE.decode()
 # What ends a relay as the aiohttp door's do: the upstream failed, or the body stalled.
 _UPSTREAM_ERRORS = (UpstreamError, TimeoutError, BodyStalled)
-# Characters aiohttp's writer refuses in a response head (CR and LF only as line ends).
-_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 
 
 class FastProxyDoor(FrontDoor):
@@ -90,6 +92,9 @@ class FastProxyDoor(FrontDoor):
         self.max_body_bytes = max_body_bytes
         self.served = counter.labels("answered")
         self.served_later = counter.labels("answered_after_io")
+        # The deadlines of the relays driven by callbacks: one sweep for them all.
+        self.sweep = Sweep(min(handler.read_timeout_seconds, handler.write_timeout_seconds))
+        self.callback_relays = 0  # requests relayed by callbacks alone (tests and bench read it)
 
     def protocol(self, fallback: Callable[[], asyncio.Protocol]) -> FastProxyProtocol:
         """A protocol for one new connection; `fallback` makes the aiohttp protocol."""
@@ -97,7 +102,12 @@ class FastProxyDoor(FrontDoor):
 
     async def drain(self, seconds: float) -> None:
         """Let relays finish for up to `seconds`, then cut the rest off (as aiohttp does)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
         await super().drain(seconds)
+        await self.sweep.quiet(max(0.0, until - loop.time()))
+        for relay in list(self.sweep.watched):
+            relay.cut_off()
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
@@ -131,6 +141,12 @@ class _Body:
         self._done = True
         self._wake()
 
+    def whole(self) -> bytes | None:
+        """The whole body when it came with the head and none was read yet; else None."""
+        if not self._done or self._waiter is not None:
+            return None
+        return b"".join(self._chunks)
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -162,8 +178,8 @@ class _Body:
 class _Exchange:
     """One request on its way through the door: what the answer and the access line need."""
 
-    __slots__ = ("body", "client", "decision", "facts", "keep_alive", "length", "method",
-                 "reason", "rid", "started", "status", "target", "upstream_status")
+    __slots__ = ("body", "client", "decision", "facts", "head", "keep_alive", "length",
+                 "method", "reason", "rid", "started", "status", "target", "upstream_status")
 
     def __init__(self, method: str, target: str, rid: str, keep_alive: bool, started: float,
                  length: int, facts: RequestFacts) -> None:
@@ -180,12 +196,14 @@ class _Exchange:
         self.status = 500
         self.upstream_status: int | None = None
         self.reason: Reason | None = None
+        self.head: bytes | None = None  # the upstream request head, once built
 
 
 class FastProxyProtocol(FrontProtocol):
     """One client connection of the proxy's fast door."""
 
     accepts_bodies = True
+    client_closed_status = _CLIENT_CLOSED
 
     def __init__(self, door: FastProxyDoor, fallback: Callable[[], asyncio.Protocol]) -> None:
         super().__init__(door, fallback)
@@ -197,6 +215,7 @@ class FastProxyProtocol(FrontProtocol):
         self._deciding = False
         self._body_paused = False
         self._task: asyncio.Task[None] | None = None
+        self._live: CallbackRelay | None = None  # the relay driven by callbacks, if any
         self._writable: asyncio.Future[None] | None = None
 
     # -- the front's hooks --------------------------------------------------------------
@@ -241,7 +260,7 @@ class FastProxyProtocol(FrontProtocol):
             return
         door.metrics.count(door.served)
         plan = self._decided(exchange, decision)
-        if plan is not None:
+        if plan is not None and not self._relay_now(exchange, plan):
             self._task = door.spawn(self._relay(exchange, plan))
             # Cancelled before its first step, a relay's `finally` never runs: free the slot.
             self._task.add_done_callback(lambda _: self._give_slot(exchange))
@@ -276,12 +295,16 @@ class FastProxyProtocol(FrontProtocol):
     def pause_writing(self) -> None:
         """The client stopped reading: the relay waits, the requests wait."""
         super().pause_writing()
+        if self._live is not None:
+            self._live.client_writable(False)
         if self._writable is None:
             self._writable = self._loop.create_future()
 
     def resume_writing(self) -> None:
         """The client reads again."""
         super().resume_writing()
+        if self._live is not None:
+            self._live.client_writable(True)
         writable, self._writable = self._writable, None
         if writable is not None and not writable.done():
             writable.set_result(None)
@@ -289,6 +312,8 @@ class FastProxyProtocol(FrontProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         """The client went away: its relay stops, the upstream connection closes."""
         super().connection_lost(exc)
+        if self._live is not None:
+            self._live.client_lost()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         writable, self._writable = self._writable, None
@@ -333,8 +358,123 @@ class FastProxyProtocol(FrontProtocol):
         door.metrics.count(door.served_later)
         self._deciding = False
         plan = self._decided(exchange, decision)
-        if plan is not None:
+        if plan is not None and not self._relay_now(exchange, plan):
             await self._relay(exchange, plan)
+
+    def _relay_now(self, exchange: _Exchange, plan: LeanPlan) -> bool:
+        """Relay by callbacks (True) when the whole request is here and an idle pooled
+        connection to its upstream is too; else the head is kept for the task path."""
+        body = exchange.body
+        payload = b""
+        if body is not None:
+            whole = body.whole()
+            if whole is None:
+                return False  # the body streams on: the task path sends it
+            payload = whole
+        pool = self._door.handler.pool
+        transport = self._transport
+        if pool is None or transport is None:
+            return False
+        key, target, headers, lows = plan
+        try:
+            head = exchange.head = request_head(
+                key, exchange.method, target, headers, False,
+                exchange.length if body is not None else None, lows)
+        except ValueError:
+            return False  # the task path refuses it
+        conn = pool.take_idle(key)
+        if conn is None:
+            return False
+        route = exchange.decision.route.name if exchange.decision is not None else "none"
+        relay = self._live = CallbackRelay(self, exchange, plan, pool, conn, self._door.sweep,
+                                           transport, route)
+        self._door.callback_relays += 1
+        relay.start(head, payload)
+        if self._writable is not None:  # the client is not reading its answers yet
+            relay.client_writable(False)
+        return True
+
+    # -- what the callback relay asks of its connection ---------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The connection's event loop."""
+        return self._loop
+
+    @property
+    def write_limit(self) -> float:
+        """`proxy.write_timeout_seconds`: a client reading nothing that long is cut off."""
+        return self._door.handler.write_timeout_seconds
+
+    def observe_upstream(self, route: str, seconds: float) -> None:
+        """Observe the time until the upstream's response head."""
+        self._door.handler.observe_upstream(route, seconds)
+
+    def hold_client(self, paused: bool) -> None:
+        """The upstream is not reading what is written to it: stop reading the client."""
+        transport = self._transport
+        if transport is None:
+            return
+        if paused:
+            transport.pause_reading()
+        elif not self._reading_paused and not self._body_paused:
+            transport.resume_reading()
+
+    def relay_ended(self, exchange: _Exchange) -> None:
+        """The callback relay is done: the slot back, the access line, the next request."""
+        self._live = None
+        self._give_slot(exchange)
+        self._finish(exchange)
+
+    def retry_fresh(self, exchange: _Exchange, plan: LeanPlan) -> None:
+        """The pooled connection was stale: send again once, on a new connection."""
+        self._live = None
+        self._task = self._door.spawn(self._relay(exchange, plan, fresh=True))
+        self._task.add_done_callback(lambda _: self._give_slot(exchange))
+
+    def refuse_failed(self, exchange: _Exchange, exc: BaseException, route: str) -> None:
+        """No answer came: count the upstream failure, answer 502/504 (either path)."""
+        handler = self._door.handler
+        self._refuse(exchange, handler.upstream_failed(exc, route, exchange.rid))
+
+    def failed_midway(self, exchange: _Exchange, exc: BaseException, route: str) -> None:
+        """The upstream failed after the head went out: count it, cut the client off."""
+        handler = self._door.handler
+        stream = exchange.body
+        if stream is not None and stream.stalled:
+            kind, exchange.reason = "body_idle", Reason.BODY_TIMEOUT
+            handler.guard("request_body_idle")
+        else:
+            exchange.reason = handler.upstream_failed(exc, route, exchange.rid)
+            kind = "upstream"
+        log.warning("upstream failed mid-response; aborting the client connection",
+                    extra={"route": route, "kind": kind, "request_id": exchange.rid})
+        self._cut(exchange)
+
+    def client_stalled(self, exchange: _Exchange, route: str) -> None:
+        """The client read none of its answer in time: count it, cut both off."""
+        self._door.handler.guard("response_write")
+        log.warning("client stopped reading the response; closing both connections",
+                    extra={"route": route, "request_id": exchange.rid})
+        self._cut(exchange)
+
+    def answer_head(self, exchange: _Exchange, status: int, reason: str,
+                    pairs: list[tuple[str, str]], length: int | None,
+                    body: bytes | None) -> tuple[bytes, bool] | None:
+        """The client's head for the upstream's (and `body`), and whether to chunk the body
+        after it; None when refused with 500 (a control character in the head)."""
+        exchange.status = status
+        door = self._door
+        head = client_head(status, reason, pairs, length=length, body=body,
+                           method=exchange.method, rid=exchange.rid,
+                           keep_alive=exchange.keep_alive, date=door.date.line(),
+                           cors=door.authorizer.cors, decision=exchange.decision,
+                           request_headers=exchange.facts.headers)
+        if head is None:
+            log.error("upstream response head holds a control character",
+                      extra={"request_id": exchange.rid})
+            self._refuse(exchange, Reason.INTERNAL_ERROR, keep_alive=False)
+        return head
 
     def _decided(self, exchange: _Exchange, decision: Decision) -> LeanPlan | None:
         """The lean pool's plan for an allowed request; else refused or handed over (None)."""
@@ -377,9 +517,14 @@ class FastProxyProtocol(FrontProtocol):
     def _preflight(self, exchange: _Exchange, decision: Decision) -> None:
         """Answer an allowed CORS preflight with 204 (the upstream never sees it)."""
         origin = exchange.facts.headers.get(hdrs.ORIGIN, "")
-        headers = CIMultiDict(self._door.handler.preflight_headers(decision, origin,
-                                                                   exchange.rid))
-        self._write_head(exchange, 204, "No Content", headers, b"")
+        pairs = self._door.handler.preflight_headers(decision, origin, exchange.rid)
+        exchange.status = 204
+        head = encode_head(204, "No Content", pairs, keep_alive=exchange.keep_alive,
+                           date=self._door.date.line())
+        if head is None:
+            self._refuse(exchange, Reason.INTERNAL_ERROR, keep_alive=False)
+        elif self._transport is not None:
+            self._transport.write(head)
 
     def _give_up(self) -> None:
         """Hand the request, as it came, to the aiohttp door (its decision is made again)."""
@@ -409,26 +554,33 @@ class FastProxyProtocol(FrontProtocol):
             version="1.1", keep_alive=exchange.keep_alive, date=self._door.date.line(),
             extra=cors.items()))
 
-    async def _relay(self, exchange: _Exchange, plan: LeanPlan) -> None:
-        """Send the request upstream and relay the answer (never raises but cancellation)."""
-        key, target, headers = plan
+    async def _relay(self, exchange: _Exchange, plan: LeanPlan, *, fresh: bool = False
+                     ) -> None:
+        """Send the request upstream and relay the answer (never raises but cancellation);
+        `fresh`: on a new connection (a callback relay's pooled one was stale)."""
+        key, target, headers, lows = plan
         handler = self._door.handler
         route = exchange.decision.route.name if exchange.decision is not None else "none"
         pool = handler.pool
+        body = exchange.body
+        length = exchange.length if body is not None else None
         try:
             if pool is None:
                 raise UpstreamError("the proxy is not started")
             sent = time.perf_counter()
             try:
-                upstream = await pool.request(
-                    key, exchange.method, target, headers.items(), exchange.body,
-                    exchange.length if exchange.body is not None else None)
+                head = exchange.head
+                if head is None:
+                    head = exchange.head = request_head(key, exchange.method, target,
+                                                        headers, False, length, lows)
+                upstream = await pool.send(key, head, exchange.method, body, length,
+                                           fresh=fresh)
             except _UPSTREAM_ERRORS as exc:
-                if exchange.body is not None and exchange.body.stalled:
+                if body is not None and body.stalled:
                     handler.guard("request_body_idle")  # nothing answered yet: say why, close
                     self._refuse(exchange, Reason.BODY_TIMEOUT, keep_alive=False)
                 else:
-                    self._refuse(exchange, handler.upstream_failed(exc, route, exchange.rid))
+                    self.refuse_failed(exchange, exc, route)
                 return
             except ValueError:
                 self._refuse(exchange, Reason.MALFORMED_REQUEST)
@@ -466,36 +618,26 @@ class FastProxyProtocol(FrontProtocol):
 
     async def _answer(self, exchange: _Exchange, upstream: UpstreamResponse, route: str) -> None:
         """Write the upstream's answer as the aiohttp door writes it, the body as it comes."""
+        if self._transport is None:
+            return
         status = upstream.status
-        handler = self._door.handler
-        headers = handler.hygiene.response_headers(upstream.headers)
-        headers[REQUEST_ID] = exchange.rid
-        add_cors_headers(self._door.authorizer.cors, exchange.decision, exchange.method,
-                         exchange.facts.headers, headers)
         length = upstream.content_length
-        head_only = exchange.method == "HEAD"
-        if status in _NO_BODY_STATUSES:  # as aiohttp: no length, no body
-            headers.popall(hdrs.CONTENT_LENGTH, None)
-        elif head_only:
-            pass  # the upstream's length stays; nothing is added
-        elif length is not None and length <= SMALL_BODY:
+        body = None
+        if (length is not None and length <= SMALL_BODY and exchange.method != "HEAD"
+                and status not in NO_BODY_STATUSES):
             try:
                 body = await upstream.read()
             except _UPSTREAM_ERRORS as exc:
-                self._refuse(exchange, handler.upstream_failed(exc, route, exchange.rid))
+                self.refuse_failed(exchange, exc, route)
                 return
-            headers[hdrs.CONTENT_LENGTH] = str(len(body))
-            if body:
-                headers.setdefault(hdrs.CONTENT_TYPE, "application/octet-stream")
-            self._write_head(exchange, status, upstream.reason, headers, body)
+        head = self.answer_head(exchange, status, upstream.reason, list(upstream.headers.items()),
+                                length, body)
+        transport = self._transport
+        if head is None or transport is None:
             return
-        elif length != 0:
-            headers.setdefault(hdrs.CONTENT_TYPE, "application/octet-stream")
-        chunked = False
-        if length is None and not head_only and status not in _NO_BODY_STATUSES:
-            headers[hdrs.TRANSFER_ENCODING] = "chunked"
-            chunked = True
-        if not self._write_head(exchange, status, upstream.reason, headers, b""):
+        data, chunked = head
+        transport.write(data)
+        if body is not None:
             return
         try:
             async for chunk in upstream.chunks():
@@ -511,21 +653,9 @@ class FastProxyProtocol(FrontProtocol):
             if chunked and self._transport is not None:
                 self._transport.write(b"0\r\n\r\n")
         except ClientStalled:
-            handler.guard("response_write")
-            log.warning("client stopped reading the response; closing both connections",
-                        extra={"route": route, "request_id": exchange.rid})
-            self._cut(exchange)
+            self.client_stalled(exchange, route)
         except _UPSTREAM_ERRORS as exc:
-            stream = exchange.body
-            if stream is not None and stream.stalled:
-                kind, exchange.reason = "body_idle", Reason.BODY_TIMEOUT
-                handler.guard("request_body_idle")
-            else:
-                exchange.reason = handler.upstream_failed(exc, route, exchange.rid)
-                kind = "upstream"
-            log.warning("upstream failed mid-response; aborting the client connection",
-                        extra={"route": route, "kind": kind, "request_id": exchange.rid})
-            self._cut(exchange)
+            self.failed_midway(exchange, exc, route)
 
     async def _drained(self) -> None:
         """Wait until the client reads again; one that reads nothing in
@@ -544,32 +674,6 @@ class FastProxyProtocol(FrontProtocol):
         exchange.keep_alive = False
         if self._transport is not None:
             self._transport.abort()
-
-    def _write_head(self, exchange: _Exchange, status: int, reason: str,
-                    headers: CIMultiDict[str], body: bytes) -> bool:
-        """Write the status line and headers (and a whole small body); False if unsendable."""
-        transport = self._transport
-        if transport is None:
-            return False
-        exchange.status = status
-        date = self._door.date.line()
-        lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
-        if hdrs.DATE not in headers:
-            lines.append(date.decode())
-        if hdrs.SERVER not in headers:
-            lines.append(_SERVER)
-        if not exchange.keep_alive:
-            lines.append("Connection: close\r\n")
-        lines.append("\r\n")
-        text = f"HTTP/1.1 {status} {reason}\r\n{''.join(lines)}"
-        if _FORBIDDEN.search(text):  # as aiohttp: a control character in a header is a 500
-            log.error("upstream response head holds a control character",
-                      extra={"request_id": exchange.rid})
-            self._refuse(exchange, Reason.INTERNAL_ERROR, keep_alive=False)
-            return False
-        head = text.encode("utf-8", "ignore")  # as aiohttp: undecodable bytes are dropped
-        transport.write(head + body if body else head)
-        return True
 
     def _finish(self, exchange: _Exchange) -> None:
         """The answer is written: observe it, then the next request (or close)."""

@@ -28,7 +28,7 @@ from gateway.config_sections import address_in
 
 __all__ = [
     "HOP_BY_HOP", "REROUTING_HEADERS", "REROUTING_PREFIXES", "HeaderHygiene", "connection_tokens",
-    "normalize_name",
+    "end_to_end", "normalize_name", "put",
 ]
 
 HOP_BY_HOP = frozenset({
@@ -53,6 +53,21 @@ _X_FORWARDED_FOR = "X-Forwarded-For"
 _X_FORWARDED_PROTO = "X-Forwarded-Proto"
 _X_FORWARDED_HOST = "X-Forwarded-Host"
 _REQUEST_ID = "X-Request-Id"
+
+
+def put(pairs: list[tuple[str, str]], lows: list[str], name: str, value: str) -> None:
+    """CIMultiDict's `pairs[name] = value` on a list: the first occurrence replaced in place,
+    later ones dropped (`lows`: the lower-cased names, kept in step)."""
+    low = name.lower()
+    if low not in lows:
+        pairs.append((name, value))
+        lows.append(low)
+        return
+    index = lows.index(low)
+    pairs[index] = (name, value)
+    while lows.count(low) > 1:
+        later = lows.index(low, index + 1)
+        del pairs[later], lows[later]
 
 
 def normalize_name(name: str) -> str:
@@ -106,48 +121,78 @@ class HeaderHygiene:
         websocket: bool = False,
     ) -> CIMultiDict[str]:
         """The headers to send upstream: client's cleaned, then forwarded, then identity."""
+        pairs, _ = self.upstream_pairs(headers, client_ip=client_ip, scheme=scheme,
+                                       identity=identity, request_id=request_id,
+                                       websocket=websocket)
+        return CIMultiDict(pairs)
+
+    def upstream_pairs(
+        self,
+        headers: CIMultiDictProxy[str],
+        *,
+        client_ip: str | None,
+        scheme: str,
+        identity: Iterable[tuple[str, str]],
+        request_id: str,
+        websocket: bool = False,
+    ) -> tuple[list[tuple[str, str]], list[str]]:
+        """upstream_headers() as a list of pairs (and their lower-cased names), for a head
+        built at once: the same headers in the same order."""
         named = connection_tokens(headers)
         dropped = self._dropped
         prefixes = self._prefixes
-        out: CIMultiDict[str] = CIMultiDict()
+        out: list[tuple[str, str]] = []
+        lows: list[str] = []
         for name, value in headers.items():
-            key = name.lower()
-            if "_" in key:
-                key = key.replace("_", "-")
+            low = name.lower()
+            key = low.replace("_", "-") if "_" in low else low
             if key in dropped or key in named or key.startswith(prefixes):
                 continue
             if websocket and key.startswith("sec-websocket-"):
                 continue  # the upstream handshake is the client library's own
-            out.add(name, value)
+            out.append((name, value))
+            lows.append(low)
         host = headers.get(hdrs.HOST)
+        added: list[tuple[str, str]] = []  # each set as `out[name] = value`, in order
         trusted = bool(self._trusted) and client_ip is not None and self._is_trusted(client_ip)
         if trusted:
             chain = ", ".join(headers.getall(_X_FORWARDED_FOR, ()))
-            out[_X_FORWARDED_FOR] = f"{chain}, {client_ip}" if chain else client_ip or ""
-            out[_X_FORWARDED_PROTO] = headers.get(_X_FORWARDED_PROTO) or scheme
+            added.append((_X_FORWARDED_FOR, f"{chain}, {client_ip}" if chain else client_ip or ""))
+            added.append((_X_FORWARDED_PROTO, headers.get(_X_FORWARDED_PROTO) or scheme))
             forwarded_host = headers.get(_X_FORWARDED_HOST) or host
         else:
             if client_ip:
-                out[_X_FORWARDED_FOR] = client_ip
-            out[_X_FORWARDED_PROTO] = scheme
+                added.append((_X_FORWARDED_FOR, client_ip))
+            added.append((_X_FORWARDED_PROTO, scheme))
             forwarded_host = host
         if forwarded_host:
-            out[_X_FORWARDED_HOST] = forwarded_host
+            added.append((_X_FORWARDED_HOST, forwarded_host))
         if self._preserve_host and host:
-            out[hdrs.HOST] = host
-        for name, value in identity:
-            out[name] = value
-        out[_REQUEST_ID] = request_id
-        return out
+            added.append((hdrs.HOST, host))
+        added.extend(identity)
+        added.append((_REQUEST_ID, request_id))
+        names = [name.lower() for name, _ in added]
+        if len(set(names)) == len(names) and set(lows).isdisjoint(names):
+            out += added  # (the client's copies were dropped above: the usual case)
+            lows += names
+        else:
+            for name, value in added:
+                put(out, lows, name, value)
+        return out, lows
 
     @staticmethod
     def response_headers(headers: MultiMapping[str]) -> CIMultiDict[str]:
         """The upstream's response headers without hop-by-hop ones."""
-        named = connection_tokens(headers)
-        out: CIMultiDict[str] = CIMultiDict()
-        for name, value in headers.items():
-            key = name.lower()
-            if key in HOP_BY_HOP or key in named:
-                continue
-            out.add(name, value)
-        return out
+        return CIMultiDict(end_to_end(list(headers.items())))
+
+
+def end_to_end(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Response header pairs without hop-by-hop ones and those `Connection` names (every
+    door's response headers, in order)."""
+    lows = [name.lower() for name, _ in pairs]
+    hop = HOP_BY_HOP
+    if "connection" in lows:
+        hop = hop | frozenset(
+            normalize_name(token.strip()) for (_, value), low in zip(pairs, lows, strict=True)
+            if low == "connection" for token in value.split(",") if token.strip())
+    return [pair for pair, low in zip(pairs, lows, strict=True) if low not in hop]

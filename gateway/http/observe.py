@@ -69,7 +69,7 @@ class RequestObserver:
         if histogram is None:
             histogram = self._durations[route] = self._metrics.request_duration.labels(
                 self._door, route)
-        histogram.observe(elapsed)
+        self._metrics.observe(histogram, elapsed)
         if decision is not None and (token_type := decision.token_type) is not None:
             self._metrics.token_type_decision(token_type, decision.reason)
         if not access_log.isEnabledFor(logging.INFO):

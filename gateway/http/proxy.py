@@ -135,8 +135,9 @@ def _strip_query_param(query: str, name: str) -> str:
 
 
 _UPSTREAM_ERRORS = (aiohttp.ClientError, UpstreamError, TimeoutError, BodyTooLarge, BodyStalled)
-# The lean pool's (host, port), the request target and the upstream request headers.
-LeanPlan = tuple[tuple[str, int], str, CIMultiDict[str]]
+# The lean pool's (host, port), the request target, the upstream request headers and their
+# lower-cased names.
+LeanPlan = tuple[tuple[str, int], str, list[tuple[str, str]], list[str]]
 
 
 class _Upstream(Protocol):
@@ -322,6 +323,11 @@ class ProxyHandler:
         return self._body_idle
 
     @property
+    def read_timeout_seconds(self) -> float:
+        """`proxy.read_timeout_seconds`: an upstream sending nothing that long times out."""
+        return self._settings.proxy.read_timeout_seconds
+
+    @property
     def write_timeout_seconds(self) -> float:
         """`proxy.write_timeout_seconds`: a client reading none of its response is cut."""
         return self._write_timeout
@@ -475,10 +481,10 @@ class ProxyHandler:
             return None
         if not lean[1]:
             return Reason.AMBIGUOUS_PATH
-        upstream_headers = self._hygiene.upstream_headers(
+        pairs, lows = self._hygiene.upstream_pairs(
             headers, client_ip=client_ip, scheme=scheme, identity=decision.headers,
             request_id=rid)
-        return lean[0], lean[1], upstream_headers
+        return lean[0], lean[1], pairs, lows
 
     def _lean_target(self, decision: Decision, raw_path: str
                      ) -> tuple[tuple[str, int], str] | None:
@@ -517,7 +523,7 @@ class ProxyHandler:
         child = self._durations.get(route)
         if child is None:
             child = self._durations[route] = self._metrics.upstream_duration.labels(route)
-        child.observe(seconds)
+        self._metrics.observe(child, seconds)
 
     async def _forward(
         self, request: web.Request, route: str, url: URL, headers: CIMultiDict[str], rid: str,
@@ -540,7 +546,7 @@ class ProxyHandler:
 
     async def _forward_lean(
         self, request: web.Request, route: str, key: tuple[str, int], target: str,
-        headers: CIMultiDict[str], rid: str, exchange: _Exchange,
+        headers: list[tuple[str, str]], lows: list[str], rid: str, exchange: _Exchange,
     ) -> web.StreamResponse:
         """Send through the lean keep-alive pool (plain http upstreams)."""
         pool = self._pool
@@ -551,8 +557,8 @@ class ProxyHandler:
         started = time.perf_counter()
         try:
             upstream = await pool.request(
-                key, request.method, target, headers.items(), data,
-                request.content_length if data is not None else None)
+                key, request.method, target, headers, data,
+                request.content_length if data is not None else None, lows=lows)
         except _UPSTREAM_ERRORS as exc:
             return self._send_failed(exc, state, route, rid, exchange)
         except ValueError:

@@ -8,6 +8,10 @@ it is idempotent and has no body. A connection carries exactly one final respons
 bytes that answer no request in flight (a second response, bytes while pooled, a body after a
 HEAD/204/304 head, bytes after a Content-Length body) close it, and a 1xx other than 100 stops
 it being reused. Waiting for a free connection ends after `acquire_timeout` (UpstreamBusy).
+
+A caller that wants no task per request (the proxy's fast door) takes an idle connection with
+`take_idle()`, gives it a `Sink` with `relay()` and writes the head itself: the response head,
+body bytes and its end then reach the sink from the connection's own callbacks.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -23,8 +27,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.numbers import whole_number
 
 __all__ = [
-    "UpstreamBusy", "UpstreamConnectError", "UpstreamError", "UpstreamPool",
-    "UpstreamProtocolError", "UpstreamReset", "UpstreamResponse",
+    "Sink", "UpstreamBusy", "UpstreamConnectError", "UpstreamError", "UpstreamPool",
+    "UpstreamProtocolError", "UpstreamReset", "UpstreamResponse", "is_stale", "request_head",
+    "retryable",
 ]
 
 # Response body bytes buffered before the upstream socket stops being read.
@@ -62,6 +67,68 @@ class _Stale(UpstreamReset):
     """A pooled connection failed before any response byte: the upstream had closed it."""
 
 
+def is_stale(exc: BaseException) -> bool:
+    """True when a pooled connection turned out closed before any response byte (retryable
+    once for an idempotent request without a body)."""
+    return isinstance(exc, _Stale)
+
+
+def retryable(method: str) -> bool:
+    """True for the methods a stale pooled connection is retried for (without a body)."""
+    return method in _RETRYABLE
+
+
+def request_head(key: Key, method: str, target: str, headers: Iterable[tuple[str, str]],
+                 chunked: bool, length: int | None, lows: list[str] | None = None) -> bytes:
+    """The request head for the upstream: Host added when missing, the body's framing
+    (`chunked`, or `length`, or 0 for an empty POST/PUT/PATCH); ValueError on a CR or LF.
+    `lows`: the headers' lower-cased names, when known."""
+    lines = [f"{method} {target} HTTP/1.1\r\n"]
+    if lows is None:
+        host_seen = length_seen = False
+        for name, value in headers:
+            lines.append(f"{name}: {value}\r\n")
+            low = name.lower()
+            if low == "host":
+                host_seen = True
+            elif low == "content-length":
+                length_seen = True
+    else:
+        lines += [f"{name}: {value}\r\n" for name, value in headers]
+        host_seen = "host" in lows
+        length_seen = "content-length" in lows
+    if not host_seen:
+        host, port = key
+        host = f"[{host}]" if ":" in host else host
+        lines.append(f"Host: {host}:{port}\r\n" if port != 80 else f"Host: {host}\r\n")
+    if chunked:
+        lines.append("Transfer-Encoding: chunked\r\n")
+    elif not length_seen and (length is not None or method in _EMPTY_BODY_METHODS):
+        lines.append(f"Content-Length: {length or 0}\r\n")
+    lines.append("\r\n")
+    text = "".join(lines)
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        raise ValueError("newline or carriage return in the request head")
+    return text.encode("utf-8")
+
+
+class Sink(Protocol):
+    """Who a relayed response goes to, from the connection's callbacks (no task, no future)."""
+
+    def upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                      length: int | None) -> None:
+        """The final response head (`length`: its Content-Length, None when it has none)."""
+
+    def upstream_body(self, data: bytes) -> None:
+        """Response body bytes, as they arrive."""
+
+    def upstream_end(self, error: BaseException | None) -> None:
+        """The response is complete (None) or failed; called once, never while parsing."""
+
+    def upstream_paused(self, paused: bool) -> None:
+        """The upstream stopped (True) or resumed (False) reading what is written to it."""
+
+
 class _Connection(asyncio.Protocol):
     """One upstream socket and the response being read on it."""
 
@@ -74,6 +141,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.reused = False
         self.on_lost: Any = None
+        self.sink: Sink | None = None  # a relay fed by callbacks, instead of waiters
         self._parser: Any = None
         self._active = False
         self._head_only = False
@@ -93,6 +161,8 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self._reason = b""
         self._raw: list[tuple[bytes, bytes]] = []
+        self._length: bytes | None = None  # the response's first Content-Length
+        self._chunked = False  # the response has a Transfer-Encoding
         self._reason_text = ""
         self.status = 0
         self.headers: CIMultiDictProxy[str] | None = None
@@ -117,6 +187,8 @@ class _Connection(asyncio.Protocol):
             if not self._done:  # bytes after a whole response: keep it, close the socket
                 self._fail(UpstreamProtocolError(f"invalid upstream response: {exc}"))
             self.abort()
+        if self.sink is not None and (self._done or self._error is not None):
+            self._end_sink()  # after parsing: the sink may reuse or drop this connection
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
@@ -128,6 +200,8 @@ class _Connection(asyncio.Protocol):
                 self._fail(_Stale("the pooled connection was closed by the upstream"))
             else:
                 self._fail(UpstreamReset("the upstream closed the connection"))
+        if self.sink is not None:
+            self._end_sink()
         self._wake()
         drain = self._drain
         if drain is not None and not drain.done():
@@ -137,9 +211,13 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self.sink is not None:
+            self.sink.upstream_paused(True)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self.sink is not None:
+            self.sink.upstream_paused(False)
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
@@ -160,6 +238,13 @@ class _Connection(asyncio.Protocol):
         if self._head_bytes > _MAX_HEAD:
             raise UpstreamProtocolError("the upstream's response head is too large")
         self._raw.append((name, value))
+        if len(name) in (14, 17):  # the lengths of the two framing headers' names
+            low = name.lower()
+            if low == b"content-length":
+                if self._length is None:
+                    self._length = value
+            elif low == b"transfer-encoding":
+                self._chunked = True
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -172,26 +257,37 @@ class _Connection(asyncio.Protocol):
                 self._reusable = False
             self._raw = []  # an informational response: the real one follows
             self._reason = b""
+            self._length = None
+            self._chunked = False
             return
-        headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in self._raw:
-            headers.add(name.decode("utf-8", "surrogateescape"),
-                        value.decode("utf-8", "surrogateescape"))
         self.status = status
-        self.headers = CIMultiDictProxy(headers)
         self._head_done = True
         if not parser.should_keep_alive():
             self._reusable = False
         if self._head_only or status in _NO_BODY_STATUSES:
             self._done = True
-        elif "Content-Length" not in headers and "Transfer-Encoding" not in headers:
+        elif self._length is None and not self._chunked:
             self._until_eof = True
             self._reusable = False
+        sink = self.sink
+        if sink is not None:
+            length = self._length
+            sink.upstream_head(status, self._reason, self._raw,
+                               None if length is None else whole_number(length.decode("latin-1")))
+            return
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in self._raw:
+            headers.add(name.decode("utf-8", "surrogateescape"),
+                        value.decode("utf-8", "surrogateescape"))
+        self.headers = CIMultiDictProxy(headers)
         self._wake()
 
     def on_body(self, body: bytes) -> None:
         if self._done:
             self._reusable = False  # a body after a HEAD/204/304 head
+            return
+        if self.sink is not None:
+            self.sink.upstream_body(body)
             return
         self._chunks.append(body)
         self._buffered += len(body)
@@ -220,7 +316,35 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self._reason = b""
         self._raw = []
+        self._length = None
+        self._chunked = False
         self.headers = None
+
+    def relay(self, sink: Sink, head_only: bool) -> None:
+        """Prepare for a response that goes to `sink` from the callbacks (no waiter)."""
+        self.begin(head_only, False)
+        self.sink = sink
+
+    def detach(self) -> None:
+        """The sink no longer wants the response (it ended the exchange itself)."""
+        self.sink = None
+
+    def reading(self, on: bool) -> None:
+        """Stop (False) or resume (True) reading the response: the client is not reading."""
+        transport = self.transport
+        if transport is not None and on == self._read_paused:
+            self._read_paused = not on
+            if on:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    def _end_sink(self) -> None:
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            error = None if self._done else (
+                self._error or UpstreamReset("the upstream closed the connection"))
+            sink.upstream_end(error)
 
     def finish(self) -> bool:
         """End the exchange; whether the connection can serve another request."""
@@ -406,32 +530,22 @@ class UpstreamPool:
     async def request(
         self, key: Key, method: str, target: str, headers: Iterable[tuple[str, str]],
         body: AsyncIterable[bytes] | None = None, length: int | None = None,
+        lows: list[str] | None = None,
     ) -> UpstreamResponse:
-        """Send one request and return once the response head arrived."""
-        host_seen = length_seen = False
-        lines = [f"{method} {target} HTTP/1.1\r\n"]
-        for name, value in headers:
-            lines.append(f"{name}: {value}\r\n")
-            low = name.lower()
-            if low == "host":
-                host_seen = True
-            elif low == "content-length":
-                length_seen = True
-        if not host_seen:
-            host, port = key
-            host = f"[{host}]" if ":" in host else host
-            lines.append(f"Host: {host}:{port}\r\n" if port != 80 else f"Host: {host}\r\n")
-        if body is not None and length is None:
-            lines.append("Transfer-Encoding: chunked\r\n")
-        elif not length_seen and (length is not None or method in _EMPTY_BODY_METHODS):
-            lines.append(f"Content-Length: {length or 0}\r\n")
-        lines.append("\r\n")
-        text = "".join(lines)
-        if text.count("\n") != len(lines) or text.count("\r") != len(lines):
-            raise ValueError("newline or carriage return in the request head")
-        head = text.encode("utf-8")
-        retry = body is None and method in _RETRYABLE
-        conn = await self._acquire(key)
+        """Send one request and return once the response head arrived (`lows`: the
+        headers' lower-cased names, when known)."""
+        head = request_head(key, method, target, headers, body is not None and length is None,
+                            length, lows)
+        return await self.send(key, head, method, body, length)
+
+    async def send(self, key: Key, head: bytes, method: str,
+                   body: AsyncIterable[bytes] | None = None, length: int | None = None, *,
+                   fresh: bool = False) -> UpstreamResponse:
+        """Send a request whose head is built (request_head()); a stale pooled connection is
+        retried once on a fresh one for an idempotent request without a body. `fresh`: on a
+        new connection at once (the retry of a stale one found by a relay)."""
+        retry = body is None and method in _RETRYABLE and not fresh
+        conn = await self._acquire(key, fresh=fresh)
         try:
             return await self._exchange(conn, method == "HEAD", head, body, length)
         except _Stale:
@@ -439,6 +553,25 @@ class UpstreamPool:
                 raise UpstreamReset("the upstream closed a pooled connection") from None
         conn = await self._acquire(key, fresh=True)
         return await self._exchange(conn, method == "HEAD", head, body, length)
+
+    def take_idle(self, key: Key) -> _Connection | None:
+        """An idle pooled connection to the upstream, at once; None when there is none."""
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        while idle:
+            conn = idle.pop()
+            conn.idle = False
+            if conn.closed or now - conn.idle_since > self._keepalive:
+                self._discard(conn)
+                continue
+            return conn
+        return None
+
+    def release(self, conn: _Connection, clean: bool) -> None:
+        """A taken connection's exchange ended: pooled again when `clean` and reusable."""
+        self._release(conn, clean)
 
     async def _exchange(self, conn: _Connection, head_only: bool, head: bytes,
                         body: AsyncIterable[bytes] | None, length: int | None
@@ -470,14 +603,10 @@ class UpstreamPool:
             if self._closed:
                 raise UpstreamConnectError("the upstream pool is closed")
             idle = self._idle.get(key)
-            now = loop.time()
-            while idle and not fresh:
-                conn = idle.pop()
-                conn.idle = False
-                if conn.closed or now - conn.idle_since > self._keepalive:
-                    self._discard(conn)
-                    continue
-                return conn
+            if not fresh:
+                taken = self.take_idle(key)
+                if taken is not None:
+                    return taken
             if self._limit and self._total >= self._limit and not self._close_other_idle():
                 await self._wait_slot(deadline)
                 continue
