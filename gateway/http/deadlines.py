@@ -64,7 +64,8 @@ class Sweep:
             return
         self._quiet = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(asyncio.shield(self._quiet), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: 3.11's can swallow a cancel
+                await asyncio.shield(self._quiet)
         except TimeoutError:
             pass
         finally:
