@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from gateway.auth.claims import Identity
+from gateway.tasks import stop_task
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -193,11 +194,9 @@ async def relay(
                 break
     finally:
         for task in (to_upstream, to_client):
-            if not task.done():
-                task.cancel()
+            task.cancel()
         for task in (to_upstream, to_client):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await stop_task(task)
     if to_upstream in done and not to_upstream.cancelled() and to_upstream.exception() is None:
         code, reason = to_upstream.result()
         why = "client"
