@@ -294,3 +294,13 @@ def json_of(text: str) -> Any:
     import json
 
     return json.loads(text)
+
+
+async def cut_mid_body(request: web.Request) -> web.StreamResponse:
+    """An upstream handler that promises 10 MiB, sends 1 MiB, then resets the connection."""
+    response = web.StreamResponse(headers={"Content-Length": str(10 * MiB)})
+    await response.prepare(request)
+    await response.write(b"x" * MiB)
+    assert request.transport is not None
+    request.transport.abort()
+    return response

@@ -12,7 +12,7 @@ from aiohttp import web
 from gateway.devissuer import DevIssuer
 from gateway.http.fast_proxy import PROXY_HANDOVER_CAUSES, FastProxyDoor
 from tests.conftest import GatewayFactory, Running, serve_app
-from tests.proxy_support import MiB, Upstream
+from tests.proxy_support import MiB, Upstream, cut_mid_body
 from tests.proxy_support import raw_request as raw_exchange
 
 
@@ -207,16 +207,8 @@ async def test_an_upstream_that_never_answers_times_out_with_504(
 async def test_an_upstream_cut_off_mid_body_cuts_the_client_off(
     clerk: DevIssuer, make_gateway: GatewayFactory
 ) -> None:
-    async def cut(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Length": str(10 * MiB)})
-        await response.prepare(request)
-        await response.write(b"x" * MiB)
-        assert request.transport is not None
-        request.transport.abort()
-        return response
-
     app = web.Application()
-    app.router.add_get("/cut", cut)
+    app.router.add_get("/cut", cut_mid_body)
     server = await serve_app(app)
     try:
         gw = await make_gateway(env={"GATEWAY_UPSTREAM": str(server.make_url("")).rstrip("/")})

@@ -15,7 +15,7 @@ from gateway.devissuer import DevIssuer
 from gateway.http.deadlines import Sweep
 from gateway.http.fast_proxy import FastProxyDoor
 from tests.conftest import GatewayFactory, Running, serve_app
-from tests.proxy_support import MiB, Upstream
+from tests.proxy_support import MiB, Upstream, cut_mid_body
 from tests.proxy_support import raw_request as raw_exchange
 
 
@@ -134,16 +134,8 @@ async def test_a_client_that_leaves_closes_the_upstream_connection(
 async def test_an_upstream_cut_off_mid_body_cuts_the_client_off(
     clerk: DevIssuer, make_gateway: GatewayFactory
 ) -> None:
-    async def cut(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Length": str(10 * MiB)})
-        await response.prepare(request)
-        await response.write(b"x" * MiB)
-        assert request.transport is not None
-        request.transport.abort()
-        return response
-
     app = web.Application()
-    app.router.add_get("/cut", cut)
+    app.router.add_get("/cut", cut_mid_body)
     app.router.add_get("/warm", warm)
     server = await serve_app(app)
     try:
