@@ -92,10 +92,6 @@ class ForwardAuthSettings:
     uri_source: str = "auto"
     fast_path: bool = True  # repeat decisions answered by the fast door (http/fast_door.py)
 
-    def trusts(self, address: str | None) -> bool:
-        """True when this caller may say which request it forwards (all, when none listed)."""
-        return not self.trusted_callers or address_in(address, self.trusted_callers)
-
 
 @dataclass(frozen=True)
 class TokenSource:

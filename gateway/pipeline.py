@@ -212,7 +212,7 @@ class Authorizer:
                 return refused
         try:
             verified = await self.verifier.verify(
-                located.token, located.route.rule.accepts, facts.client_address())
+                located.token, located.route.rule.accepts, facts.client_address)
         except TokenRejected as exc:
             return Decision(exc.reason, located.route, path=located.path, detail=exc.detail,
                             retry_after=exc.retry_after, presented_type=exc.token_type)

@@ -13,8 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-__all__ = ["Bucket", "LookupBudgets", "Rate", "spend"]
+from gateway.config_machine import MachineTokenSettings
+
+__all__ = ["Bucket", "LookupBudgets", "Rate", "keep_recent", "lookup_rates", "spend"]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 _MAX_CLIENTS = 65_536
 
@@ -41,6 +47,21 @@ class Rate:
         return max(0.0, self.burst - units) / self.per_second
 
 
+def lookup_rates(settings: MachineTokenSettings) -> tuple[Rate, Rate]:
+    """The per-client and the instance's look-up rates the settings give."""
+    return (Rate(settings.client_lookups_per_second, settings.client_lookup_burst),
+            Rate(settings.lookups_per_second, settings.lookup_burst))
+
+
+def keep_recent(table: dict[K, V], key: K, value: V, limit: int) -> None:
+    """Store `value` as the most recently seen; over `limit`, forget the oldest sixteenth."""
+    table.pop(key, None)
+    table[key] = value
+    if len(table) > limit:
+        for old in list(table)[: max(1, limit // 16)]:
+            del table[old]
+
+
 def spend(buckets: Sequence[Bucket | None], rates: Sequence[Rate],
           now: float) -> tuple[list[float], list[Bucket]]:
     """Take one unit from every bucket: (the seconds until each bucket holds a unit, all 0.0;
@@ -65,14 +86,10 @@ class LookupBudgets:
 
     def take(self, client: str, now: float) -> float:
         """Spend one look-up: 0.0 when allowed, else the seconds until one is available."""
-        clients = self._clients
-        held = clients.pop(client, None)
+        held = self._clients.get(client)
         waits, after = spend((held, self._instance), (self.client, self.instance), now)
         if after:
             held, self._instance = after
         if held is not None:
-            clients[client] = held  # last: the most recently seen
-        if len(clients) > self.max_clients:
-            for old in list(clients)[: max(1, self.max_clients // 16)]:
-                del clients[old]
+            keep_recent(self._clients, client, held, self.max_clients)
         return max(waits)

@@ -33,7 +33,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.auth.budget import LookupBudgets, Rate
+from gateway.auth.budget import LookupBudgets, lookup_rates
 from gateway.auth.claims import ClaimError, Identity
 from gateway.auth.classify import TokenType
 from gateway.auth.machine_api import MachineApi
@@ -47,7 +47,10 @@ from gateway.state.budget_share import SharedBudgets
 from gateway.state.store import StoreUnavailable
 from gateway.state.verdict_share import SharedVerdicts
 
-__all__ = ["LOOKUP_RESULTS", "MachineVerifier", "Verification"]
+__all__ = ["LOOKUP_RESULTS", "Client", "MachineVerifier", "Verification"]
+
+Client = Callable[[], str | None] | None
+"""How to learn the requesting client's address (None: unknown)."""
 
 LOOKUP_RESULTS = ("valid", "invalid", "revoked", "expired", "rate_limited", "failed",
                   "throttled")
@@ -87,9 +90,7 @@ class MachineVerifier:
         self._issuer = issuer
         self._clock = clock
         self._leeway = leeway
-        self._budgets = LookupBudgets(
-            Rate(settings.client_lookups_per_second, settings.client_lookup_burst),
-            Rate(settings.lookups_per_second, settings.lookup_burst))
+        self._budgets = LookupBudgets(*lookup_rates(settings))
         self._shared_budgets = budgets
         self._inflight: dict[bytes, asyncio.Task[Verdict | None]] = {}
         self._fail_open = settings.failure_mode == "fail_open"
@@ -102,8 +103,9 @@ class MachineVerifier:
         self._metrics.machine_token_lookups.labels(token_type.value, result).inc()
 
     async def verify(self, token: str, key: bytes, token_type: TokenType,
-                     client: str | None) -> Verification:
-        """The identity behind an opaque token; raises TokenRejected."""
+                     client: Client) -> Verification:
+        """The identity behind an opaque token; raises TokenRejected. `client` gives the
+        address whose budget a look-up spends (asked only when one is paid for)."""
         if not self._api.can_verify(token_type):
             raise TokenRejected(Reason.WRONG_TOKEN_TYPE,
                                  f"no Backend API key to verify {token_type.value}")
@@ -115,7 +117,9 @@ class MachineVerifier:
         if task is None:
             if now < self.blocked_until:
                 return self._fallback(verdict, now)
-            payer = (client or "unknown") if verdict is None or not verdict.valid else None
+            payer = None
+            if verdict is None or not verdict.valid:
+                payer = (client() if client is not None else None) or "unknown"
             task = asyncio.create_task(self._budgeted(key, token_type, token, payer, now))
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._settled(key, done))

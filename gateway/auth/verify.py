@@ -24,7 +24,7 @@ from jwt.algorithms import get_default_algorithms
 from gateway.auth.claims import ClaimError, Identity, identity_from_claims
 from gateway.auth.classify import MACHINE_TYPES, TokenType, jwt_token_type, opaque_token_type
 from gateway.auth.jwks import IssuerKeys, KeyEntry
-from gateway.auth.machine import MachineVerifier
+from gateway.auth.machine import Client, MachineVerifier
 from gateway.auth.machine_identity import identity_from_machine_jwt
 from gateway.auth.mismatch import MismatchLog
 from gateway.auth.rejection import TokenRejected
@@ -133,11 +133,11 @@ class Verifier:
                                 token_type=token_type)
 
     async def verify(self, token: str, accepts: frozenset[str] | None = None,
-                     client: str | None = None) -> Verified:
+                     client: Client = None) -> Verified:
         """Verify a token of a type the route accepts, using the cache for tokens already seen.
 
         `accepts` (None: every type of `token_types`) is checked before any network call;
-        `client` is the address whose budget an unknown opaque token spends.
+        `client` gives the address whose budget an unknown opaque token spends.
         """
         if len(token) > self._max_bytes:
             raise TokenRejected(Reason.TOKEN_TOO_LARGE)
@@ -184,7 +184,7 @@ class Verifier:
         return verified
 
     async def _verify_opaque(self, token: str, key: bytes, token_type: TokenType,
-                             accepts: frozenset[str] | None, client: str | None,
+                             accepts: frozenset[str] | None, client: Client,
                              now: float) -> Verified:
         """An opaque machine credential, verified at Clerk's Backend API (gateway/auth/machine)."""
         self._admit(token_type.value, accepts)

@@ -24,7 +24,7 @@ from gateway.http.headers import REQUEST_ID
 from gateway.http.hop import end_to_end, put
 from gateway.pipeline import Decision
 
-__all__ = ["NO_BODY_STATUSES", "client_head", "encode_head"]
+__all__ = ["NO_BODY_STATUSES", "client_head", "encode_head", "read_whole"]
 
 NO_BODY_STATUSES = frozenset({204, 304})
 _SERVER = SERVER_LINE.decode()
@@ -34,6 +34,13 @@ _OCTETS = "application/octet-stream"
 _ALLOWED = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
 
 Pairs = list[tuple[str, str]]
+
+
+def read_whole(status: int, method: str, length: int | None, small: int) -> bool:
+    """True when the body is read whole and written with its head (one write, as the aiohttp
+    door does): a length of at most `small` bytes on an answer that has a body."""
+    return (length is not None and length <= small and method != "HEAD"
+            and status not in NO_BODY_STATUSES)
 
 
 def client_head(status: int, reason: str, upstream: Pairs, *, length: int | None,

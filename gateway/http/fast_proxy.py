@@ -37,7 +37,7 @@ import httptools
 from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.http.answer_head import NO_BODY_STATUSES, client_head, encode_head
+from gateway.http.answer_head import client_head, encode_head, read_whole
 from gateway.http.cors import add_cors_headers
 from gateway.http.deadlines import Sweep
 from gateway.http.fast_relay import CallbackRelay
@@ -623,8 +623,7 @@ class FastProxyProtocol(FrontProtocol):
         status = upstream.status
         length = upstream.content_length
         body = None
-        if (length is not None and length <= SMALL_BODY and exchange.method != "HEAD"
-                and status not in NO_BODY_STATUSES):
+        if read_whole(status, exchange.method, length, SMALL_BODY):
             try:
                 body = await upstream.read()
             except _UPSTREAM_ERRORS as exc:

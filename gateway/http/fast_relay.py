@@ -23,7 +23,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from gateway.http.answer_head import NO_BODY_STATUSES
+from gateway.http.answer_head import read_whole
 from gateway.http.deadlines import Sweep
 from gateway.http.proxy import SMALL_BODY, LeanPlan
 from gateway.http.upstream import UpstreamPool, is_stale, retryable
@@ -87,8 +87,7 @@ class CallbackRelay:
         pairs = [(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
                  for name, value in headers]
         text = reason.decode("utf-8", "surrogateescape")
-        if (length is not None and length <= SMALL_BODY and exchange.method != "HEAD"
-                and status not in NO_BODY_STATUSES):
+        if read_whole(status, exchange.method, length, SMALL_BODY):
             self._waiting = (status, text, pairs)
             self._parts = []
             return

@@ -109,7 +109,7 @@ class ForwardAuthHandler:
     def facts(self, method: str, own_path: str, remote: str | None,
               headers: CIMultiDictProxy[str]) -> RequestFacts:
         """The facts of the forwarded request; raises ConflictingForwardedRequest."""
-        trusted = self._settings.trusts(remote)  # once: it decides two things
+        trusted = self._addresses.trusts(remote)  # once: the URI's source, and the client
         method, uri, host = self._original(method, own_path, trusted, headers)
         return RequestFacts(door="forward_auth", method=method, uri=uri, host=host,
                             headers=headers, client_ip=remote, addresses=self._addresses)

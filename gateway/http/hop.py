@@ -18,13 +18,12 @@ query or body parameter (`_method`) is the application's own and cannot be remov
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import lru_cache
 
 from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
+from gateway.clients import ClientAddresses
 from gateway.config import Settings
-from gateway.config_sections import address_in
 
 __all__ = [
     "HOP_BY_HOP", "REROUTING_HEADERS", "REROUTING_PREFIXES", "HeaderHygiene", "connection_tokens",
@@ -78,9 +77,11 @@ def normalize_name(name: str) -> str:
 
 def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
     """The header names listed in every `Connection` header, normalised."""
-    values = headers.getall(hdrs.CONNECTION, ())
-    if not values:
-        return frozenset()
+    return _listed_names(headers.getall(hdrs.CONNECTION, ()))
+
+
+def _listed_names(values: Iterable[str]) -> frozenset[str]:
+    """The header names some `Connection` values list, normalised."""
     return frozenset(
         normalize_name(token.strip()) for value in values for token in value.split(",")
         if token.strip()
@@ -90,7 +91,7 @@ def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
 class HeaderHygiene:
     """Builds the upstream request headers and the client response headers."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, addresses: ClientAddresses | None = None) -> None:
         proxy = settings.proxy
         controlled = {normalize_name(h) for h in settings.identity_headers.values()}
         controlled.add(normalize_name(settings.assertion.header))
@@ -106,9 +107,8 @@ class HeaderHygiene:
             *REROUTING_PREFIXES,
         )
         self._preserve_host = proxy.preserve_host
-        self._trusted = proxy.trusted_proxies
-        self._is_trusted = lru_cache(maxsize=4096)(
-            lambda address: address_in(address, self._trusted))
+        # Who may append to X-Forwarded-*: the proxy's own rule (gateway/clients.py).
+        self._addresses = addresses or ClientAddresses(proxy.trusted_proxies)
 
     def upstream_headers(
         self,
@@ -154,7 +154,7 @@ class HeaderHygiene:
             lows.append(low)
         host = headers.get(hdrs.HOST)
         added: list[tuple[str, str]] = []  # each set as `out[name] = value`, in order
-        trusted = bool(self._trusted) and client_ip is not None and self._is_trusted(client_ip)
+        trusted = self._addresses.trusts(client_ip)
         if trusted:
             chain = ", ".join(headers.getall(_X_FORWARDED_FOR, ()))
             added.append((_X_FORWARDED_FOR, f"{chain}, {client_ip}" if chain else client_ip or ""))
@@ -192,7 +192,6 @@ def end_to_end(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     lows = [name.lower() for name, _ in pairs]
     hop = HOP_BY_HOP
     if "connection" in lows:
-        hop = hop | frozenset(
-            normalize_name(token.strip()) for (_, value), low in zip(pairs, lows, strict=True)
-            if low == "connection" for token in value.split(",") if token.strip())
+        hop = hop | _listed_names(
+            value for (_, value), low in zip(pairs, lows, strict=True) if low == "connection")
     return [pair for pair, low in zip(pairs, lows, strict=True) if low not in hop]

@@ -232,7 +232,6 @@ class ProxyHandler:
         self._clock = clock
         self._realm = settings.realm
         self._default = settings.upstream.rstrip("/")
-        self._hygiene = HeaderHygiene(settings)
         self._limit = proxy.max_body_bytes
         self._ws_param = proxy.websocket_query_token
         self._ws_expiry = proxy.websocket_close_on_expiry
@@ -242,6 +241,7 @@ class ProxyHandler:
         self._write_timeout = proxy.write_timeout_seconds
         self._ws_idle = proxy.websocket_idle_timeout_seconds
         self._addresses = ClientAddresses(proxy.trusted_proxies)
+        self._hygiene = HeaderHygiene(settings, self._addresses)
         self._client_requests = ClientSlots(proxy.max_requests_per_client)
         self._client_sockets = ClientSlots(proxy.websocket_max_per_client)
         self._session: aiohttp.ClientSession | None = None

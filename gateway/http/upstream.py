@@ -83,21 +83,12 @@ def request_head(key: Key, method: str, target: str, headers: Iterable[tuple[str
     """The request head for the upstream: Host added when missing, the body's framing
     (`chunked`, or `length`, or 0 for an empty POST/PUT/PATCH); ValueError on a CR or LF.
     `lows`: the headers' lower-cased names, when known."""
-    lines = [f"{method} {target} HTTP/1.1\r\n"]
+    pairs = list(headers)
     if lows is None:
-        host_seen = length_seen = False
-        for name, value in headers:
-            lines.append(f"{name}: {value}\r\n")
-            low = name.lower()
-            if low == "host":
-                host_seen = True
-            elif low == "content-length":
-                length_seen = True
-    else:
-        lines += [f"{name}: {value}\r\n" for name, value in headers]
-        host_seen = "host" in lows
-        length_seen = "content-length" in lows
-    if not host_seen:
+        lows = [name.lower() for name, _ in pairs]
+    lines = [f"{method} {target} HTTP/1.1\r\n", *(f"{name}: {value}\r\n" for name, value in pairs)]
+    length_seen = "content-length" in lows
+    if "host" not in lows:
         host, port = key
         host = f"[{host}]" if ":" in host else host
         lines.append(f"Host: {host}:{port}\r\n" if port != 80 else f"Host: {host}\r\n")

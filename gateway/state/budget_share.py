@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from gateway.auth.budget import Bucket, Rate, spend
+from gateway.auth.budget import Bucket, Rate, keep_recent, spend
 from gateway.state.store import Record, SharedStore
 
 __all__ = ["LOOKUP_BUDGETS", "SharedBudgets"]
@@ -80,15 +80,6 @@ class SharedBudgets:
 
         asked_at, waits = await self._store.update(LOOKUP_BUDGETS, keys, change)
         for key, wait in zip(keys, waits, strict=True):
-            if wait > 0.0:
-                self._remember(key, asked_at + wait)
+            if wait > 0.0:  # no unit in that bucket before then (a bounded table)
+                keep_recent(self._empty_until, key, asked_at + wait, self._max_known)
         return max(waits)
-
-    def _remember(self, key: str, until: float) -> None:
-        """Note that a bucket holds no unit before ``until`` (a bounded table)."""
-        known = self._empty_until
-        known.pop(key, None)
-        known[key] = until
-        if len(known) > self._max_known:
-            for old in list(known)[: max(1, self._max_known // 16)]:
-                del known[old]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.auth.budget import Rate
+from gateway.auth.budget import lookup_rates
 from gateway.auth.revocation_store import RevocationStore, build_store
 from gateway.auth.verdicts import LocalVerdicts
 from gateway.config import IssuerSettings, Settings
@@ -72,10 +72,8 @@ def lookup_budgets_for(shared: SqliteStore | None, settings: Settings,
     store."""
     if shared is None:
         return None
-    machine = settings.machine_tokens
     return SharedBudgets(shared, source_digest(settings.clerk_api_url),
-                         Rate(machine.client_lookups_per_second, machine.client_lookup_burst),
-                         Rate(machine.lookups_per_second, machine.lookup_burst), clock)
+                         *lookup_rates(settings.machine_tokens), clock)
 
 
 def revocation_store_for(settings: Settings, shared: SqliteStore | None,
