@@ -229,10 +229,9 @@ class Authorizer:
         """Normalise, route and extract: a Decision when no token needs verifying."""
         router = self.router  # read once: a reload may swap it while this request waits
         try:
-            path = router.normalize(facts.uri)
+            path, match = router.locate(facts.method, facts.uri, facts.host)
         except AmbiguousPath as exc:
             return Decision(Reason.AMBIGUOUS_PATH, router.default, detail=str(exc))
-        match = router.match(facts.method, path, facts.host)
         cors = self.cors
         if cors is not None and cors.is_preflight(facts.method, facts.headers):
             preflight = self._preflight(cors, router, facts, path)

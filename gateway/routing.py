@@ -173,6 +173,9 @@ class RouteMatch:
 
 
 DEFAULT_ROUTE = Route(name="default")
+# Router.locate() remembers at most this many targets of at most this length (a few MB).
+_LOCATE_ENTRIES = 4096
+_LOCATE_TARGET_BYTES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,22 @@ class Router:
         self._fold = not self.options.case_sensitive
         self._max_escapes = max_path_escapes
         self._max_segments = max_path_segments
+        # (method, target, host) -> (normalised path, match): every caller repeats a few.
+        self._located: dict[tuple[str, str, str | None], tuple[str, RouteMatch]] = {}
+
+    def locate(self, method: str, uri: str, host: str | None) -> tuple[str, RouteMatch]:
+        """normalize() then match(), remembered for short targets; raise AmbiguousPath."""
+        key = (method, uri, host)
+        located = self._located.get(key)
+        if located is None:
+            path = normalize_path(uri, self._max_escapes, self._max_segments)
+            located = (path, self.match(method, path, host))
+            if len(uri) <= _LOCATE_TARGET_BYTES and (host is None
+                                                       or len(host) <= _LOCATE_TARGET_BYTES):
+                if len(self._located) >= _LOCATE_ENTRIES:
+                    self._located.clear()  # a bound, not a policy: rebuilt from the next ones
+                self._located[key] = located
+        return located
 
     def normalize(self, uri: str) -> str:
         """The path to match and forward, within this table's bounds; raise AmbiguousPath."""

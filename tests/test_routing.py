@@ -11,10 +11,15 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config import ConfigError, load_settings
 from gateway.configreader import Reader
+from gateway.pathnorm import AmbiguousPath
 from gateway.routing import (
+    _LOCATE_ENTRIES,
+    _LOCATE_TARGET_BYTES,
     Router,
     TemplateError,
     parse_route_options,
@@ -293,3 +298,47 @@ def test_check_config_command_lists_every_problem(tmp_path: Path) -> None:
     assert "routes[1]: route 'orders' is unreachable" in done.stderr
     assert "routes[2].path_template: ** must be the last segment" in done.stderr
     assert "routes[2].require.nope: unknown requirement kind" in done.stderr
+
+
+_LOCATE_ROUTES: list[dict[str, Any]] = [
+    {"name": "orders", "path_template": "/orders/{id}", "methods": ["GET"], "access": "public"},
+    {"name": "admin", "path": "/admin", "host": "admin.example.test", "access": "deny"},
+    {"name": "api", "path_prefix": "/api"},
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(target=st.one_of(
+    st.text(alphabet="/.%2eAaFfpio?=&-_~", max_size=40).map(lambda t: "/" + t),
+    st.sampled_from(["/orders/7", "/orders/%2e%2e/admin", "/api/../admin", "/ADMIN", "/api//x",
+                     "/orders/7?x=1", "/%2F", "/a/./b/../", "/admin"])))
+def test_locate_is_normalize_then_match_every_time(target: str) -> None:
+    """Remembered or not, locate() answers as normalize() then match() (or raises as it),
+    for every method and host asking about the same target in turn."""
+    router = table(_LOCATE_ROUTES)
+    asks = [(method, host) for method in ("GET", "HEAD", "POST", "DELETE")
+            for host in (None, "admin.example.test", "api.example.test", "ADMIN.example.test")]
+    for method, host in asks * 2:  # the second round comes from what the first remembered
+        try:
+            path = router.normalize(target)
+        except AmbiguousPath:
+            with pytest.raises(AmbiguousPath):
+                router.locate(method, target, host)
+            continue
+        expected = router.match(method, path, host)
+        located, match = router.locate(method, target, host)
+        assert (located, match.route.name, dict(match.params)) == (
+            path, expected.route.name, dict(expected.params))
+
+
+def test_locate_remembers_a_bounded_number_of_short_targets() -> None:
+    """Unique targets from one client cannot grow the table past its bound; long ones are
+    never kept."""
+    router = table(_LOCATE_ROUTES)
+    for n in range(_LOCATE_ENTRIES + 10):
+        router.locate("GET", f"/api/{n}", None)
+    assert 0 < len(router._located) <= _LOCATE_ENTRIES
+    router._located.clear()
+    long_target = "/api/" + "x" * _LOCATE_TARGET_BYTES
+    assert router.locate("GET", long_target, None)[1].route.name == "api"
+    assert router._located == {}
