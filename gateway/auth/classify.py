@@ -41,6 +41,8 @@ _MACHINE_SUBJECT = "mch_"
 class TokenType(enum.Enum):
     """A credential's type, by Clerk's names; UNKNOWN is never accepted anywhere."""
 
+    __hash__ = object.__hash__  # by identity, in C (as gateway/reasons.py's enums)
+
     SESSION_TOKEN = "session_token"
     JWT_TEMPLATE = "jwt_template"
     M2M_TOKEN = "m2m_token"
