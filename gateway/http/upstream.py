@@ -134,6 +134,9 @@ class _Connection(asyncio.Protocol):
         self.on_lost: Any = None
         self.sink: Sink | None = None  # a relay fed by callbacks, instead of waiters
         self._parser: Any = None
+        # llhttp itself read the last response to its end: the parser serves the next one
+        # (a HEAD's or a failed response leaves it mid-message: a new one is made).
+        self._parsed_whole = False
         self._active = False
         self._head_only = False
         self._got_bytes = False
@@ -291,13 +294,16 @@ class _Connection(asyncio.Protocol):
         if not self._head_done:
             return  # the end of an informational response
         self._done = True
+        self._parsed_whole = True
         self._wake()
 
     # used by the pool and the response
     def begin(self, head_only: bool, sending: bool) -> None:
         """Prepare for a new request's response."""
         self._sending = sending
-        self._parser = httptools.HttpResponseParser(self)
+        if not self._parsed_whole or self._parser is None:
+            self._parser = httptools.HttpResponseParser(self)
+        self._parsed_whole = False
         self._active = True
         self._head_only = head_only
         self._got_bytes = self._head_done = self._done = self._until_eof = False
@@ -340,7 +346,9 @@ class _Connection(asyncio.Protocol):
     def finish(self) -> bool:
         """End the exchange; whether the connection can serve another request."""
         self._active = False
-        self._parser = None
+        if not self._parsed_whole or self._error is not None:
+            self._parser = None
+            self._parsed_whole = False
         return (self._done and self._reusable and not self.closed and not self._chunks
                 and self._error is None)
 
