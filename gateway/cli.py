@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -131,15 +132,25 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.workers import multiprocess_registry
 
     if index is None:
-        run(serve(settings, report_workers=1), settings.event_loop)
+        run(serve(settings, report_workers=1, on_ready=_settle_heap), settings.event_loop)
     else:
         scrape = multiprocess_registry()
         gateway = Gateway(settings, scrape_registry=scrape)
         # The first worker tells the start-up facts; the parent set GATEWAY_WORKERS.
         run(serve(settings, gateway=gateway, reuse_port=True,
                   reload_missed=lambda: reload_generation() != generation,
-                  report_workers=settings.workers if index == 0 else None), settings.event_loop)
+                  report_workers=settings.workers if index == 0 else None,
+                  on_ready=_settle_heap), settings.event_loop)
     return 0
+
+
+async def _settle_heap(_: object) -> None:
+    """The worker listens: what start-up made is never scanned by the collector again."""
+    from gateway.heap import settle_heap
+
+    frozen = settle_heap()
+    logging.getLogger("gateway.start").info(
+        "heap settled: %d start-up objects out of the collector's sight", frozen)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -209,3 +209,25 @@ def test_mismatch_lines_resume_after_the_interval_with_the_count(
     assert len(lines) == 3
     assert "(3 more since the last such line)" in lines[2]
     assert "\n" not in lines[2] and len(lines[2]) < 400  # escaped and shortened
+
+
+async def test_each_worker_settles_its_heap_once_listening(clerk: DevIssuer) -> None:
+    """What start-up made is frozen out of the cyclic collector's full passes (gateway/heap.py)."""
+    async with serving({"CLERK_ISSUER": clerk.issuer}, until="heap settled") as lines:
+        settled = [line for line in lines if "gateway.start: heap settled:" in line]
+        assert len(settled) == 1, lines
+        frozen = int(settled[0].split("heap settled: ")[1].split()[0])
+        assert frozen > 10_000  # modules, settings, the metrics registry at least
+
+
+def test_settle_heap_freezes_what_is_alive() -> None:
+    import gc
+
+    from gateway.heap import settle_heap
+
+    before = gc.get_freeze_count()
+    kept = [object() for _ in range(100)]
+    try:
+        assert settle_heap() >= before + len(kept)
+    finally:
+        gc.unfreeze()
