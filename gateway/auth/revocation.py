@@ -45,6 +45,7 @@ log = logging.getLogger("gateway.revocation")
 
 _MAX_LOCAL = 200_000
 _MAX_NOTIFIED = 10_000
+_KEYS_REMEMBERED = 4096  # identities whose revocation keys are kept (the token cache holds them)
 
 
 class RevocationListener(Protocol):
@@ -139,6 +140,10 @@ class RevocationChecker:
         self._grace = settings.store_grace_seconds
         self._fail_open = settings.on_store_error == "fail_open"
         self._local: dict[str, _Local] = {}
+        # The keys of the identities being checked (each kept with its identity: the same
+        # cached object comes back on every request of its token, and its id is never reused
+        # while it is held here).
+        self._keys: dict[int, tuple[Identity, tuple[str, ...]]] = {}
         self._seq = 0
         self._inflight: dict[str, asyncio.Task[bool]] = {}
         self._down_until = 0.0
@@ -234,7 +239,7 @@ class RevocationChecker:
         resync_at = self._resync_at
         ttl = self._ttl
         mirror = self._mirror(now) if self._mirror is not None else None
-        for key in identity_keys(identity):
+        for key in self._keys_of(identity):
             item = local.get(key)
             if item is None or now - item.fetched_at >= ttl or item.fetched_at < resync_at:
                 if mirror is None:
@@ -246,6 +251,17 @@ class RevocationChecker:
             elif item.entry is not None and item.entry.expires_at > now:
                 return True, stale
         return False, stale
+
+    def _keys_of(self, identity: Identity) -> tuple[str, ...]:
+        """identity_keys(identity), remembered for the identity object (bounded)."""
+        known = self._keys.get(id(identity))
+        if known is not None and known[0] is identity:
+            return known[1]
+        keys = tuple(identity_keys(identity))
+        if len(self._keys) >= _KEYS_REMEMBERED:
+            self._keys.clear()
+        self._keys[id(identity)] = (identity, keys)
+        return keys
 
     def _introspector_for(self, identity: Identity) -> SessionIntrospector | None:
         """The introspector when Clerk's Backend API is asked about this identity's session."""
