@@ -53,6 +53,8 @@ def read_credentials(value: str, scheme: str, source: str) -> str | None:
     if head.isascii() and head.lower() == scheme.lower():
         if not space or not token:
             raise EmptyToken(f"{source} holds no token")
+        if _TOKEN_TEXT.fullmatch(token) is not None:
+            return token  # visible ASCII: no blank any reader could split it on
         words = token.replace(_OTHER_BLANKS, " ").split()
         if words != [token]:
             raise AmbiguousToken(f"{source} is read differently by other parsers")
