@@ -189,7 +189,9 @@ def section(results: Result, missed: list[Result]) -> list[str]:
            "two single-process contenders is restated as a budget of server CPU per request "
            f"(req/s ~ 1 / CPU per request); `{FLOOR}` is the floor under any Python proxy.", ""]
     if not missed:
-        return [*out, "None: every target with data is met.", ""]
+        judged = sum(1 for t in results.get("targets") or [] if t["met"] is not None)
+        return [*out, f"None: all {judged} targets with data and a goal are met." if judged
+                else "None measured: no target with a goal has data in this run.", ""]
     for entry in missed:
         limit = entry.get("limit")
         how = ""

@@ -217,7 +217,11 @@ def test_a_budget_under_the_floor_is_said_so() -> None:
 
 
 def test_nothing_missed_is_said_so() -> None:
-    assert missed.section(_results(), [])[-2] == "None: every target with data is met."
+    results = _results()
+    assert missed.section(results, [])[-2] == (
+        "None measured: no target with a goal has data in this run.")
+    results["targets"] = [{"met": True}, {"met": None}, {"met": True}]
+    assert missed.section(results, [])[-2] == "None: all 2 targets with data and a goal are met."
 
 
 async def test_relay_floor_relays_every_byte_and_parses_each_request() -> None:
