@@ -3,7 +3,9 @@
 - bare: answers 200 to every path (the floor of any aiohttp service on this machine);
 - naive: what teams write: `jwt.decode` of the Bearer token on every request;
 - proxy: a plain streaming aiohttp reverse proxy (ClientSession), no authentication;
-- issuer: gateway.devissuer.DevIssuer plus /_bench/hits (JWKS fetch counts, for the storm).
+- issuer: gateway.devissuer.DevIssuer plus /_bench/hits (JWKS fetch counts, for the storm);
+- relay_floor: not aiohttp and not a proxy: a byte relay with llhttp parsing and no HTTP
+  semantics, what the loop, the sockets and the parser cost (the floor under any Python proxy).
 """
 
 from __future__ import annotations
@@ -16,16 +18,19 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
+from urllib.parse import urlsplit
 
 import aiohttp
+import httptools
 import jwt
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from gateway.loops import loop_factory
+from gateway.loops import loop_factory, run
 
-__all__ = ["bare_app", "issuer_app", "naive_app", "proxy_app"]
+__all__ = ["FloorClient", "bare_app", "issuer_app", "naive_app", "proxy_app", "serve_floor"]
 
 CATCH_ALL = "/{tail:.*}"
 
@@ -129,17 +134,122 @@ def issuer_app(issuer_url: str) -> web.Application:
     return app
 
 
+class _FloorUpstream(asyncio.Protocol):
+    """The upstream end of one relayed connection: its bytes go back to the client as they come."""
+
+    def __init__(self, client: FloorClient) -> None:
+        self.client = client
+
+    def data_received(self, data: bytes) -> None:
+        """Straight back to the client."""
+        self.client.transport.write(data)
+
+    def pause_writing(self) -> None:
+        """The upstream is not reading: stop reading the client."""
+        self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The upstream reads again."""
+        self.client.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The upstream went away: so does the client."""
+        self.client.transport.close()
+
+
+class FloorClient(asyncio.Protocol):
+    """One client connection relayed byte for byte to its own upstream connection, every
+    byte fed to llhttp on the way (no header is read, nothing is decided or rewritten)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.parser = httptools.HttpRequestParser(self)
+        self.messages = 0  # requests llhttp saw whole
+        self.waiting: list[bytes] = []  # client bytes that came before the upstream was up
+        self.upstream: asyncio.Transport | None = None
+        self.closed = False
+
+    def on_message_complete(self) -> None:
+        """llhttp's only callback here: count a whole request."""
+        self.messages += 1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Open this connection's upstream connection."""
+        # uvloop's transports have asyncio.Transport's methods without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_connection(
+                lambda: _FloorUpstream(self), self.host, self.port)
+        except OSError:
+            self.transport.close()
+            return
+        if self.closed:
+            transport.close()
+            return
+        self.upstream = transport
+        if self.waiting:
+            self.upstream.write(b"".join(self.waiting))
+            self.waiting.clear()
+
+    def data_received(self, data: bytes) -> None:
+        """Parse, then relay (a request llhttp refuses or an upgrade closes the connection)."""
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self.transport.close()
+            return
+        if self.upstream is not None:
+            self.upstream.write(data)
+        else:
+            self.waiting.append(data)
+
+    def pause_writing(self) -> None:
+        """The client is not reading: stop reading the upstream."""
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The client reads again."""
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The client went away: so does its upstream connection."""
+        self.closed = True
+        if self.upstream is not None:
+            self.upstream.close()
+
+
+async def serve_floor(port: int, upstream: str) -> None:
+    """Relay every connection to 127.0.0.1:port to `upstream` (http://host:port) until killed."""
+    target = urlsplit(upstream)
+    host, upstream_port = target.hostname or "127.0.0.1", target.port or 80
+    server = await asyncio.get_running_loop().create_server(
+        lambda: FloorClient(host, upstream_port), "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one contender until killed."""
     parser = argparse.ArgumentParser(prog="python -m bench.apps")
-    parser.add_argument("kind", choices=("bare", "naive", "proxy", "issuer"))
+    parser.add_argument("kind", choices=("bare", "naive", "proxy", "issuer", "relay_floor"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--pem-file", help="naive: the PEM public key")
     parser.add_argument("--issuer", default="", help="naive: expected iss; issuer: own URL")
-    parser.add_argument("--upstream", help="proxy: upstream base URL")
+    parser.add_argument("--upstream", help="proxy, relay_floor: upstream base URL")
     parser.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"),
                         help="event loop (auto: uvloop where installed)")
     args = parser.parse_args(argv)
+    if args.kind == "relay_floor":
+        print(json.dumps({"kind": args.kind, "port": args.port}), file=sys.stderr, flush=True)
+        with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+            run(serve_floor(args.port, args.upstream), args.loop)
+        return 0
     if args.kind == "bare":
         app = bare_app()
     elif args.kind == "naive":

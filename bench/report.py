@@ -7,29 +7,17 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench import missed
+from bench.medians import median_cpu, median_of, median_rps
+
 __all__ = ["evaluate", "summary", "write"]
 
 Result = dict[str, Any]
 
 
-def _median_rps(results: Result, key: str) -> float | None:
-    contender = results.get("contenders", {}).get(key)
-    if not contender or not contender["available"] or not contender["runs"]:
-        return None
-    return float(statistics.median(r["rps"] for r in contender["runs"]))
-
-
-def _median_cpu(results: Result, key: str) -> float | None:
-    contender = results.get("contenders", {}).get(key)
-    if not contender or not contender["available"] or not contender["runs"]:
-        return None
-    values = [r["cpu_us_per_request"] for r in contender["runs"] if r.get("cpu_us_per_request")]
-    return float(statistics.median(values)) if values else None
-
-
 def _cpu_ratio(results: Result, top: str, bottom: str) -> float | None:
     """Throughput ratio implied by server CPU per request (robust to a busy machine)."""
-    a, b = _median_cpu(results, top), _median_cpu(results, bottom)
+    a, b = median_cpu(results, top), median_cpu(results, bottom)
     return b / a if a and b else None
 
 
@@ -43,26 +31,23 @@ def _round_ratios(results: Result, top: str, bottom: str) -> list[float]:
 
 
 def _ratio(results: Result, top: str, bottom: str) -> float | None:
-    a, b = _median_rps(results, top), _median_rps(results, bottom)
+    a, b = median_rps(results, top), median_rps(results, bottom)
     return a / b if a is not None and b else None
 
 
 def _target(name: str, value: float | None, goal: str, met: bool | None, detail: str,
-            unit: str = "x") -> Result:
+            unit: str = "x", limit: tuple[str, float] | None = None,
+            pair: tuple[str, str] | None = None, measure: str = "") -> Result:
+    """One target; `limit` is the goal as (">=" or "<=", number) where it is one number,
+    `pair` the two contenders of the headline pass it compares by `measure` (rps, p99)."""
     return {"name": name, "value": value, "goal": goal, "met": met, "detail": detail,
-            "unit": unit}
+            "unit": unit, "limit": {"op": limit[0], "value": limit[1]} if limit else None,
+            "pair": list(pair) if pair else None, "measure": measure}
 
 
 # Issue 15's throughput targets: (contender, reference, goal), on the headline loop.
 THROUGHPUT_GOALS = (("gateway_fa", "bare", 1.0), ("gateway_fa", "naive", 4.0),
                     ("gateway_proxy", "aiohttp_proxy", 2.0), ("gateway_proxy", "nginx_proxy", 0.33))
-
-
-def _median_p99(results: Result, key: str) -> float | None:
-    contender = results.get("contenders", {}).get(key)
-    if not contender or not contender["available"] or not contender["runs"]:
-        return None
-    return float(statistics.median(r["p99_ms"] for r in contender["runs"]))
 
 
 def _loop_view(results: Result, loop: str) -> Result:
@@ -81,13 +66,14 @@ def evaluate(results: Result) -> list[Result]:
             "not measured")
         cpu = _cpu_ratio(results, top, bottom)
         if cpu is not None:
-            a, b = _median_cpu(results, top), _median_cpu(results, bottom)
+            a, b = median_cpu(results, top), median_cpu(results, bottom)
             detail += f"; by server CPU per request: {cpu:.2f}x ({a:.1f} vs {b:.1f} us)"
         if top == "gateway_proxy" and ratio is None:
             note = results.get("contenders", {}).get("gateway_proxy", {}).get("note", "")
             detail = note or detail
         targets.append(_target(f"{top} / {bottom} (req/s, {headline})", ratio, f">= {goal:g}x",
-                               None if ratio is None else ratio >= goal, detail))
+                               None if ratio is None else ratio >= goal, detail,
+                               limit=(">=", goal), pair=(top, bottom), measure="rps"))
     ratio = _ratio(results, "gateway_fa", "gateway_fa_api_key")
     if ratio is not None:
         cpu = _cpu_ratio(results, "gateway_fa", "gateway_fa_api_key")
@@ -96,13 +82,16 @@ def evaluate(results: Result) -> list[Result]:
             "req/s)", ratio, "<= 1.1x", ratio <= 1.1,
             "per round: " + ", ".join(
                 f"{r:.2f}" for r in _round_ratios(results, "gateway_fa", "gateway_fa_api_key"))
-            + (f"; by server CPU per request: {cpu:.2f}x" if cpu else "")))
-    p99, nginx_p99 = _median_p99(results, "gateway_proxy"), _median_p99(results, "nginx_proxy")
+            + (f"; by server CPU per request: {cpu:.2f}x" if cpu else ""),
+            limit=("<=", 1.1), pair=("gateway_fa", "gateway_fa_api_key"), measure="rps"))
+    p99 = median_of(results, "gateway_proxy", "p99_ms")
+    nginx_p99 = median_of(results, "nginx_proxy", "p99_ms")
     p99_ratio = p99 / nginx_p99 if p99 is not None and nginx_p99 else None
     targets.append(_target(
         f"gateway_proxy p99 / nginx_proxy p99 ({headline})", p99_ratio, "<= 2x",
         None if p99_ratio is None else p99_ratio <= 2.0,
-        f"{p99:.2f} vs {nginx_p99:.2f} ms" if p99_ratio is not None else "not measured"))
+        f"{p99:.2f} vs {nginx_p99:.2f} ms" if p99_ratio is not None else "not measured",
+        limit=("<=", 2.0), pair=("gateway_proxy", "nginx_proxy"), measure="p99"))
     for loop in results.get("loop_passes", {}):
         if loop == results.get("headline_loop"):
             continue
@@ -125,7 +114,8 @@ def evaluate(results: Result) -> list[Result]:
         targets.append(_target(
             f"{top} / {bottom} (req/s)", ratio, ">= 0.9x", None if ratio is None else ratio >= 0.9,
             "signed assertions on vs off; per round: " + ", ".join(f"{r:.2f}" for r in per_round)
-            if per_round else "not measured"))
+            if per_round else "not measured", limit=(">=", 0.9), pair=(top, bottom),
+            measure="rps"))
     ratio = _ratio(results, "gateway_fa", "gateway_fa_local")
     per_round = _round_ratios(results, "gateway_fa", "gateway_fa_local")
     cpu = _cpu_ratio(results, "gateway_fa", "gateway_fa_local")
@@ -133,7 +123,8 @@ def evaluate(results: Result) -> list[Result]:
         "shared store on / off: gateway_fa / gateway_fa_local (req/s)", ratio, ">= 0.97x",
         None if ratio is None else ratio >= 0.97,
         ("per round: " + ", ".join(f"{r:.2f}" for r in per_round) if per_round
-         else "not measured") + (f"; by server CPU per request: {cpu:.2f}x" if cpu else "")))
+         else "not measured") + (f"; by server CPU per request: {cpu:.2f}x" if cpu else ""),
+        limit=(">=", 0.97), pair=("gateway_fa", "gateway_fa_local"), measure="rps"))
     http = results.get("http_cost")
     if http:
         ratio = 1 / http["gateway_over_bare"]
@@ -147,7 +138,7 @@ def evaluate(results: Result) -> list[Result]:
                 if "gateway_fa_aiohttp_door_us" in http else "") + (
                 f"; with the JSON access log at INFO (to /dev/null): "
                 f"{http['gateway_fa_access_log_us']['min']:.1f} us"
-                if "gateway_fa_access_log_us" in http else "")))
+                if "gateway_fa_access_log_us" in http else ""), limit=(">=", 0.85)))
     targets += _hostile_targets(results)
     if http and "shared_store_over_local" in http:
         ratio = 1 / http["shared_store_over_local"]
@@ -155,7 +146,7 @@ def evaluate(results: Result) -> list[Result]:
             "cross-check, in-process: shared store on / off (1 / CPU per request)", ratio,
             ">= 0.97x", ratio >= 0.97,
             f"{http['gateway_fa_us']['min']:.1f} vs {http['gateway_fa_local_us']['min']:.1f} "
-            "us CPU per request, sockets excluded (min of reps)"))
+            "us CPU per request, sockets excluded (min of reps)", limit=(">=", 0.97)))
     verify = results.get("verify")
     if verify:
         ratio = verify["first_seen_over_bare"]["median"]
@@ -163,7 +154,7 @@ def evaluate(results: Result) -> list[Result]:
             "first-seen token / bare jwt.decode (time)", ratio, "<= 1.2x", ratio <= 1.2,
             f"{verify['gateway_first_seen_us']['median']:.1f} us vs "
             f"{verify['bare_pyjwt_us']['median']:.1f} us; cached "
-            f"{verify['gateway_cached_us']['median']:.2f} us"))
+            f"{verify['gateway_cached_us']['median']:.2f} us", limit=("<=", 1.2)))
     storm = results.get("storm")
     if storm:
         gap = storm.get("min_seconds_between_fetches")
@@ -223,7 +214,8 @@ def _hostile_targets(results: Result) -> list[Result]:
             detail += (f"; in-process {inproc[f'{name}_us']['min']:.1f} vs "
                        f"{inproc['ordinary_us']['min']:.1f} us ({inside:.2f}x)")
         targets.append(_target(f"hostile: {shape.title} / ordinary (CPU)", value,
-                               f"<= {HOSTILE_GOAL:g}x", value <= HOSTILE_GOAL, detail))
+                               f"<= {HOSTILE_GOAL:g}x", value <= HOSTILE_GOAL, detail,
+                               limit=("<=", HOSTILE_GOAL)))
     return targets
 
 
@@ -288,7 +280,7 @@ def summary(results: Result) -> str:
 def _throughput_table(results: Result) -> list[str]:
     lines = ["| contender | req/s (median) | req/s per round | p50 ms | p99 ms | vs 1 | "
              "server CPU us/req | errors |", "|---|---:|---|---:|---:|---:|---:|---|"]
-    floor = _median_rps(results, "bare")
+    floor = median_rps(results, "bare")
     for c in results.get("contenders", {}).values():
         runs = c["runs"]
         if not c["available"] or not runs:
@@ -334,11 +326,11 @@ def _markdown(results: Result) -> str:
         "| measure | value | goal | met | detail |",
         "|---|---:|---|---|---|",
     ]
-    for t in evaluate(results):
+    for t in results["targets"]:
         out.append(f"| {t['name']} | {_fmt(t['value'], t['unit'])} | {t['goal']} | "
                    f"{_met(t['met'])} | {t['detail']} |")
+    out += ["", *missed.section(results, results["missed"])]
     out += [
-        "",
         "## Throughput",
         "",
         f"Each contender: one process, pinned to CPU {pin.get('server_cpus') or '(unpinned)'}; "
@@ -401,8 +393,8 @@ def _split_section(results: Result) -> list[str]:
     """CPU per request by stage, for each mode (shares from the profile, microseconds from
     the throughput run's server CPU per request)."""
     split = results["split"]
-    cpu = {"forward_auth": _median_cpu(results, "gateway_fa"),
-           "proxy": _median_cpu(results, "gateway_proxy")}
+    cpu = {"forward_auth": median_cpu(results, "gateway_fa"),
+           "proxy": median_cpu(results, "gateway_proxy")}
     modes = [m for m in ("forward_auth", "proxy") if m in split]
     out = ["## CPU per request by stage", "",
            "One process on " + ", ".join(sorted({split[m]["loop"] for m in modes})) + " with the "
@@ -552,8 +544,10 @@ def _commands(results: Result) -> list[str]:
 
 
 def write(results: Result, json_path: Path, md_path: Path) -> None:
-    """Write results.json (everything, plus the evaluated targets) and results.md."""
-    results = {**results, "targets": evaluate(results)}
+    """Write results.json (everything, plus the evaluated targets and the missed ones, by how
+    much and why) and results.md."""
+    targets = evaluate(results)
+    results = {**results, "targets": targets, "missed": missed.analyse(results, targets)}
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     md_path.write_text(_markdown(results))

@@ -47,8 +47,8 @@ PATH = "/api/hello"
 STATIC_BODY = '{"upstream":"static","ok":true}'
 STORM_WORKERS = 2  # the storm's key fetches are counted for all workers together
 CONTENDERS = ("bare", "naive", "gateway_fa", "gateway_fa_logged", "gateway_fa_local",
-              "gateway_fa_asserted", "gateway_fa_api_key", "nginx_proxy", "aiohttp_proxy",
-              "gateway_proxy", "gateway_proxy_asserted")
+              "gateway_fa_asserted", "gateway_fa_api_key", "nginx_proxy", "relay_floor",
+              "aiohttp_proxy", "gateway_proxy", "gateway_proxy_asserted")
 TITLES = {
     "bare": "1. bare aiohttp, 200 on every path",
     "naive": "2. naive aiohttp + jwt.decode per request",
@@ -59,6 +59,8 @@ TITLES = {
     # Issue 14: a cached Clerk API key must cost no more than 1.1x a cached session token.
     "gateway_fa_api_key": "3m. clerk-gateway forward-auth, cached Clerk API key",
     "nginx_proxy": "4. nginx proxy_pass -> static upstream",
+    # Not a proxy: what the loop, the sockets and llhttp cost, under any Python proxy.
+    "relay_floor": "4f. floor: byte relay with llhttp parsing, no HTTP semantics (not a proxy)",
     "aiohttp_proxy": "5. plain aiohttp reverse proxy, no auth",
     "gateway_proxy": "6. clerk-gateway proxy mode, cached token",
     "gateway_proxy_asserted": "6b. the same, signed assertions on",
@@ -261,11 +263,12 @@ class Bench:
             port, proc = self._start_nginx("nginx_proxy", upstream_port, cpus)
             c["nginx_proxy"].pid = proc.pid
             c["nginx_proxy"].url = f"http://127.0.0.1:{port}{PATH}"
-        if "aiohttp_proxy" in only:
-            port, proc = self._start_app("aiohttp_proxy", "proxy", "--upstream",
-                                         self.upstream_url, cpus=cpus)
-            c["aiohttp_proxy"].pid = proc.pid
-            c["aiohttp_proxy"].url = f"http://127.0.0.1:{port}{PATH}"
+        for key, kind in (("relay_floor", "relay_floor"), ("aiohttp_proxy", "proxy")):
+            if key in only:
+                port, proc = self._start_app(key, kind, "--upstream", self.upstream_url,
+                                             cpus=cpus)
+                c[key].pid = proc.pid
+                c[key].url = f"http://127.0.0.1:{port}{PATH}"
         if "gateway_fa_api_key" in only:
             self._start_api_key_gateway(c["gateway_fa_api_key"], cpus)
         if "gateway_proxy" in only:
@@ -318,7 +321,7 @@ class Bench:
             problem = "no X-User-Id identity header"
         elif key == "gateway_fa_asserted" and "X-Gateway-Assertion" not in headers:
             problem = "no X-Gateway-Assertion header"
-        elif key in ("nginx_proxy", "aiohttp_proxy", "gateway_proxy",
+        elif key in ("nginx_proxy", "relay_floor", "aiohttp_proxy", "gateway_proxy",
                      "gateway_proxy_asserted") and (
                 body.decode(errors="replace").strip() != STATIC_BODY):
             problem = f"body is not the upstream's ({body[:60]!r})"
