@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = sub.add_parser("cache-memory")
     cache.add_argument("--entries", type=int, default=1_000_000)
     cache.add_argument("--bound", type=int, default=Settings.__dataclass_fields__[
-        "token_cache_size"].default)  # type: ignore[call-overload]
+        "token_cache_size"].default)
     cache.add_argument("--sample-every", type=int, default=0, help="default: entries / 20")
     e2e = sub.add_parser("e2e-memory")
     e2e.add_argument("--tokens", type=int, default=50_000)

@@ -531,7 +531,8 @@ def _commands(results: Result) -> list[str]:
     for c in results.get("contenders", {}).values():
         if c["server_command"]:
             out.append(f"- {c['title']}: `{c['server_command']}`")
-    runs = next((c["runs"] for c in results.get("contenders", {}).values() if c["runs"]), [])
+    runs: list[dict[str, Any]] = next(
+        (c["runs"] for c in results.get("contenders", {}).values() if c["runs"]), [])
     if runs:
         out.append(f"- load (port varies per contender): `{runs[0]['command']}`")
     out += ["", "Why this load: the machine's cores are split so that the server under test "

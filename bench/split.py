@@ -27,7 +27,7 @@ import json
 import pstats
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, cast
 
 from gateway.app import Gateway
 from gateway.config import load_settings
@@ -76,7 +76,7 @@ def _stage(key: tuple[str, int, str]) -> str | None:
 
 def split(profile: cProfile.Profile) -> dict[str, float]:
     """Own time per stage, in seconds (C functions charged to their callers' stages)."""
-    stats: Any = pstats.Stats(profile).stats  # {key: (cc, nc, tt, ct, callers)}
+    stats: Any = cast(Any, pstats.Stats(profile)).stats  # {key: (cc, nc, tt, ct, callers)}
     totals: dict[str, float] = defaultdict(float)
     for key, (_, _, own, _, callers) in stats.items():
         stage = _stage(key)
@@ -119,7 +119,7 @@ class _Client(asyncio.Protocol):
         self.idle = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: Any = transport
+        self.transport: Any = cast(Any, transport)
         self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
