@@ -1,0 +1,137 @@
+"""The proxy fast door's response head built from the upstream's raw header bytes.
+
+`client_head_raw` gives, byte for byte, what `client_head` (gateway/http/answer_head.py) gives
+for the decoded headers, without decoding them: the same list operations on bytes (names
+lowered with `bytes.lower()`, hop-by-hop and `Connection`-listed names dropped, X-Request-Id
+set as a CIMultiDict sets it, the same framing, Date, Server and `Connection: close`) and one
+join. It answers itself only when that is provably the str path's answer, else it decodes and
+calls `client_head`:
+
+- CORS on (an enabled policy and a decision): the str path (it edits a CIMultiDict);
+- every `Connection` value printable ASCII (0x20-0x7E): its tokens choose what is dropped, and
+  `str.strip()`/`str.lower()` differ from the bytes versions outside it (U+212A KELVIN SIGN
+  lowers to `k`, U+00A0 and U+001C strip);
+- the whole head printable ASCII plus tab, with CR and LF only as its line ends.
+
+Why that is enough: every name the list is searched for is ASCII (the hop-by-hop names,
+X-Request-Id, Content-Length, Content-Type, Transfer-Encoding, Date, Server) or a `Connection`
+token (ASCII by the rule), so a header with a non-ASCII name is never dropped or replaced here
+and reaches the head, which the last rule then refuses. Otherwise every name is ASCII, where
+both lowerings agree, so both paths build the same list; its kept values, the reason and the
+id are in the head, hence ASCII, where decoding (even with `surrogateescape`) and encoding
+are the identity; and the head passes the str path's own control-character check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gateway.cors import CorsPolicy
+from gateway.http.answer_head import NO_BODY_STATUSES, client_head
+from gateway.http.front import SERVER_LINE
+from gateway.http.hop import HOP_BY_HOP
+from gateway.pipeline import Decision
+
+__all__ = ["RawPairs", "client_head_raw", "raw_head"]
+
+RawPairs = list[tuple[bytes, bytes]]
+
+_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
+_PRINTABLE = bytes(range(0x20, 0x7F))
+_HEAD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F)])  # printable ASCII, tab, line ends
+_CLOSE = b"Connection: close\r\n"
+_OCTETS = b"application/octet-stream"
+
+
+def client_head_raw(status: int, reason: bytes, upstream: RawPairs, *, length: int | None,
+                    body: bytes | None, method: str, rid: str, keep_alive: bool, date: bytes,
+                    cors: CorsPolicy | None, decision: Decision | None,
+                    request_headers: Mapping[str, str]) -> tuple[bytes, bool] | None:
+    """client_head() for the raw head, the same bytes (built from bytes when provably so)."""
+    if cors is None or not cors.enabled or decision is None:
+        head = raw_head(status, reason, upstream, length=length, body=body, method=method,
+                        rid=rid, keep_alive=keep_alive, date=date)
+        if head is not None:
+            return head
+    pairs = [(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+             for name, value in upstream]
+    return client_head(status, reason.decode("utf-8", "surrogateescape"), pairs, length=length,
+                       body=body, method=method, rid=rid, keep_alive=keep_alive, date=date,
+                       cors=cors, decision=decision, request_headers=request_headers)
+
+
+def raw_head(status: int, reason: bytes, upstream: RawPairs, *, length: int | None,
+             body: bytes | None, method: str, rid: str, keep_alive: bool, date: bytes
+             ) -> tuple[bytes, bool] | None:
+    """client_head()'s answer without CORS, built from bytes; None when it is not provably
+    the same (a non-ASCII or control byte somewhere): then the str path answers."""
+    lows = [name.lower() for name, _ in upstream]
+    hop = _HOP
+    if b"connection" in lows:
+        values = [value for (_, value), low in zip(upstream, lows, strict=True)
+                  if low == b"connection"]
+        if any(value.translate(None, _PRINTABLE) for value in values):
+            return None
+        hop = hop | {token.strip().lower().replace(b"_", b"-")
+                     for value in values for token in value.split(b",") if token.strip()}
+    pairs: RawPairs = []
+    kept: list[bytes] = []
+    for pair, low in zip(upstream, lows, strict=True):
+        if low not in hop:
+            pairs.append(pair)
+            kept.append(low)
+    lows = kept
+    _put(pairs, lows, b"X-Request-Id", rid.encode("utf-8", "surrogatepass"))
+    head_only = method == "HEAD"
+    no_body = status in NO_BODY_STATUSES
+    if no_body:  # as client_head: no length, no body
+        if b"content-length" in lows:
+            pairs = [pair for pair, low in zip(pairs, lows, strict=True)
+                     if low != b"content-length"]
+            lows = [low for low in lows if low != b"content-length"]
+    elif head_only:
+        pass
+    elif body is not None:
+        _put(pairs, lows, b"Content-Length", b"%d" % len(body))
+        if body and b"content-type" not in lows:
+            pairs.append((b"Content-Type", _OCTETS))
+    elif length != 0 and b"content-type" not in lows:
+        pairs.append((b"Content-Type", _OCTETS))
+        lows.append(b"content-type")
+    chunked = body is None and length is None and not head_only and not no_body
+    if chunked:
+        _put(pairs, lows, b"Transfer-Encoding", b"chunked")
+    lines = [b": ".join(pair) for pair in pairs]
+    lines.append(b"")
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason), b"\r\n".join(lines)]
+    ends = len(pairs) + 2  # the status line's and the blank line's, and one a header
+    if b"date" not in lows:
+        parts.append(date)
+        ends += 1
+    if b"server" not in lows:
+        parts.append(SERVER_LINE)
+        ends += 1
+    if not keep_alive:
+        parts.append(_CLOSE)
+        ends += 1
+    parts.append(b"\r\n")
+    head = b"".join(parts)
+    if (head.count(b"\r") != ends or head.count(b"\n") != ends
+            or head.translate(None, _HEAD_BYTES)):
+        return None  # not provably client_head's (which may refuse it): the str path answers
+    return (head + body if body else head), chunked
+
+
+def _put(pairs: RawPairs, lows: list[bytes], name: bytes, value: bytes) -> None:
+    """hop.put() on bytes: CIMultiDict's set (the first occurrence replaced in place, later
+    ones dropped; `lows` kept in step)."""
+    low = name.lower()
+    if low not in lows:
+        pairs.append((name, value))
+        lows.append(low)
+        return
+    index = lows.index(low)
+    pairs[index] = (name, value)
+    while lows.count(low) > 1:
+        later = lows.index(low, index + 1)
+        del pairs[later], lows[later]
