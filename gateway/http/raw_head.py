@@ -25,6 +25,7 @@ are the identity; and the head passes the str path's own control-character check
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 
 from gateway.cors import CorsPolicy
 from gateway.http.answer_head import NO_BODY_STATUSES, client_head
@@ -65,22 +66,24 @@ def raw_head(status: int, reason: bytes, upstream: RawPairs, *, length: int | No
              ) -> tuple[bytes, bool] | None:
     """client_head()'s answer without CORS, built from bytes; None when it is not provably
     the same (a non-ASCII or control byte somewhere): then the str path answers."""
-    lows = [name.lower() for name, _ in upstream]
-    hop = _HOP
-    if b"connection" in lows:
-        values = [value for (_, value), low in zip(upstream, lows, strict=True)
-                  if low == b"connection"]
-        if any(value.translate(None, _PRINTABLE) for value in values):
-            return None
-        hop = hop | {token.strip().lower().replace(b"_", b"-")
-                     for value in values for token in value.split(b",") if token.strip()}
     pairs: RawPairs = []
-    kept: list[bytes] = []
-    for pair, low in zip(upstream, lows, strict=True):
-        if low not in hop:
-            pairs.append(pair)
-            kept.append(low)
-    lows = kept
+    lows: list[bytes] = []
+    listed: list[bytes] | None = None  # the `Connection` values
+    for pair in upstream:  # one loop (no comprehension): this is the per-request cost
+        low = pair[0].lower()
+        if low in _HOP:
+            if low == b"connection":
+                listed = [pair[1]] if listed is None else [*listed, pair[1]]
+            continue
+        pairs.append(pair)
+        lows.append(low)
+    if listed is not None:
+        hop = _hop_by_hop(tuple(listed))
+        if hop is None:
+            return None
+        if not hop.isdisjoint(lows):  # a name listed besides the hop-by-hop ones is here
+            pairs = [pair for pair, low in zip(pairs, lows, strict=True) if low not in hop]
+            lows = [low for low in lows if low not in hop]
     _put(pairs, lows, b"X-Request-Id", rid.encode("utf-8", "surrogatepass"))
     head_only = method == "HEAD"
     no_body = status in NO_BODY_STATUSES
@@ -101,9 +104,9 @@ def raw_head(status: int, reason: bytes, upstream: RawPairs, *, length: int | No
     chunked = body is None and length is None and not head_only and not no_body
     if chunked:
         _put(pairs, lows, b"Transfer-Encoding", b"chunked")
-    lines = [b": ".join(pair) for pair in pairs]
-    lines.append(b"")
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason), b"\r\n".join(lines)]
+    # `pairs` holds X-Request-Id at least: every header line ends with the CR LF after it.
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason), b"\r\n".join(map(b": ".join, pairs)),
+             b"\r\n"]
     ends = len(pairs) + 2  # the status line's and the blank line's, and one a header
     if b"date" not in lows:
         parts.append(date)
@@ -120,6 +123,16 @@ def raw_head(status: int, reason: bytes, upstream: RawPairs, *, length: int | No
             or head.translate(None, _HEAD_BYTES)):
         return None  # not provably client_head's (which may refuse it): the str path answers
     return (head + body if body else head), chunked
+
+
+@lru_cache(maxsize=256)
+def _hop_by_hop(values: tuple[bytes, ...]) -> frozenset[bytes] | None:
+    """The names dropped with these `Connection` values (hop.end_to_end's, on bytes); None
+    unless each is printable ASCII. Cached: upstreams send the same few values."""
+    if any(value.translate(None, _PRINTABLE) for value in values):
+        return None
+    return _HOP | {token.strip().lower().replace(b"_", b"-")
+                   for value in values for token in value.split(b",") if token.strip()}
 
 
 def _put(pairs: RawPairs, lows: list[bytes], name: bytes, value: bytes) -> None:
