@@ -42,6 +42,7 @@ _PRINTABLE = bytes(range(0x20, 0x7F))
 _HEAD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F)])  # printable ASCII, tab, line ends
 _CLOSE = b"Connection: close\r\n"
 _OCTETS = b"application/octet-stream"
+_CACHED_VALUE = 128  # the longest `Connection` value whose dropped names are cached
 
 
 def client_head_raw(status: int, reason: bytes, upstream: RawPairs, *, length: int | None,
@@ -78,7 +79,7 @@ def raw_head(status: int, reason: bytes, upstream: RawPairs, *, length: int | No
         pairs.append(pair)
         lows.append(low)
     if listed is not None:
-        hop = _hop_by_hop(tuple(listed))
+        hop = _hop_by_hop(listed)
         if hop is None:
             return None
         if not hop.isdisjoint(lows):  # a name listed besides the hop-by-hop ones is here
@@ -125,14 +126,21 @@ def raw_head(status: int, reason: bytes, upstream: RawPairs, *, length: int | No
     return (head + body if body else head), chunked
 
 
-@lru_cache(maxsize=256)
-def _hop_by_hop(values: tuple[bytes, ...]) -> frozenset[bytes] | None:
+def _hop_by_hop(values: list[bytes]) -> frozenset[bytes] | None:
     """The names dropped with these `Connection` values (hop.end_to_end's, on bytes); None
-    unless each is printable ASCII. Cached: upstreams send the same few values."""
+    unless each is printable ASCII."""
+    if len(values) == 1 and len(values[0]) <= _CACHED_VALUE:
+        return _one_value(values[0])  # the usual case: one short value, always the same
     if any(value.translate(None, _PRINTABLE) for value in values):
         return None
     return _HOP | {token.strip().lower().replace(b"_", b"-")
                    for value in values for token in value.split(b",") if token.strip()}
+
+
+@lru_cache(maxsize=256)  # bounded: at most 256 values of _CACHED_VALUE bytes
+def _one_value(value: bytes) -> frozenset[bytes] | None:
+    """_hop_by_hop() of one value, cached: upstreams send the same few."""
+    return _hop_by_hop([value, b""])  # (an empty value lists nothing)
 
 
 def _put(pairs: RawPairs, lows: list[bytes], name: bytes, value: bytes) -> None:
