@@ -3,12 +3,14 @@
 For the common case (a request whose body, if any, came whole with its head, and an idle
 pooled connection to its upstream) the door writes the upstream head and body to that
 connection at once and hands it this relay as its sink: the upstream connection's llhttp
-callbacks write the rewritten response head and the body bytes straight to the client as
-they arrive (a small body with a length in one write, as the task path does), and at the
-end the connection goes back to the pool and the door finishes the request. Deadlines (the
-upstream's read timeout, a client that stops reading) are checked by the door's one sweep
-(gateway/http/deadlines.py). Back-pressure goes both ways: a client that stops reading
-pauses the upstream's reads; an upstream that stops reading pauses the client's.
+callbacks write the rewritten response head (built from llhttp's raw header bytes by
+gateway/http/raw_head.py: the task path's bytes, without decoding every header) and the body
+bytes straight to the client as they arrive (a small body with a length in one write, as the
+task path does), and at the end the connection goes back to the pool and the door finishes
+the request. Deadlines (the upstream's read timeout, a client that stops reading) are
+checked by the door's one sweep (gateway/http/deadlines.py). Back-pressure goes both ways:
+a client that stops reading pauses the upstream's reads; an upstream that stops reading
+pauses the client's.
 
 What this relay does not do goes through the door's task path, with the same head building,
 response head rewriting, failure accounting and access line: a request whose body streams
