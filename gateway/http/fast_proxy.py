@@ -55,6 +55,7 @@ from gateway.http.proxy import (
     LeanPlan,
     ProxyHandler,
 )
+from gateway.http.raw_head import RawPairs, client_head_raw
 from gateway.http.upstream import UpstreamError, UpstreamResponse, request_head
 from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, Decision, RequestFacts
@@ -470,6 +471,24 @@ class FastProxyProtocol(FrontProtocol):
                            keep_alive=exchange.keep_alive, date=door.date.line(),
                            cors=door.authorizer.cors, decision=exchange.decision,
                            request_headers=exchange.facts.headers)
+        return self._checked(exchange, head)
+
+    def answer_head_raw(self, exchange: _Exchange, status: int, reason: bytes,
+                        pairs: RawPairs, length: int | None,
+                        body: bytes | None) -> tuple[bytes, bool] | None:
+        """answer_head() for the upstream's raw head (the callback relay's): the same bytes."""
+        exchange.status = status
+        door = self._door
+        head = client_head_raw(status, reason, pairs, length=length, body=body,
+                               method=exchange.method, rid=exchange.rid,
+                               keep_alive=exchange.keep_alive, date=door.date.line(),
+                               cors=door.authorizer.cors, decision=exchange.decision,
+                               request_headers=exchange.facts.headers)
+        return self._checked(exchange, head)
+
+    def _checked(self, exchange: _Exchange,
+                 head: tuple[bytes, bool] | None) -> tuple[bytes, bool] | None:
+        """The head as built; a refused one (None) answered with 500."""
         if head is None:
             log.error("upstream response head holds a control character",
                       extra={"request_id": exchange.rid})

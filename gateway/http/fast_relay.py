@@ -3,12 +3,14 @@
 For the common case (a request whose body, if any, came whole with its head, and an idle
 pooled connection to its upstream) the door writes the upstream head and body to that
 connection at once and hands it this relay as its sink: the upstream connection's llhttp
-callbacks write the rewritten response head and the body bytes straight to the client as
-they arrive (a small body with a length in one write, as the task path does), and at the
-end the connection goes back to the pool and the door finishes the request. Deadlines (the
-upstream's read timeout, a client that stops reading) are checked by the door's one sweep
-(gateway/http/deadlines.py). Back-pressure goes both ways: a client that stops reading
-pauses the upstream's reads; an upstream that stops reading pauses the client's.
+callbacks write the rewritten response head (built from llhttp's raw header bytes by
+gateway/http/raw_head.py: the task path's bytes, without decoding every header) and the body
+bytes straight to the client as they arrive (a small body with a length in one write, as the
+task path does), and at the end the connection goes back to the pool and the door finishes
+the request. Deadlines (the upstream's read timeout, a client that stops reading) are
+checked by the door's one sweep (gateway/http/deadlines.py). Back-pressure goes both ways:
+a client that stops reading pauses the upstream's reads; an upstream that stops reading
+pauses the client's.
 
 What this relay does not do goes through the door's task path, with the same head building,
 response head rewriting, failure accounting and access line: a request whose body streams
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING
 from gateway.http.answer_head import read_whole
 from gateway.http.deadlines import Sweep
 from gateway.http.proxy import SMALL_BODY, LeanPlan
+from gateway.http.raw_head import RawPairs
 from gateway.http.upstream import UpstreamPool, is_stale, retryable
 
 if TYPE_CHECKING:
@@ -59,7 +62,7 @@ class CallbackRelay:
         self._headed = False  # the response head went to the client
         self._chunked = False
         self._parts: list[bytes] | None = None  # a small body, read whole before its head
-        self._waiting: tuple[int, str, list[tuple[str, str]]] | None = None
+        self._waiting: tuple[int, bytes, RawPairs] | None = None
         self._client = True  # the client reads what is written to it
         self._read_limit = pool.read_timeout
         self.limit = self._read_limit
@@ -84,14 +87,13 @@ class CallbackRelay:
         exchange.upstream_status = status
         self._owner.observe_upstream(self._route, time.perf_counter() - self._sent)
         self.moved = True
-        pairs = [(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-                 for name, value in headers]
-        text = reason.decode("utf-8", "surrogateescape")
         if read_whole(status, exchange.method, length, SMALL_BODY):
-            self._waiting = (status, text, pairs)
+            # A copy: the connection's list takes a chunked body's trailers (there is none
+            # with a length, but its list is not this relay's to keep).
+            self._waiting = (status, reason, list(headers))
             self._parts = []
             return
-        head = self._owner.answer_head(exchange, status, text, pairs, length, None)
+        head = self._owner.answer_head_raw(exchange, status, reason, headers, length, None)
         if head is None:  # refused (a control character): the connection is not trusted
             self._drop()
             self._end()
@@ -127,8 +129,8 @@ class CallbackRelay:
         if waiting is not None:
             body = b"".join(self._parts) if self._parts else b""
             status, reason, pairs = waiting
-            head = self._owner.answer_head(self._exchange, status, reason, pairs, len(body),
-                                           body)
+            head = self._owner.answer_head_raw(self._exchange, status, reason, pairs,
+                                               len(body), body)
             if head is not None:
                 self._transport.write(head[0])
         elif self._chunked:
