@@ -152,8 +152,30 @@ class HeaderHygiene:
                 continue  # the upstream handshake is the client library's own
             out.append((name, value))
             lows.append(low)
+        added = self.added_pairs(headers, client_ip=client_ip, scheme=scheme, identity=identity,
+                                 request_id=request_id)
+        names = [name.lower() for name, _ in added]
+        if len(set(names)) == len(names) and set(lows).isdisjoint(names):
+            out += added  # (the client's copies were dropped above: the usual case)
+            lows += names
+        else:
+            for name, value in added:
+                put(out, lows, name, value)
+        return out, lows
+
+    def added_pairs(
+        self,
+        headers: MultiMapping[str],
+        *,
+        client_ip: str | None,
+        scheme: str,
+        identity: Iterable[tuple[str, str]],
+        request_id: str,
+    ) -> list[tuple[str, str]]:
+        """The headers the gateway adds, in order: X-Forwarded-*, Host when preserved, the
+        identity headers, X-Request-Id (each set as `headers[name] = value` would)."""
         host = headers.get(hdrs.HOST)
-        added: list[tuple[str, str]] = []  # each set as `out[name] = value`, in order
+        added: list[tuple[str, str]] = []
         trusted = self._addresses.trusts(client_ip)
         if trusted:
             chain = ", ".join(headers.getall(_X_FORWARDED_FOR, ()))
@@ -171,14 +193,22 @@ class HeaderHygiene:
             added.append((hdrs.HOST, host))
         added.extend(identity)
         added.append((_REQUEST_ID, request_id))
-        names = [name.lower() for name, _ in added]
-        if len(set(names)) == len(names) and set(lows).isdisjoint(names):
-            out += added  # (the client's copies were dropped above: the usual case)
-            lows += names
-        else:
-            for name, value in added:
-                put(out, lows, name, value)
-        return out, lows
+        return added
+
+    @property
+    def dropped(self) -> frozenset[str]:
+        """The normalised names of the client headers always removed."""
+        return self._dropped
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        """The normalised name prefixes of the client headers always removed."""
+        return self._prefixes
+
+    @property
+    def preserve_host(self) -> bool:
+        """`proxy.preserve_host`: the client's Host goes upstream (else the upstream's)."""
+        return self._preserve_host
 
     @staticmethod
     def response_headers(headers: MultiMapping[str]) -> CIMultiDict[str]:

@@ -28,8 +28,8 @@ from gateway.numbers import whole_number
 
 __all__ = [
     "Sink", "UpstreamBusy", "UpstreamConnectError", "UpstreamError", "UpstreamPool",
-    "UpstreamProtocolError", "UpstreamReset", "UpstreamResponse", "is_stale", "request_head",
-    "retryable",
+    "UpstreamProtocolError", "UpstreamReset", "UpstreamResponse", "head_end", "is_stale",
+    "request_head", "retryable",
 ]
 
 # Response body bytes buffered before the upstream socket stops being read.
@@ -87,8 +87,19 @@ def request_head(key: Key, method: str, target: str, headers: Iterable[tuple[str
     if lows is None:
         lows = [name.lower() for name, _ in pairs]
     lines = [f"{method} {target} HTTP/1.1\r\n", *(f"{name}: {value}\r\n" for name, value in pairs)]
-    length_seen = "content-length" in lows
-    if "host" not in lows:
+    lines += head_end(key, method, chunked, length, "host" in lows, "content-length" in lows)
+    text = "".join(lines)
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        raise ValueError("newline or carriage return in the request head")
+    return text.encode("utf-8")
+
+
+def head_end(key: Key, method: str, chunked: bool, length: int | None, host_seen: bool,
+             length_seen: bool) -> list[str]:
+    """The lines request_head() ends a head with: Host when the headers have none, the body's
+    framing, the blank line."""
+    lines = []
+    if not host_seen:
         host, port = key
         host = f"[{host}]" if ":" in host else host
         lines.append(f"Host: {host}:{port}\r\n" if port != 80 else f"Host: {host}\r\n")
@@ -97,10 +108,7 @@ def request_head(key: Key, method: str, target: str, headers: Iterable[tuple[str
     elif not length_seen and (length is not None or method in _EMPTY_BODY_METHODS):
         lines.append(f"Content-Length: {length or 0}\r\n")
     lines.append("\r\n")
-    text = "".join(lines)
-    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
-        raise ValueError("newline or carriage return in the request head")
-    return text.encode("utf-8")
+    return lines
 
 
 class Sink(Protocol):
