@@ -43,6 +43,7 @@ from gateway.http.deadlines import Sweep
 from gateway.http.fast_relay import CallbackRelay
 from gateway.http.front import (
     HANDOVER_CAUSES,
+    Field,
     FrontDoor,
     FrontProtocol,
     refusal_answer,
@@ -56,7 +57,7 @@ from gateway.http.proxy import (
     ProxyHandler,
 )
 from gateway.http.raw_head import RawPairs, client_head_raw
-from gateway.http.upstream import UpstreamError, UpstreamResponse, request_head
+from gateway.http.upstream import UpstreamError, UpstreamResponse
 from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, Decision, RequestFacts
 from gateway.reasons import Reason
@@ -179,11 +180,11 @@ class _Body:
 class _Exchange:
     """One request on its way through the door: what the answer and the access line need."""
 
-    __slots__ = ("body", "client", "decision", "facts", "head", "keep_alive", "length",
+    __slots__ = ("body", "client", "decision", "facts", "fields", "head", "keep_alive", "length",
                  "method", "reason", "rid", "started", "status", "target", "upstream_status")
 
     def __init__(self, method: str, target: str, rid: str, keep_alive: bool, started: float,
-                 length: int, facts: RequestFacts) -> None:
+                 length: int, facts: RequestFacts, fields: list[Field]) -> None:
         self.method = method
         self.target = target
         self.rid = rid
@@ -191,6 +192,7 @@ class _Exchange:
         self.started = started
         self.length = length
         self.facts = facts
+        self.fields = fields  # the headers as the front parsed them, as bytes
         self.body: _Body | None = None
         self.decision: Decision | None = None
         self.client: str | None = None  # the per-client slot held while relaying
@@ -237,7 +239,7 @@ class FastProxyProtocol(FrontProtocol):
         left = length - sum(map(len, early))
         facts = door.handler.facts(method, target, headers, self._remote)
         exchange = _Exchange(method, target, request_id(headers), keep_alive,
-                             door.handler.observer.begin(), length, facts)
+                             door.handler.observer.begin(), length, facts, self._fields)
         self._busy = True
         if length:
             body = exchange.body = self._stream = _Body(self, door.handler.body_idle_seconds)
@@ -374,16 +376,10 @@ class FastProxyProtocol(FrontProtocol):
             payload = whole
         pool = self._door.handler.pool
         transport = self._transport
-        if pool is None or transport is None:
+        head = exchange.head
+        if pool is None or transport is None or head is None:
             return False
-        key, target, headers, lows = plan
-        try:
-            head = exchange.head = request_head(
-                key, exchange.method, target, headers, False,
-                exchange.length if body is not None else None, lows)
-        except ValueError:
-            return False  # the task path refuses it
-        conn = pool.take_idle(key)
+        conn = pool.take_idle(plan[0])
         if conn is None:
             return False
         route = exchange.decision.route.name if exchange.decision is not None else "none"
@@ -519,16 +515,18 @@ class FastProxyProtocol(FrontProtocol):
             self._refuse(exchange, Reason.TOO_MANY_REQUESTS)
             self._finish(exchange)
             return None
-        plan = handler.lean_plan(decision, exchange.target, headers, self._remote, "http",
-                                 exchange.rid)
-        if plan is None or isinstance(plan, Reason):
+        lean = handler.lean_request(decision, exchange.method, exchange.target,
+                                    exchange.length or None, exchange.fields, headers,
+                                    self._remote, "http", exchange.rid)
+        if lean is None or isinstance(lean, Reason):
             handler.give_slot(client)
-            if plan is None:
+            if lean is None:
                 self._give_up()
             else:
-                self._refuse(exchange, plan)
+                self._refuse(exchange, lean)
                 self._finish(exchange)
             return None
+        plan, exchange.head = lean
         exchange.client = client
         self._late = []
         return plan
@@ -577,22 +575,19 @@ class FastProxyProtocol(FrontProtocol):
                      ) -> None:
         """Send the request upstream and relay the answer (never raises but cancellation);
         `fresh`: on a new connection (a callback relay's pooled one was stale)."""
-        key, target, headers, lows = plan
         handler = self._door.handler
         route = exchange.decision.route.name if exchange.decision is not None else "none"
         pool = handler.pool
         body = exchange.body
         length = exchange.length if body is not None else None
+        head = exchange.head
         try:
+            assert head is not None, "a plan comes with its head (_decided)"
             if pool is None:
                 raise UpstreamError("the proxy is not started")
             sent = time.perf_counter()
             try:
-                head = exchange.head
-                if head is None:
-                    head = exchange.head = request_head(key, exchange.method, target,
-                                                        headers, False, length, lows)
-                upstream = await pool.send(key, head, exchange.method, body, length,
+                upstream = await pool.send(plan[0], head, exchange.method, body, length,
                                            fresh=fresh)
             except _UPSTREAM_ERRORS as exc:
                 if body is not None and body.stalled:
@@ -600,9 +595,6 @@ class FastProxyProtocol(FrontProtocol):
                     self._refuse(exchange, Reason.BODY_TIMEOUT, keep_alive=False)
                 else:
                     self.refuse_failed(exchange, exc, route)
-                return
-            except ValueError:
-                self._refuse(exchange, Reason.MALFORMED_REQUEST)
                 return
             exchange.upstream_status = upstream.status
             handler.observe_upstream(route, time.perf_counter() - sent)

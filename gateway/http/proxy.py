@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import unquote_plus, urlsplit
 
@@ -25,8 +25,10 @@ from gateway.config import Settings
 from gateway.http.bounded_body import answer_and_close
 from gateway.http.client_slots import ClientSlots
 from gateway.http.errors import error_response
+from gateway.http.front import Field
 from gateway.http.headers import DECISION, REQUEST_ID, request_id
 from gateway.http.hop import HeaderHygiene
+from gateway.http.lean_head import LeanHead
 from gateway.http.observe import RequestObserver
 from gateway.http.strict_client import StrictConnector
 from gateway.http.upstream import (
@@ -136,7 +138,7 @@ def _strip_query_param(query: str, name: str) -> str:
 
 _UPSTREAM_ERRORS = (aiohttp.ClientError, UpstreamError, TimeoutError, BodyTooLarge, BodyStalled)
 # The lean pool's (host, port), the request target, the upstream request headers and their
-# lower-cased names.
+# lower-cased names (none when the head was built at once from bytes: lean_request()).
 LeanPlan = tuple[tuple[str, int], str, list[tuple[str, str]], list[str]]
 
 
@@ -242,6 +244,7 @@ class ProxyHandler:
         self._ws_idle = proxy.websocket_idle_timeout_seconds
         self._addresses = ClientAddresses(proxy.trusted_proxies)
         self._hygiene = HeaderHygiene(settings, self._addresses)
+        self._lean_head = LeanHead(self._hygiene)
         self._client_requests = ClientSlots(proxy.max_requests_per_client)
         self._client_sockets = ClientSlots(proxy.websocket_max_per_client)
         self._session: aiohttp.ClientSession | None = None
@@ -485,6 +488,29 @@ class ProxyHandler:
             headers, client_ip=client_ip, scheme=scheme, identity=decision.headers,
             request_id=rid)
         return lean[0], lean[1], pairs, lows
+
+    def lean_request(self, decision: Decision, method: str, raw_path: str, length: int | None,
+                     fields: Sequence[Field], headers: CIMultiDictProxy[str],
+                     client_ip: str | None, scheme: str, rid: str
+                     ) -> tuple[LeanPlan, bytes] | Reason | None:
+        """lean_plan() with the upstream head built at once from the header fields the fast
+        door's front parsed (`length`: the body's, None without one): the plan and the head;
+        a Reason to refuse it (a CR or LF where the head has none); None for aiohttp's client."""
+        if self._pool is None:
+            return None
+        lean = self._lean_target(decision, raw_path)
+        if lean is None:
+            return None
+        key, target = lean
+        if not target:
+            return Reason.AMBIGUOUS_PATH
+        try:
+            head = self._lean_head.head(key, method, target, fields, headers,
+                                        client_ip=client_ip, scheme=scheme,
+                                        identity=decision.headers, request_id=rid, length=length)
+        except ValueError:
+            return Reason.MALFORMED_REQUEST
+        return (key, target, [], []), head
 
     def _lean_target(self, decision: Decision, raw_path: str
                      ) -> tuple[tuple[str, int], str] | None:

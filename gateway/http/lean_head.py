@@ -1,0 +1,136 @@
+"""The proxy fast door's upstream request head, built from the header bytes the front parsed.
+
+The reference is `request_head(..., *HeaderHygiene.upstream_pairs(...))` (gateway/http/
+upstream.py, hop.py), which the aiohttp door and the task path keep using. This builds the
+same bytes with less work: the client's fields are filtered as bytes (names lowered with
+bytes.lower(), the hygiene's names as bytes) and copied without being decoded and encoded
+again; only what the gateway adds (HeaderHygiene.added_pairs) is formatted and encoded.
+
+It answers only when its bytes are provably the reference's (plain()), and otherwise
+returns the reference's own result (or lets it raise its ValueError):
+
+- every field, kept or dropped, is printable ASCII plus tab: there bytes.lower() and
+  str.lower(), the decoding and the encoding agree, so each test on a name (the dropped
+  names, the prefixes, `_` read as `-`) decides alike; outside it they may not (U+212A KELVIN
+  SIGN lowers to ASCII 'k'; undecodable bytes make the reference's encoding raise);
+- the names a `Connection` header lists are the reference's own (connection_tokens() on the
+  text);
+- every identity header name is one the hygiene drops from the client in every spelling and
+  none repeats another name the gateway adds: then no client header kept shares a name with
+  an added one, which the reference would replace in place (hop.put). Identity names from a
+  reloaded configuration the hygiene was not built with take the reference's path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiohttp import hdrs
+from multidict import CIMultiDictProxy
+
+from gateway.http.front import Field
+from gateway.http.hop import HeaderHygiene, connection_tokens, normalize_name
+from gateway.http.upstream import Key, head_end, request_head
+
+__all__ = ["LeanHead"]
+
+# The bytes a field may hold here: printable ASCII and tab.
+_FIELD_BYTES = bytes(range(0x20, 0x7F)) + b"\t"
+# The names the gateway adds besides the identity headers (an identity header sharing one of
+# these, or Content-Length which decides the framing, takes the reference's path).
+_ADDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "host",
+                    "x-request-id", "content-length"})
+_MAX_REMEMBERED = 256  # identity name sets remembered (they come from the configuration)
+
+
+class LeanHead:
+    """Upstream request heads for the lean pool, from a HeaderHygiene's rules."""
+
+    __slots__ = ("_dropped", "_hygiene", "_identities", "_prefixes", "_usable")
+
+    def __init__(self, hygiene: HeaderHygiene) -> None:
+        self._hygiene = hygiene
+        # A rule no ASCII name can meet is left out: it drops none of the fields answered here.
+        self._dropped = frozenset(n.encode() for n in hygiene.dropped if n.isascii())
+        self._prefixes = tuple(p.encode() for p in hygiene.prefixes if p.isascii())
+        # The client's Host is always dropped, so the head's Host is the gateway's own.
+        self._usable = "host" in hygiene.dropped
+        self._identities: dict[tuple[str, ...], bool] = {}
+
+    def head(self, key: Key, method: str, target: str, fields: Sequence[Field],
+             headers: CIMultiDictProxy[str], *, client_ip: str | None, scheme: str,
+             identity: Sequence[tuple[str, str]], request_id: str, length: int | None) -> bytes:
+        """The head request_head(upstream_pairs(...)) builds for a request without a chunked
+        body: the same bytes, or its ValueError (`fields`: `headers` as bytes)."""
+        head = self.plain(key, method, target, fields, headers, client_ip=client_ip,
+                          scheme=scheme, identity=identity, request_id=request_id,
+                          length=length)
+        if head is not None:
+            return head
+        pairs, lows = self._hygiene.upstream_pairs(
+            headers, client_ip=client_ip, scheme=scheme, identity=identity,
+            request_id=request_id)
+        return request_head(key, method, target, pairs, False, length, lows)
+
+    def plain(self, key: Key, method: str, target: str, fields: Sequence[Field],
+              headers: CIMultiDictProxy[str], *, client_ip: str | None, scheme: str,
+              identity: Sequence[tuple[str, str]], request_id: str, length: int | None
+              ) -> bytes | None:
+        """head(), from the bytes; None when that is not provably the reference's head."""
+        hygiene = self._hygiene
+        if not self._usable or not self._plain_identity(identity):
+            return None
+        gone = self._dropped
+        if hdrs.CONNECTION in headers:
+            named = [n.encode() for n in connection_tokens(headers) if n.isascii()]
+            if named:
+                gone = gone.union(named)
+        prefixes = self._prefixes
+        parts: list[bytes] = []
+        dropped: list[bytes] = []
+        length_seen = False
+        for name, low, value in fields:
+            norm = low.replace(b"_", b"-")
+            if norm in gone or norm.startswith(prefixes):
+                dropped += (name, value)
+                continue
+            parts += (name, b": ", value, b"\r\n")
+            if low == b"content-length":
+                length_seen = True
+        client = b"".join(parts)
+        # Printable ASCII and tab only, but for each kept line's CR LF.
+        if (client.translate(None, _FIELD_BYTES) != b"\r\n" * (len(parts) >> 2)
+                or b"".join(dropped).translate(None, _FIELD_BYTES)):
+            return None
+        added = hygiene.added_pairs(headers, client_ip=client_ip, scheme=scheme,
+                                    identity=identity, request_id=request_id)
+        lines = [f"{name}: {value}\r\n" for name, value in added]
+        # Host: the one added when preserved (the client's is dropped), else the key's.
+        host_seen = hygiene.preserve_host and bool(headers.get(hdrs.HOST))
+        lines += head_end(key, method, False, length, host_seen, length_seen)
+        first = f"{method} {target} HTTP/1.1\r\n"
+        rest = "".join(lines)
+        count = len(lines) + 1  # a CR and a LF ending each line, and no other
+        if (first.count("\n") + rest.count("\n") != count
+                or first.count("\r") + rest.count("\r") != count):
+            return None  # the reference raises its ValueError
+        try:
+            return b"".join((first.encode(), client, rest.encode()))
+        except UnicodeEncodeError:
+            return None  # (a lone surrogate) likewise
+
+    def _plain_identity(self, identity: Sequence[tuple[str, str]]) -> bool:
+        """True when every identity name is dropped from the client in every spelling and
+        none repeats another added name (remembered per set of names)."""
+        names = tuple([name for name, _ in identity])
+        plain = self._identities.get(names)
+        if plain is None:
+            hygiene = self._hygiene
+            lows = [name.lower() for name in names]
+            keys = [normalize_name(name) for name in names]
+            plain = (len(set(lows)) == len(lows) and _ADDED.isdisjoint(lows)
+                     and all(k in hygiene.dropped or k.startswith(hygiene.prefixes)
+                             for k in keys))
+            if len(self._identities) < _MAX_REMEMBERED:
+                self._identities[names] = plain
+        return plain

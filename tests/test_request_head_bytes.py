@@ -1,0 +1,223 @@
+"""The fast door's upstream request head from bytes is the reference's, byte for byte.
+
+LeanHead (gateway/http/lean_head.py) builds the head from the header fields as the front
+parsed them; the reference is request_head(upstream_pairs(...)) on the text the pipeline
+reads. Hypothesis generates header lists with arbitrary bytes (CR, LF, NUL, 0x80-0xff, U+212A
+KELVIN SIGN in UTF-8), every spelling of the identity, forwarded and rerouting headers,
+Connection lists, duplicates, trusted and untrusted client addresses, identity headers that
+collide, and hygiene settings; both must give the same bytes or the same ValueError, and the
+bytes path must answer by itself whenever the input is plain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+from ipaddress import ip_network
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import CollectorRegistry
+
+from gateway.config import Settings, load_settings
+from gateway.http.front import HANDOVER_CAUSES, Field, FrontDoor, FrontProtocol, field_text
+from gateway.http.hop import HeaderHygiene
+from gateway.http.lean_head import LeanHead
+from gateway.http.upstream import Key, request_head
+from gateway.metrics import Metrics
+
+BASE = load_settings({"CLERK_ISSUER": "https://clerk.example.com",
+                      "GATEWAY_UPSTREAM": "http://127.0.0.1:9"})
+TRUSTED = "10.1.2.3"
+
+
+def hygiene_of(**proxy: object) -> HeaderHygiene:
+    """A HeaderHygiene for the base settings with some `proxy:` settings changed."""
+    changed: Settings = dataclasses.replace(
+        BASE, proxy=dataclasses.replace(BASE.proxy, **proxy))  # type: ignore[arg-type]
+    return HeaderHygiene(changed)
+
+
+HYGIENES = [
+    hygiene_of(),
+    hygiene_of(preserve_host=False, forward_authorization=False, forward_cookies=False),
+    hygiene_of(trusted_proxies=(ip_network("10.0.0.0/8"),),
+               strip_header_prefixes=("X-Internal-", "x_secret_")),
+]
+BUILDERS = [LeanHead(h) for h in HYGIENES]
+IDENTITY_NAMES = [*BASE.identity_headers.values(), BASE.assertion.header]
+# Names worth spelling every way: what the gateway controls, adds, drops or frames with.
+NAMES = [
+    *IDENTITY_NAMES, "X-Request-Id", "X-Forwarded-For", "X-Forwarded-Host",
+    "X-Forwarded-Proto", "X-Forwarded-Prefix", "Forwarded", "X-Real-IP", "Host", "Connection",
+    "Keep-Alive", "TE", "Upgrade", "Proxy-Authorization", "Authorization", "Cookie",
+    "Content-Length", "Expect", "X-Original-URL", "X-Envoy-Original-Path",
+    "X-HTTP-Method-Override", "X-Internal-Token", "X-Secret-Key", "Accept", "User-Agent",
+    "X-Custom",
+]
+KELVIN = "\u212a".encode()  # lower-cases to ASCII 'k' as text, stays as it is as bytes
+
+
+@st.composite
+def spelled(draw: st.DrawFn) -> bytes:
+    """A listed name in random case with `-` or `_`, sometimes a K as the Kelvin sign."""
+    out = []
+    for char in draw(st.sampled_from(NAMES)):
+        if char == "-":
+            out.append(draw(st.sampled_from("-_")).encode())
+        elif char in "kK" and draw(st.integers(0, 5)) == 0:
+            out.append(KELVIN)
+        else:
+            out.append((char.upper() if draw(st.booleans()) else char.lower()).encode())
+    return b"".join(out)
+
+
+names = st.one_of(spelled(), st.binary(min_size=1, max_size=12))
+listed = st.lists(spelled(), max_size=4).map(b", ".join)
+plain_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=16)
+values = st.one_of(
+    plain_values.map(str.encode), listed, st.binary(max_size=16),
+    st.sampled_from([b"10.0.0.1", b"a\r\nX-Injected: 1", b"a\nb", b"\x00", b"\xff", KELVIN,
+                     b"coo" + KELVIN + b"ie", b"\ttab", b"https"]),
+)
+identity_values = st.one_of(
+    plain_values, st.sampled_from(["\r", "a\nb", "\udcff", "\u00e9t\u00e9", "\u212a", ""]))
+identity_names = st.one_of(
+    st.sampled_from(IDENTITY_NAMES),
+    st.sampled_from(["X-Request-Id", "Host", "Content-Length", "X-Forwarded-For",
+                     "X-Not-Configured", "x_user_id", "X-USER-ID", "X-\u212aey"]))
+
+
+def both(fields: list[tuple[bytes, bytes]]) -> tuple[CIMultiDictProxy[str], list[Field]]:
+    """The text the pipeline reads and the fields as bytes, as the front keeps them."""
+    pairs, kept = [], []
+    for name, value in fields:
+        pair, field = field_text(name, name.lower(), value)
+        pairs.append(pair)
+        kept.append(field)
+    return CIMultiDictProxy(CIMultiDict(pairs)), kept
+
+
+def reference(hygiene: HeaderHygiene, key: Key, method: str, target: str,
+              headers: CIMultiDictProxy[str], client_ip: str | None,
+              identity: Sequence[tuple[str, str]], rid: str, length: int | None
+              ) -> bytes | str:
+    """request_head(upstream_pairs(...)), or its error as text."""
+    pairs, lows = hygiene.upstream_pairs(headers, client_ip=client_ip, scheme="http",
+                                         identity=identity, request_id=rid)
+    try:
+        return request_head(key, method, target, pairs, False, length, lows)
+    except ValueError as exc:
+        return repr(exc)
+
+
+def printable(data: bytes) -> bool:
+    return all(b == 9 or 0x20 <= b < 0x7F for b in data)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    which=st.integers(0, len(BUILDERS) - 1),
+    fields=st.lists(st.tuples(names, values), max_size=10),
+    client_ip=st.sampled_from([None, "", "192.0.2.7", TRUSTED, "::1"]),
+    identity=st.lists(st.tuples(identity_names, identity_values), max_size=5),
+    rid=st.sampled_from(["a7b0ce9c4bcf7205ba29efe9ab25c5a0", "rid\r\n", "r\u00e9"]),
+    method=st.sampled_from(["GET", "POST", "HEAD", "PATCH"]),
+    length=st.sampled_from([None, 0, 5]),
+    key=st.sampled_from([("127.0.0.1", 9), ("::1", 80), ("upstream", 80)]),
+)
+def test_bytes_head_is_the_reference(
+    which: int, fields: list[tuple[bytes, bytes]], client_ip: str | None,
+    identity: list[tuple[str, str]], rid: str, method: str, length: int | None, key: Key,
+) -> None:
+    hygiene, builder = HYGIENES[which], BUILDERS[which]
+    headers, kept = both(fields)
+    expected = reference(hygiene, key, method, "/a?b=1", headers, client_ip, identity, rid,
+                         length)
+    try:
+        got: bytes | str = builder.head(key, method, "/a?b=1", kept, headers,
+                                        client_ip=client_ip, scheme="http", identity=identity,
+                                        request_id=rid, length=length)
+    except ValueError as exc:
+        got = repr(exc)
+    assert got == expected
+    plain = builder.plain(key, method, "/a?b=1", kept, headers, client_ip=client_ip,
+                          scheme="http", identity=identity, request_id=rid, length=length)
+    assert plain is None or plain == expected
+    names_ = [name.lower() for name, _ in identity]
+    if (all(printable(name) and printable(value) for name, value in fields)
+            and all(name in IDENTITY_NAMES for name, _ in identity)
+            and len(set(names_)) == len(names_) and isinstance(expected, bytes)):
+        assert plain is not None  # plain input: the bytes path answers by itself
+
+
+def test_a_usual_request_takes_the_bytes_path() -> None:
+    headers, kept = both([(b"Host", b"app.test"), (b"user-agent", b"wrk"),
+                          (b"X_User_Id", b"spoofed"), (b"Connection", b"keep-alive, X-Custom"),
+                          (b"X-Custom", b"gone"), (b"Authorization", b"Bearer t")])
+    head = BUILDERS[0].plain(("127.0.0.1", 9), "GET", "/a", kept, headers, client_ip="192.0.2.7",
+                             scheme="http", identity=(("X-User-Id", "user_1"),),
+                             request_id="rid", length=None)
+    assert head == (b"GET /a HTTP/1.1\r\nUser-Agent: wrk\r\nAuthorization: Bearer t\r\n"
+                    b"X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n"
+                    b"X-Forwarded-Host: app.test\r\nHost: app.test\r\nX-User-Id: user_1\r\n"
+                    b"X-Request-Id: rid\r\n\r\n")
+
+
+def test_kelvin_sign_and_obs_text_take_the_text_path() -> None:
+    """`Connection: coo\u212aie` names Cookie as text, and a `Coo\u212aie` header is Cookie as
+    text (dropped when cookies are not forwarded): the text path decides, as the reference."""
+    cases = [
+        (0, [(b"Host", b"a"), (b"Connection", b"coo" + KELVIN + b"ie"), (b"Cookie", b"c=1")]),
+        (1, [(b"Host", b"a"), (b"Coo" + KELVIN + b"ie", b"c=1")]),
+        (0, [(b"Host", b"a"), (b"X-Custom", b"caf\xc3\xa9"), (b"Cookie", b"c=1")]),
+    ]
+    for which, fields in cases:
+        headers, kept = both(fields)
+        builder = BUILDERS[which]
+        assert builder.plain(("u", 80), "GET", "/", kept, headers, client_ip=None,
+                             scheme="http", identity=(), request_id="r", length=None) is None
+        head = builder.head(("u", 80), "GET", "/", kept, headers, client_ip=None, scheme="http",
+                            identity=(), request_id="r", length=None)
+        assert head == reference(HYGIENES[which], ("u", 80), "GET", "/", headers, None, (),
+                                 "r", None)
+        assert (b"c=1" in head) == (fields[1][0] == b"X-Custom")
+
+
+class _Captured(FrontProtocol):
+    """A front that records what it parsed instead of serving it."""
+
+    seen: list[tuple[list[tuple[str, str]], list[Field]]]
+
+    def _request(self, method: str, target: str, headers: CIMultiDictProxy[str],
+                 version: str, keep_alive: bool) -> None:
+        self.seen.append((list(headers.items()), list(self._fields)))
+
+
+token = st.text(st.sampled_from("abcXYZ-_!#$%&'*+.^`|~09"), min_size=1, max_size=10)
+field_value = st.binary(max_size=12).map(
+    lambda b: bytes(c for c in b if c == 9 or 0x20 <= c < 0x7F or c >= 0x80).strip(b" \t"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(fields=st.lists(st.tuples(token, field_value), max_size=6))
+def test_the_front_keeps_what_field_text_gives(fields: list[tuple[str, bytes]]) -> None:
+    """on_header (field_text() inline) keeps the text and the bytes field_text() gives."""
+    raw = [(name.encode(), value) for name, value in fields
+           if name.lower() not in ("content-length", "transfer-encoding", "host", "upgrade")]
+
+    async def parse() -> list[tuple[list[tuple[str, str]], list[Field]]]:
+        metrics = Metrics(CollectorRegistry())
+        door = FrontDoor(metrics, metrics.proxy_fast_path, HANDOVER_CAUSES,
+                         max_head_bytes=65536, max_headers=100, head_timeout=0,
+                         keepalive_timeout=0)
+        front = _Captured(door, lambda: asyncio.Protocol())
+        front.seen = []
+        front.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n"
+                            + b"".join(n + b": " + v + b" \r\n" for n, v in raw) + b"\r\n")
+        return front.seen
+
+    expected = [field_text(n, n.lower(), v) for n, v in [(b"Host", b"h"), *raw]]
+    assert asyncio.run(parse()) == [([p for p, _ in expected], [f for _, f in expected])]
