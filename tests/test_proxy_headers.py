@@ -83,3 +83,25 @@ def test_unrelated_underscore_headers_pass() -> None:
     out = build([("X_Custom_Thing", "v"), ("Accept", "*/*")])
     assert out["X_Custom_Thing"] == "v"
     assert out["Accept"] == "*/*"
+
+
+@settings(max_examples=200, deadline=None)
+@given(spoofs=st.lists(st.tuples(st.sampled_from(["X-Tenant-Id", "X-Plan-Name"]),
+                                 st.booleans()), min_size=1, max_size=6),
+       listed=st.booleans())
+def test_identity_names_from_a_reload_are_dropped_in_every_spelling(
+    spoofs: list[tuple[str, bool]], listed: bool
+) -> None:
+    """A reload rebuilds the verifier (new identity header names), not the proxy's hygiene:
+    the client's copies of a name the hygiene was not built with go in every spelling too."""
+    pairs = [("Host", "api.example.com")]
+    for name, underscore in spoofs:
+        pairs.append((name.replace("-", "_") if underscore else name.lower(), "evil"))
+    if listed:
+        pairs.append(("Connection", "keep-alive"))
+    identity = (("X-Tenant-Id", "t_real"), ("X-Plan-Name", "p_real"))
+    out = HYGIENE.upstream_headers(CIMultiDictProxy(CIMultiDict(pairs)), client_ip=None,
+                                   scheme="http", identity=identity, request_id="r")
+    assert [(k, v) for k, v in out.items() if normalize_name(k) in ("x-tenant-id", "x-plan-name")
+            ] == list(identity)
+    assert "evil" not in " ".join(out.values())

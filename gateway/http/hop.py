@@ -52,6 +52,7 @@ _X_FORWARDED_FOR = "X-Forwarded-For"
 _X_FORWARDED_PROTO = "X-Forwarded-Proto"
 _X_FORWARDED_HOST = "X-Forwarded-Host"
 _REQUEST_ID = "X-Request-Id"
+_MAX_NAME_SETS = 256  # sets of identity names remembered
 
 
 def put(pairs: list[tuple[str, str]], lows: list[str], name: str, value: str) -> None:
@@ -107,6 +108,7 @@ class HeaderHygiene:
             *REROUTING_PREFIXES,
         )
         self._preserve_host = proxy.preserve_host
+        self._unlisted_names: dict[tuple[str, ...], frozenset[str]] = {}
         # Who may append to X-Forwarded-*: the proxy's own rule (gateway/clients.py).
         self._addresses = addresses or ClientAddresses(proxy.trusted_proxies)
 
@@ -138,7 +140,11 @@ class HeaderHygiene:
     ) -> tuple[list[tuple[str, str]], list[str]]:
         """upstream_headers() as a list of pairs (and their lower-cased names), for a head
         built at once: the same headers in the same order."""
+        identity = tuple(identity)
         named = connection_tokens(headers)
+        unlisted = self._unlisted(identity)
+        if unlisted:  # (identity names from a reload: dropped in every spelling too)
+            named = named | unlisted
         dropped = self._dropped
         prefixes = self._prefixes
         out: list[tuple[str, str]] = []
@@ -194,6 +200,20 @@ class HeaderHygiene:
         added.extend(identity)
         added.append((_REQUEST_ID, request_id))
         return added
+
+    def _unlisted(self, identity: tuple[tuple[str, str], ...]) -> frozenset[str]:
+        """The identity names, normalised, that this hygiene does not drop already: names a
+        configuration reload gave the verifier after the proxy was built with the old ones
+        (remembered per set of names; they come from the configuration)."""
+        names = tuple([name for name, _ in identity])
+        unlisted = self._unlisted_names.get(names)
+        if unlisted is None:
+            unlisted = frozenset(
+                key for key in map(normalize_name, names)
+                if key not in self._dropped and not key.startswith(self._prefixes))
+            if len(self._unlisted_names) < _MAX_NAME_SETS:
+                self._unlisted_names[names] = unlisted
+        return unlisted
 
     @property
     def dropped(self) -> frozenset[str]:
