@@ -9,8 +9,9 @@ target and path checks, body limit, pool, failure accounting, observer):
 
 - a decision the pipeline can make without I/O is made at once; one that needs I/O is awaited
   in the request's relay task, with reading paused;
-- the upstream head is built once by HeaderHygiene and written to a pooled connection, a
-  Content-Length body streamed after it with back-pressure both ways;
+- the upstream head is built once, from the header bytes llhttp saw, by HeaderHygiene's rules
+  (gateway/http/lean_head.py) and written to a pooled connection, a Content-Length body
+  streamed after it with back-pressure both ways;
 - the response head is framed by llhttp, rewritten (hop-by-hop headers out, X-Request-Id
   in; gateway/http/answer_head.py) and written as aiohttp's door writes it; its body is
   relayed as it arrives (a small body with a length in one write, as the aiohttp door does).
