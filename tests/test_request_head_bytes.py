@@ -22,11 +22,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 
 from gateway.config import Settings, load_settings
+from gateway.devissuer import DevIssuer
 from gateway.http.front import HANDOVER_CAUSES, Field, FrontDoor, FrontProtocol, field_text
 from gateway.http.hop import HeaderHygiene
 from gateway.http.lean_head import LeanHead
 from gateway.http.upstream import Key, request_head
 from gateway.metrics import Metrics
+from tests.conftest import GatewayFactory
+from tests.proxy_support import Upstream, raw_request, status_of
 
 BASE = load_settings({"CLERK_ISSUER": "https://clerk.example.com",
                       "GATEWAY_UPSTREAM": "http://127.0.0.1:9"})
@@ -221,3 +224,35 @@ def test_the_front_keeps_what_field_text_gives(fields: list[tuple[str, bytes]]) 
 
     expected = [field_text(n, n.lower(), v) for n, v in [(b"Host", b"h"), *raw]]
     assert asyncio.run(parse()) == [([p for p, _ in expected], [f for _, f in expected])]
+
+
+async def test_through_the_fast_door_the_upstream_gets_the_bytes_or_the_same_refusal(
+    clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    """Plain headers, UTF-8 and undecodable obs-text through the real fast door: the first
+    two arrive byte for byte (the bytes path, then the text path), the last is refused with
+    400 as the text path refuses it, and every request stays in the fast door."""
+    gw = await make_gateway(env={"GATEWAY_UPSTREAM": upstream.url})
+    port = gw.client.server.port
+    assert port is not None
+    token = clerk.token()
+    assert (await gw.get("/warm", token)).status == 200
+
+    def request(value: bytes) -> bytes:
+        return (b"GET /api HTTP/1.1\r\nHost: app.test\r\nX_User_Id: spoofed\r\nAuthorization: "
+                b"Bearer " + token.encode() + b"\r\nX-Custom: " + value
+                + b"\r\nConnection: close\r\n\r\n")
+
+    for value in (b"plain\tvalue", b"caf\xc3\xa9"):
+        assert status_of(await raw_request(port, request(value))) == 200
+        seen = upstream.seen[-1]
+        assert seen.values("X-Custom") == [value.decode("latin-1")]
+        assert [n for n, _ in seen.headers if n.lower().replace("_", "-") == "x-user-id"] == [
+            "X-User-Id"]
+    reply = await raw_request(port, request(b"\xff"))
+    assert status_of(reply) == 400 and b"malformed_request" in reply
+    gw.gateway.metrics.flush()
+    handed = [sample for metric in gw.gateway.registry.collect() for sample in metric.samples
+              if sample.name == "clerk_gateway_proxy_fast_path_total"
+              and sample.labels["result"] not in ("answered", "answered_after_io")]
+    assert sum(sample.value for sample in handed) == 0
