@@ -108,7 +108,7 @@ class HeaderHygiene:
             *REROUTING_PREFIXES,
         )
         self._preserve_host = proxy.preserve_host
-        self._unlisted_names: dict[tuple[str, ...], frozenset[str]] = {}
+        self._unlisted_names: dict[tuple[str, ...], tuple[frozenset[str], frozenset[str]]] = {}
         # Who may append to X-Forwarded-*: the proxy's own rule (gateway/clients.py).
         self._addresses = addresses or ClientAddresses(proxy.trusted_proxies)
 
@@ -142,9 +142,7 @@ class HeaderHygiene:
         built at once: the same headers in the same order."""
         identity = tuple(identity)
         named = connection_tokens(headers)
-        unlisted = self._unlisted(identity)
-        if unlisted:  # (identity names from a reload: dropped in every spelling too)
-            named = named | unlisted
+        unlisted, spelled = self._unlisted(identity)
         dropped = self._dropped
         prefixes = self._prefixes
         out: list[tuple[str, str]] = []
@@ -154,6 +152,9 @@ class HeaderHygiene:
             key = low.replace("_", "-") if "_" in low else low
             if key in dropped or key in named or key.startswith(prefixes):
                 continue
+            if unlisted and key in unlisted and low not in spelled:
+                continue  # another spelling of an identity name from a reload (put() below
+                # replaces the same spelling in place)
             if websocket and key.startswith("sec-websocket-"):
                 continue  # the upstream handshake is the client library's own
             out.append((name, value))
@@ -201,19 +202,21 @@ class HeaderHygiene:
         added.append((_REQUEST_ID, request_id))
         return added
 
-    def _unlisted(self, identity: tuple[tuple[str, str], ...]) -> frozenset[str]:
-        """The identity names, normalised, that this hygiene does not drop already: names a
-        configuration reload gave the verifier after the proxy was built with the old ones
-        (remembered per set of names; they come from the configuration)."""
+    def _unlisted(self, identity: tuple[tuple[str, str], ...]
+                  ) -> tuple[frozenset[str], frozenset[str]]:
+        """The identity names, normalised, this hygiene does not drop already (names a
+        configuration reload gave the verifier after the proxy was built), and the identity
+        names lower-cased; remembered per set of names (they come from the configuration)."""
         names = tuple([name for name, _ in identity])
-        unlisted = self._unlisted_names.get(names)
-        if unlisted is None:
+        known = self._unlisted_names.get(names)
+        if known is None:
             unlisted = frozenset(
                 key for key in map(normalize_name, names)
                 if key not in self._dropped and not key.startswith(self._prefixes))
+            known = unlisted, frozenset(name.lower() for name in names)
             if len(self._unlisted_names) < _MAX_NAME_SETS:
-                self._unlisted_names[names] = unlisted
-        return unlisted
+                self._unlisted_names[names] = known
+        return known
 
     @property
     def dropped(self) -> frozenset[str]:
