@@ -151,9 +151,49 @@ def test_bytes_head_is_the_reference(
     assert plain is None or plain == expected
     names_ = [name.lower() for name, _ in identity]
     if (all(printable(name) and printable(value) for name, value in fields)
-            and all(name in IDENTITY_NAMES for name, _ in identity)
-            and len(set(names_)) == len(names_) and isinstance(expected, bytes)):
+            and all(name in IDENTITY_NAMES and printable(value.encode("utf-8", "replace"))
+                    for name, value in identity)
+            and len(set(names_)) == len(names_) and printable(rid.encode("utf-8", "replace"))
+            and isinstance(expected, bytes)):
         assert plain is not None  # plain input: the bytes path answers by itself
+
+
+@st.composite
+def plain_spelled(draw: st.DrawFn) -> bytes:
+    """A listed name in random case with `-` or `_` (printable ASCII only)."""
+    return draw(spelled()).replace(KELVIN, b"k")
+
+
+plain_listed = st.lists(plain_spelled(), max_size=4).map(b", ".join)
+plain_fields = st.lists(st.tuples(st.one_of(plain_spelled(), st.just(b"Content-Length")),
+                                  st.one_of(plain_values.map(str.encode), plain_listed)),
+                        max_size=8)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    which=st.integers(0, len(BUILDERS) - 1),
+    fields=plain_fields,
+    client_ip=st.sampled_from([None, "192.0.2.7", TRUSTED]),
+    identity=st.lists(st.tuples(st.sampled_from(IDENTITY_NAMES), plain_values), max_size=4,
+                      unique_by=lambda pair: pair[0].lower()),
+    method=st.sampled_from(["GET", "POST", "HEAD", "PUT"]),
+    length=st.sampled_from([None, 0, 7]),
+)
+def test_plain_input_takes_the_bytes_path_to_the_same_head(
+    which: int, fields: list[tuple[bytes, bytes]], client_ip: str | None,
+    identity: list[tuple[str, str]], method: str, length: int | None,
+) -> None:
+    """The common case, generated densely: printable fields (Content-Length, Connection lists,
+    every spelling), configured identity names; the bytes path answers, with the same head."""
+    headers, kept = both(fields)
+    key = ("127.0.0.1", 8080)
+    plain = BUILDERS[which].plain(key, method, "/p", kept, headers, client_ip=client_ip,
+                                  scheme="https", identity=identity, request_id="rid-1",
+                                  length=length)
+    pairs, lows = HYGIENES[which].upstream_pairs(headers, client_ip=client_ip, scheme="https",
+                                                 identity=identity, request_id="rid-1")
+    assert plain == request_head(key, method, "/p", pairs, False, length, lows)
 
 
 def test_a_usual_request_takes_the_bytes_path() -> None:

@@ -12,7 +12,9 @@ returns the reference's own result (or lets it raise its ValueError):
 - every field, kept or dropped, is printable ASCII plus tab: there bytes.lower() and
   str.lower(), the decoding and the encoding agree, so each test on a name (the dropped
   names, the prefixes, `_` read as `-`) decides alike; outside it they may not (U+212A KELVIN
-  SIGN lowers to ASCII 'k'; undecodable bytes make the reference's encoding raise);
+  SIGN lowers to ASCII 'k'; undecodable bytes make the reference's encoding raise). So is the
+  whole head, but for the CR LF ending each line (what the gateway adds is formatted as the
+  reference formats it; one of its values outside ASCII takes the reference's path too);
 - the names a `Connection` header lists are the reference's own (connection_tokens() on the
   text);
 - every identity header name is one the hygiene drops from the client in every spelling and
@@ -86,7 +88,7 @@ class LeanHead:
             if named:
                 gone = gone.union(named)
         prefixes = self._prefixes
-        parts: list[bytes] = []
+        parts = [b""]  # the request line goes first
         dropped: list[bytes] = []
         length_seen = False
         for name, low, value in fields:
@@ -97,27 +99,26 @@ class LeanHead:
             parts += (name, b": ", value, b"\r\n")
             if low == b"content-length":
                 length_seen = True
-        client = b"".join(parts)
-        # Printable ASCII and tab only, but for each kept line's CR LF.
-        if (client.translate(None, _FIELD_BYTES) != b"\r\n" * (len(parts) >> 2)
-                or b"".join(dropped).translate(None, _FIELD_BYTES)):
+        if dropped and b"".join(dropped).translate(None, _FIELD_BYTES):
             return None
+        kept = len(parts) >> 2
         added = hygiene.added_pairs(headers, client_ip=client_ip, scheme=scheme,
                                     identity=identity, request_id=request_id)
         lines = [f"{name}: {value}\r\n" for name, value in added]
         # Host: the one added when preserved (the client's is dropped), else the key's.
         host_seen = hygiene.preserve_host and bool(headers.get(hdrs.HOST))
         lines += head_end(key, method, False, length, host_seen, length_seen)
-        first = f"{method} {target} HTTP/1.1\r\n"
-        rest = "".join(lines)
-        count = len(lines) + 1  # a CR and a LF ending each line, and no other
-        if (first.count("\n") + rest.count("\n") != count
-                or first.count("\r") + rest.count("\r") != count):
-            return None  # the reference raises its ValueError
         try:
-            return b"".join((first.encode(), client, rest.encode()))
+            parts[0] = f"{method} {target} HTTP/1.1\r\n".encode()
+            parts.append("".join(lines).encode())
         except UnicodeEncodeError:
-            return None  # (a lone surrogate) likewise
+            return None  # (a lone surrogate) the reference raises its ValueError
+        head = b"".join(parts)
+        # Printable ASCII and tab, and a CR LF ending each line, nothing else (so a value
+        # outside ASCII, or a CR or LF where the reference raises, takes the text path).
+        if head.translate(None, _FIELD_BYTES) != b"\r\n" * (1 + kept + len(lines)):
+            return None
+        return head
 
     def _plain_identity(self, identity: Sequence[tuple[str, str]]) -> bool:
         """True when every identity name is dropped from the client in every spelling and
