@@ -42,13 +42,14 @@ _FIELD_BYTES = bytes(range(0x20, 0x7F)) + b"\t"
 # these, or Content-Length which decides the framing, takes the reference's path).
 _ADDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "host",
                     "x-request-id", "content-length"})
-_MAX_REMEMBERED = 256  # identity name sets remembered (they come from the configuration)
+_MAX_REMEMBERED = 256  # identity name sets (from the configuration), short Connection lists
+_SHORT_LIST = 64  # characters of a Connection list worth remembering
 
 
 class LeanHead:
     """Upstream request heads for the lean pool, from a HeaderHygiene's rules."""
 
-    __slots__ = ("_dropped", "_hygiene", "_identities", "_prefixes", "_usable")
+    __slots__ = ("_dropped", "_hygiene", "_identities", "_listed", "_prefixes", "_usable")
 
     def __init__(self, hygiene: HeaderHygiene) -> None:
         self._hygiene = hygiene
@@ -58,6 +59,7 @@ class LeanHead:
         # The client's Host is always dropped, so the head's Host is the gateway's own.
         self._usable = "host" in hygiene.dropped
         self._identities: dict[tuple[str, ...], bool] = {}
+        self._listed: dict[tuple[str, ...], frozenset[bytes]] = {}
 
     def head(self, key: Key, method: str, target: str, fields: Sequence[Field],
              headers: CIMultiDictProxy[str], *, client_ip: str | None, scheme: str,
@@ -84,9 +86,7 @@ class LeanHead:
             return None
         gone = self._dropped
         if hdrs.CONNECTION in headers:
-            named = [n.encode() for n in connection_tokens(headers) if n.isascii()]
-            if named:
-                gone = gone.union(named)
+            gone = self._with_listed(headers)
         prefixes = self._prefixes
         parts = [b""]  # the request line goes first
         dropped: list[bytes] = []
@@ -119,6 +119,18 @@ class LeanHead:
         if head.translate(None, _FIELD_BYTES) != b"\r\n" * (1 + kept + len(lines)):
             return None
         return head
+
+    def _with_listed(self, headers: CIMultiDictProxy[str]) -> frozenset[bytes]:
+        """The dropped names and those the `Connection` headers list (the reference's own
+        connection_tokens()); remembered for short lists, as `keep-alive` or `close`."""
+        values = tuple(headers.getall(hdrs.CONNECTION))
+        gone = self._listed.get(values)
+        if gone is None:
+            gone = self._dropped.union(
+                n.encode() for n in connection_tokens(headers) if n.isascii())
+            if len(self._listed) < _MAX_REMEMBERED and sum(map(len, values)) <= _SHORT_LIST:
+                self._listed[values] = gone
+        return gone
 
     def _plain_identity(self, identity: Sequence[tuple[str, str]]) -> bool:
         """True when every identity name is dropped from the client in every spelling and
