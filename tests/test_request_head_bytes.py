@@ -200,13 +200,16 @@ def test_a_usual_request_takes_the_bytes_path() -> None:
     headers, kept = both([(b"Host", b"app.test"), (b"user-agent", b"wrk"),
                           (b"X_User_Id", b"spoofed"), (b"Connection", b"keep-alive, X-Custom"),
                           (b"X-Custom", b"gone"), (b"Authorization", b"Bearer t")])
-    head = BUILDERS[0].plain(("127.0.0.1", 9), "GET", "/a", kept, headers, client_ip="192.0.2.7",
-                             scheme="http", identity=(("X-User-Id", "user_1"),),
-                             request_id="rid", length=None)
-    assert head == (b"GET /a HTTP/1.1\r\nUser-Agent: wrk\r\nAuthorization: Bearer t\r\n"
-                    b"X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n"
-                    b"X-Forwarded-Host: app.test\r\nHost: app.test\r\nX-User-Id: user_1\r\n"
-                    b"X-Request-Id: rid\r\n\r\n")
+    builder = LeanHead(HYGIENES[0])
+    heads = [builder.plain(("127.0.0.1", 9), "GET", "/a", kept, headers, client_ip="192.0.2.7",
+                           scheme="http", identity=(("X-User-Id", "user_1"),),
+                           request_id="rid", length=None)
+             for _ in range(2)]  # the second with the Connection list remembered
+    assert heads[0] == heads[1] == (
+        b"GET /a HTTP/1.1\r\nUser-Agent: wrk\r\nAuthorization: Bearer t\r\n"
+        b"X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n"
+        b"X-Forwarded-Host: app.test\r\nHost: app.test\r\nX-User-Id: user_1\r\n"
+        b"X-Request-Id: rid\r\n\r\n")
 
 
 def test_kelvin_sign_and_obs_text_take_the_text_path() -> None:
