@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.devissuer import DevIssuer
@@ -159,6 +159,8 @@ async def two_requests(client: str, raw: Raw, pause: float
 
 @settings(max_examples=60, deadline=None)
 @given(extra=TRAILING, delayed=st.booleans(), client=st.sampled_from(["lean", "aiohttp"]))
+@example(extra=b"\n", delayed=False, client="lean")  # llhttp skips it without a callback
+@example(extra=b"\r\n\r\n", delayed=False, client="lean")
 async def test_no_bytes_after_an_answer_ever_answer_another_request(
     extra: bytes, delayed: bool, client: str
 ) -> None:
@@ -168,4 +170,9 @@ async def test_no_bytes_after_an_answer_ever_answer_another_request(
         first, second = await two_requests(client, raw, 0.15 if delayed else 0.0)
     assert first in ((200, b"hello"), None)  # the answer, or refused whole; never the extra
     assert second == (200, b"hello")
-    assert raw.connections == 2
+    if client == "aiohttp" and not delayed and not extra.strip(b"\r\n"):
+        # aiohttp's parser skips blank lines read with a response (RFC 9112 2.2's robustness
+        # rule) and tells nobody: they can frame no answer, so its pool may keep the socket.
+        assert raw.connections in (1, 2)
+    else:
+        assert raw.connections == 2

@@ -159,6 +159,7 @@ class _Connection(asyncio.Protocol):
         self._read_paused = False
         self._sending = False
         self._head_bytes = 0
+        self._chunk_body = 0  # body bytes llhttp found in the chunk being parsed
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._reason = b""
@@ -179,9 +180,14 @@ class _Connection(asyncio.Protocol):
             self._reusable = False  # bytes nobody asked for: never trust this socket again
             self.abort()
             return
+        first = not self._got_bytes
+        headed = self._head_done
         self._got_bytes = True
+        self._chunk_body = 0
         try:
             self._parser.feed_data(data)
+            if self._done and not self._chunked and self._reusable:
+                self._check_ends_here(data, first, headed)
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamProtocolError("the upstream switched protocols"))
             self.abort()
@@ -191,6 +197,18 @@ class _Connection(asyncio.Protocol):
             self.abort()
         if self.sink is not None and (self._done or self._error is not None):
             self._end_sink()  # after parsing: the sink may reuse or drop this connection
+
+    def _check_ends_here(self, data: bytes, first: bool, headed: bool) -> None:
+        """A response with a length ended in this chunk: any byte after it (llhttp skips the
+        CR and LF it finds between messages without a word) taints the connection."""
+        if headed:
+            head = 0
+        elif first:
+            head = data.find(b"\r\n\r\n") + 4  # (a 1xx head first: a mismatch, not reused)
+        else:
+            return  # the head began in an earlier chunk: its bytes here are not known
+        if head + self._chunk_body != len(data):
+            self._reusable = False
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
@@ -285,6 +303,7 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        self._chunk_body += len(body)
         if self._done:
             self._reusable = False  # a body after a HEAD/204/304 head
             return
