@@ -18,6 +18,7 @@ query or body parameter (`_method`) is the application's own and cannot be remov
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
 from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
@@ -53,11 +54,13 @@ _X_FORWARDED_PROTO = "X-Forwarded-Proto"
 _X_FORWARDED_HOST = "X-Forwarded-Host"
 _REQUEST_ID = "X-Request-Id"
 _MAX_NAME_SETS = 256  # sets of identity names remembered
+Text = TypeVar("Text", str, bytes)
 
 
-def put(pairs: list[tuple[str, str]], lows: list[str], name: str, value: str) -> None:
-    """CIMultiDict's `pairs[name] = value` on a list: the first occurrence replaced in place,
-    later ones dropped (`lows`: the lower-cased names, kept in step)."""
+def put(pairs: list[tuple[Text, Text]], lows: list[Text], name: Text, value: Text) -> None:
+    """CIMultiDict's `pairs[name] = value` on a list (of str, or of bytes for the heads built
+    from bytes): the first occurrence replaced in place, later ones dropped (`lows`: the
+    lower-cased names, kept in step)."""
     low = name.lower()
     if low not in lows:
         pairs.append((name, value))

@@ -30,7 +30,7 @@ from functools import lru_cache
 from gateway.cors import CorsPolicy
 from gateway.http.answer_head import NO_BODY_STATUSES, client_head
 from gateway.http.front import SERVER_LINE
-from gateway.http.hop import HOP_BY_HOP
+from gateway.http.hop import HOP_BY_HOP, put
 from gateway.pipeline import Decision
 
 __all__ = ["RawPairs", "client_head_raw", "raw_head"]
@@ -85,7 +85,7 @@ def raw_head(status: int, reason: bytes, upstream: RawPairs, *, length: int | No
         if not hop.isdisjoint(lows):  # a name listed besides the hop-by-hop ones is here
             pairs = [pair for pair, low in zip(pairs, lows, strict=True) if low not in hop]
             lows = [low for low in lows if low not in hop]
-    _put(pairs, lows, b"X-Request-Id", rid.encode("utf-8", "surrogatepass"))
+    put(pairs, lows, b"X-Request-Id", rid.encode("utf-8", "surrogatepass"))
     head_only = method == "HEAD"
     no_body = status in NO_BODY_STATUSES
     if no_body:  # as client_head: no length, no body
@@ -96,7 +96,7 @@ def raw_head(status: int, reason: bytes, upstream: RawPairs, *, length: int | No
     elif head_only:
         pass
     elif body is not None:
-        _put(pairs, lows, b"Content-Length", b"%d" % len(body))
+        put(pairs, lows, b"Content-Length", b"%d" % len(body))
         if body and b"content-type" not in lows:
             pairs.append((b"Content-Type", _OCTETS))
     elif length != 0 and b"content-type" not in lows:
@@ -104,7 +104,7 @@ def raw_head(status: int, reason: bytes, upstream: RawPairs, *, length: int | No
         lows.append(b"content-type")
     chunked = body is None and length is None and not head_only and not no_body
     if chunked:
-        _put(pairs, lows, b"Transfer-Encoding", b"chunked")
+        put(pairs, lows, b"Transfer-Encoding", b"chunked")
     # `pairs` holds X-Request-Id at least: every header line ends with the CR LF after it.
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason), b"\r\n".join(map(b": ".join, pairs)),
              b"\r\n"]
@@ -141,18 +141,3 @@ def _hop_by_hop(values: list[bytes]) -> frozenset[bytes] | None:
 def _one_value(value: bytes) -> frozenset[bytes] | None:
     """_hop_by_hop() of one value, cached: upstreams send the same few."""
     return _hop_by_hop([value, b""])  # (an empty value lists nothing)
-
-
-def _put(pairs: RawPairs, lows: list[bytes], name: bytes, value: bytes) -> None:
-    """hop.put() on bytes: CIMultiDict's set (the first occurrence replaced in place, later
-    ones dropped; `lows` kept in step)."""
-    low = name.lower()
-    if low not in lows:
-        pairs.append((name, value))
-        lows.append(low)
-        return
-    index = lows.index(low)
-    pairs[index] = (name, value)
-    while lows.count(low) > 1:
-        later = lows.index(low, index + 1)
-        del pairs[later], lows[later]
