@@ -32,12 +32,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TypedDict
 
 import httptools
 from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.cors import CorsPolicy
 from gateway.http.answer_head import client_head, encode_head, read_whole
 from gateway.http.cors import add_cors_headers
 from gateway.http.deadlines import Sweep
@@ -76,6 +78,20 @@ _BODY_HIGH_WATER = 256 * 1024
 _BODY_LOW_WATER = 64 * 1024
 # What ends a relay as the aiohttp door's do: the upstream failed, or the body stalled.
 _UPSTREAM_ERRORS = (UpstreamError, TimeoutError, BodyStalled)
+
+
+class _HeadFacts(TypedDict):
+    """The keyword arguments client_head() and client_head_raw() share."""
+
+    length: int | None
+    body: bytes | None
+    method: str
+    rid: str
+    keep_alive: bool
+    date: bytes
+    cors: CorsPolicy | None
+    decision: Decision | None
+    request_headers: Mapping[str, str]
 
 
 class FastProxyDoor(FrontDoor):
@@ -461,27 +477,25 @@ class FastProxyProtocol(FrontProtocol):
                     body: bytes | None) -> tuple[bytes, bool] | None:
         """The client's head for the upstream's (and `body`), and whether to chunk the body
         after it; None when refused with 500 (a control character in the head)."""
-        exchange.status = status
-        door = self._door
-        head = client_head(status, reason, pairs, length=length, body=body,
-                           method=exchange.method, rid=exchange.rid,
-                           keep_alive=exchange.keep_alive, date=door.date.line(),
-                           cors=door.authorizer.cors, decision=exchange.decision,
-                           request_headers=exchange.facts.headers)
-        return self._checked(exchange, head)
+        return self._checked(exchange, client_head(
+            status, reason, pairs, **self._head_facts(exchange, status, length, body)))
 
     def answer_head_raw(self, exchange: _Exchange, status: int, reason: bytes,
                         pairs: RawPairs, length: int | None,
                         body: bytes | None) -> tuple[bytes, bool] | None:
         """answer_head() for the upstream's raw head (the callback relay's): the same bytes."""
+        return self._checked(exchange, client_head_raw(
+            status, reason, pairs, **self._head_facts(exchange, status, length, body)))
+
+    def _head_facts(self, exchange: _Exchange, status: int, length: int | None,
+                    body: bytes | None) -> _HeadFacts:
+        """What both head builders are told besides the upstream's head (its status kept)."""
         exchange.status = status
         door = self._door
-        head = client_head_raw(status, reason, pairs, length=length, body=body,
-                               method=exchange.method, rid=exchange.rid,
-                               keep_alive=exchange.keep_alive, date=door.date.line(),
-                               cors=door.authorizer.cors, decision=exchange.decision,
-                               request_headers=exchange.facts.headers)
-        return self._checked(exchange, head)
+        return {"length": length, "body": body, "method": exchange.method, "rid": exchange.rid,
+                "keep_alive": exchange.keep_alive, "date": door.date.line(),
+                "cors": door.authorizer.cors, "decision": exchange.decision,
+                "request_headers": exchange.facts.headers}
 
     def _checked(self, exchange: _Exchange,
                  head: tuple[bytes, bool] | None) -> tuple[bytes, bool] | None:
