@@ -250,7 +250,7 @@ field_value = st.binary(max_size=12).map(
 @settings(max_examples=200, deadline=None)
 @given(fields=st.lists(st.tuples(token, field_value), max_size=6))
 def test_the_front_keeps_what_field_text_gives(fields: list[tuple[str, bytes]]) -> None:
-    """on_header (field_text() inline) keeps the text and the bytes field_text() gives."""
+    """on_header keeps the text and the bytes field_text() gives."""
     raw = [(name.encode(), value) for name, value in fields
            if name.lower() not in ("content-length", "transfer-encoding", "host", "upgrade")]
 

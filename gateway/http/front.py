@@ -196,7 +196,7 @@ class FrontProtocol(asyncio.Protocol):
         self._headed = False
         self._head_bytes = 0
         self._headers: list[tuple[str, str]] = []
-        self._fields: list[Field] = []  # the same headers as bytes (field_text())
+        self._fields: list[Field] = []  # the same headers as bytes
         self._seen: list[bytes] = []
         self._target = b""
         self._irregular: str | None = None
@@ -355,14 +355,9 @@ class FrontProtocol(asyncio.Protocol):
         elif 0 in value:  # a NUL byte
             self._irregular = "malformed"
         headers = self._headers
-        known = _KNOWN_NAMES.get(lowered)  # field_text(), inline: this runs for every field
-        if known is None:
-            headers.append((istr(name.decode("utf-8", "surrogateescape")),
-                            value.decode("utf-8", "surrogateescape")))
-            self._fields.append((name, lowered, value))
-        else:
-            headers.append((known[0], value.decode("utf-8", "surrogateescape")))
-            self._fields.append((known[1], lowered, value))
+        text, field = field_text(name, lowered, value)
+        headers.append(text)
+        self._fields.append(field)
         self._head_bytes += len(name) + len(value) + 4
         if (len(headers) > self._front.max_headers
                 or self._head_bytes > self._front.max_head_bytes):
