@@ -56,11 +56,10 @@ from gateway.http.proxy import (
     SMALL_BODY,
     BodyStalled,
     ClientStalled,
-    LeanPlan,
     ProxyHandler,
 )
 from gateway.http.raw_head import RawPairs, client_head_raw
-from gateway.http.upstream import UpstreamError, UpstreamResponse
+from gateway.http.upstream import Key, UpstreamError, UpstreamResponse
 from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, Decision, RequestFacts
 from gateway.reasons import Reason
@@ -279,9 +278,9 @@ class FastProxyProtocol(FrontProtocol):
             self._task = door.spawn(self._decide_later(exchange))
             return
         door.metrics.count(door.served)
-        plan = self._decided(exchange, decision)
-        if plan is not None and not self._relay_now(exchange, plan):
-            self._task = door.spawn(self._relay(exchange, plan))
+        key = self._decided(exchange, decision)
+        if key is not None and not self._relay_now(exchange, key):
+            self._task = door.spawn(self._relay(exchange, key))
             # Cancelled before its first step, a relay's `finally` never runs: free the slot.
             self._task.add_done_callback(lambda _: self._give_slot(exchange))
 
@@ -377,11 +376,11 @@ class FastProxyProtocol(FrontProtocol):
             raise
         door.metrics.count(door.served_later)
         self._deciding = False
-        plan = self._decided(exchange, decision)
-        if plan is not None and not self._relay_now(exchange, plan):
-            await self._relay(exchange, plan)
+        key = self._decided(exchange, decision)
+        if key is not None and not self._relay_now(exchange, key):
+            await self._relay(exchange, key)
 
-    def _relay_now(self, exchange: _Exchange, plan: LeanPlan) -> bool:
+    def _relay_now(self, exchange: _Exchange, key: Key) -> bool:
         """Relay by callbacks (True) when the whole request is here and an idle pooled
         connection to its upstream is too; else the head is kept for the task path."""
         body = exchange.body
@@ -396,11 +395,11 @@ class FastProxyProtocol(FrontProtocol):
         head = exchange.head
         if pool is None or transport is None or head is None:
             return False
-        conn = pool.take_idle(plan[0])
+        conn = pool.take_idle(key)
         if conn is None:
             return False
         route = exchange.decision.route.name if exchange.decision is not None else "none"
-        relay = self._live = CallbackRelay(self, exchange, plan, pool, conn, self._door.sweep,
+        relay = self._live = CallbackRelay(self, exchange, key, pool, conn, self._door.sweep,
                                            transport, route)
         self._door.callback_relays += 1
         relay.start(head, payload)
@@ -440,10 +439,10 @@ class FastProxyProtocol(FrontProtocol):
         self._give_slot(exchange)
         self._finish(exchange)
 
-    def retry_fresh(self, exchange: _Exchange, plan: LeanPlan) -> None:
+    def retry_fresh(self, exchange: _Exchange, key: Key) -> None:
         """The pooled connection was stale: send again once, on a new connection."""
         self._live = None
-        self._task = self._door.spawn(self._relay(exchange, plan, fresh=True))
+        self._task = self._door.spawn(self._relay(exchange, key, fresh=True))
         self._task.add_done_callback(lambda _: self._give_slot(exchange))
 
     def refuse_failed(self, exchange: _Exchange, exc: BaseException, route: str) -> None:
@@ -506,8 +505,9 @@ class FastProxyProtocol(FrontProtocol):
             self._refuse(exchange, Reason.INTERNAL_ERROR, keep_alive=False)
         return head
 
-    def _decided(self, exchange: _Exchange, decision: Decision) -> LeanPlan | None:
-        """The lean pool's plan for an allowed request; else refused or handed over (None)."""
+    def _decided(self, exchange: _Exchange, decision: Decision) -> Key | None:
+        """The lean pool's key for an allowed request (its head built); else refused or
+        handed over (None)."""
         door = self._door
         exchange.decision = decision
         if not decision.allowed:
@@ -541,10 +541,10 @@ class FastProxyProtocol(FrontProtocol):
                 self._refuse(exchange, lean)
                 self._finish(exchange)
             return None
-        plan, exchange.head = lean
+        key, exchange.head = lean
         exchange.client = client
         self._late = []
-        return plan
+        return key
 
     def _preflight(self, exchange: _Exchange, decision: Decision) -> None:
         """Answer an allowed CORS preflight with 204 (the upstream never sees it)."""
@@ -586,7 +586,7 @@ class FastProxyProtocol(FrontProtocol):
             version="1.1", keep_alive=exchange.keep_alive, date=self._door.date.line(),
             extra=cors.items()))
 
-    async def _relay(self, exchange: _Exchange, plan: LeanPlan, *, fresh: bool = False
+    async def _relay(self, exchange: _Exchange, key: Key, *, fresh: bool = False
                      ) -> None:
         """Send the request upstream and relay the answer (never raises but cancellation);
         `fresh`: on a new connection (a callback relay's pooled one was stale)."""
@@ -597,12 +597,12 @@ class FastProxyProtocol(FrontProtocol):
         length = exchange.length if body is not None else None
         head = exchange.head
         try:
-            assert head is not None, "a plan comes with its head (_decided)"
+            assert head is not None, "a key comes with its head (_decided)"
             if pool is None:
                 raise UpstreamError("the proxy is not started")
             sent = time.perf_counter()
             try:
-                upstream = await pool.send(plan[0], head, exchange.method, body, length,
+                upstream = await pool.send(key, head, exchange.method, body, length,
                                            fresh=fresh)
             except _UPSTREAM_ERRORS as exc:
                 if body is not None and body.stalled:

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 
 from gateway.http.answer_head import read_whole
 from gateway.http.deadlines import Sweep
-from gateway.http.proxy import SMALL_BODY, LeanPlan
+from gateway.http.proxy import SMALL_BODY
 from gateway.http.raw_head import RawPairs
-from gateway.http.upstream import UpstreamPool, is_stale, retryable
+from gateway.http.upstream import Key, UpstreamPool, is_stale, retryable
 
 if TYPE_CHECKING:
     from gateway.http.fast_proxy import FastProxyProtocol, _Exchange
@@ -43,16 +43,16 @@ log = logging.getLogger("gateway.fast_proxy")
 class CallbackRelay:
     """One request relayed from an idle pooled connection, by callbacks on both sides."""
 
-    __slots__ = ("_chunked", "_client", "_conn", "_exchange", "_headed", "_owner", "_parts",
-                 "_plan", "_pool", "_read_limit", "_route", "_sent", "_sweep", "_transport",
+    __slots__ = ("_chunked", "_client", "_conn", "_exchange", "_headed", "_key", "_owner",
+                 "_parts", "_pool", "_read_limit", "_route", "_sent", "_sweep", "_transport",
                  "_waiting", "deadline", "limit", "moved")
 
-    def __init__(self, owner: FastProxyProtocol, exchange: _Exchange, plan: LeanPlan,
+    def __init__(self, owner: FastProxyProtocol, exchange: _Exchange, key: Key,
                  pool: UpstreamPool, conn: _Connection, sweep: Sweep,
                  transport: asyncio.Transport, route: str) -> None:
         self._owner = owner
         self._exchange = exchange
-        self._plan = plan
+        self._key = key  # the pool's, for the one retry on a new connection
         self._pool = pool
         self._conn: _Connection | None = conn
         self._sweep = sweep
@@ -197,7 +197,7 @@ class CallbackRelay:
             owner.failed_midway(exchange, error, self._route)
         elif (is_stale(error) and exchange.body is None and retryable(exchange.method)):
             self._sweep.forget(self)
-            owner.retry_fresh(exchange, self._plan)  # once, on a new connection (task path)
+            owner.retry_fresh(exchange, self._key)  # once, on a new connection (task path)
             return
         else:
             owner.refuse_failed(exchange, error, self._route)

@@ -32,6 +32,7 @@ from gateway.http.lean_head import LeanHead
 from gateway.http.observe import RequestObserver
 from gateway.http.strict_client import StrictConnector
 from gateway.http.upstream import (
+    Key,
     UpstreamBusy,
     UpstreamConnectError,
     UpstreamError,
@@ -138,7 +139,7 @@ def _strip_query_param(query: str, name: str) -> str:
 
 _UPSTREAM_ERRORS = (aiohttp.ClientError, UpstreamError, TimeoutError, BodyTooLarge, BodyStalled)
 # The lean pool's (host, port), the request target, the upstream request headers and their
-# lower-cased names (none when the head was built at once from bytes: lean_request()).
+# lower-cased names.
 LeanPlan = tuple[tuple[str, int], str, list[tuple[str, str]], list[str]]
 
 
@@ -492,9 +493,10 @@ class ProxyHandler:
     def lean_request(self, decision: Decision, method: str, raw_path: str, length: int | None,
                      fields: Sequence[Field], headers: CIMultiDictProxy[str],
                      client_ip: str | None, scheme: str, rid: str
-                     ) -> tuple[LeanPlan, bytes] | Reason | None:
+                     ) -> tuple[Key, bytes] | Reason | None:
         """lean_plan() with the upstream head built at once from the header fields the fast
-        door's front parsed (`length`: the body's, None without one): the plan and the head;
+        door's front parsed (`length`: the body's, None without one): the pool's key and the
+        head;
         a Reason to refuse it (a CR or LF where the head has none); None for aiohttp's client."""
         if self._pool is None:
             return None
@@ -510,7 +512,7 @@ class ProxyHandler:
                                         identity=decision.headers, request_id=rid, length=length)
         except ValueError:
             return Reason.MALFORMED_REQUEST
-        return (key, target, [], []), head
+        return key, head
 
     def _lean_target(self, decision: Decision, raw_path: str
                      ) -> tuple[tuple[str, int], str] | None:
