@@ -11,11 +11,15 @@ case goes as raw bytes to the forward-auth fast door, the aiohttp door and both 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.auth.cookies import CookieReader, MalformedCookie, UnclearCookie
+from gateway.auth.extract import visible_ascii
 from gateway.devissuer import DevIssuer
 from tests.conftest import GatewayFactory
 from tests.door_support import DOORS, Doors, exchange, head, three_doors
@@ -165,3 +169,11 @@ def test_the_cookie_reader_reads_only_the_token_cookie() -> None:
     assert other.read(["my.token=x"]) == "x"
     with pytest.raises(UnclearCookie):
         other.read(["my_token=y; my.token=x"])
+
+
+@settings(max_examples=400)
+@given(st.one_of(st.text(), st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x80)),
+                 st.from_regex(r"[!-~]+", fullmatch=True)))
+def test_visible_ascii_is_the_token_alphabet(text: str) -> None:
+    """The token check agrees with `[!-~]+`: any text, surrogates and blanks included."""
+    assert visible_ascii(text) == (re.fullmatch(r"[!-~]+", text) is not None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from aiohttp import hdrs
@@ -13,10 +12,11 @@ from gateway.config import TokenSource
 
 __all__ = [
     "AmbiguousToken", "EmptyToken", "TokenExtractor", "UnreadableToken", "effective_sources",
+    "visible_ascii",
 ]
 
 # What a token may hold: visible ASCII (JWTs and opaque tokens alike).
-_TOKEN_TEXT = re.compile(r"[!-~]+")
+_VISIBLE_ASCII = bytes(range(0x21, 0x7F))
 # Blanks some reader splits an Authorization value on: str.split(), JavaScript's \s.
 _OTHER_BLANKS = "\ufeff"
 
@@ -34,9 +34,17 @@ class UnreadableToken(Exception):
     """A token source holds something no token is made of (not visible ASCII)."""
 
 
+def visible_ascii(text: str) -> bool:
+    """True when `text` is one or more visible ASCII characters (`!` to `~`)."""
+    # Deleting every visible byte leaves nothing; in C, several times cheaper than a regex
+    # over a session token's ~900 characters, read on every request.
+    return text.isascii() and bool(text) and not text.encode("ascii").translate(
+        None, _VISIBLE_ASCII)
+
+
 def _checked(token: str, source: str) -> str:
     """The token when it is visible ASCII, else UnreadableToken."""
-    if _TOKEN_TEXT.fullmatch(token) is None:
+    if not visible_ascii(token):
         raise UnreadableToken(f"{source} holds characters no token has")
     return token
 
@@ -53,7 +61,7 @@ def read_credentials(value: str, scheme: str, source: str) -> str | None:
     if head.isascii() and head.lower() == scheme.lower():
         if not space or not token:
             raise EmptyToken(f"{source} holds no token")
-        if _TOKEN_TEXT.fullmatch(token) is not None:
+        if visible_ascii(token):
             return token  # visible ASCII: no blank any reader could split it on
         words = token.replace(_OTHER_BLANKS, " ").split()
         if words != [token]:
