@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp import web
 
@@ -307,6 +308,38 @@ async def test_the_fast_door_answers_as_the_aiohttp_door(
     assert expected.status == case.status
     assert answer.comparable() == expected.comparable()
     assert fast_path(reference.gateway) == dict.fromkeys(RESULTS, 0.0)
+
+
+ASSERTIONS = {"assertion": {"enabled": True, "issuer": "https://gateway.test",
+                             "audience": "https://api.test"}}
+
+
+@pytest.mark.parametrize("config", [{}, ASSERTIONS], ids=["plain", "signed_assertions"])
+async def test_each_cached_token_gets_its_own_identity_headers_every_time(
+    config: dict[str, Any], clerk: DevIssuer, make_gateway: GatewayFactory
+) -> None:
+    """Identity headers are encoded once per verified token: users taking turns on one
+    connection still each get their own, on every answer (the header values of one user
+    could otherwise reach another's upstream)."""
+    running = await make_gateway(config={**STEADY, **config})
+    users = [f"user_{n}" for n in range(5)]
+    tokens = {user: clerk.token(sub=user, org_id=f"org_{user}") for user in users}
+    async with connect(port_of(running)) as conn:
+        for user in users:  # every token verified and cached first
+            assert (await conn.ask(request(headers=bearer(tokens[user])))).status == 200
+        before = fast_path(running.gateway)
+        for turn in range(40):
+            user = users[turn * 3 % len(users)]
+            answer = await conn.ask(request(headers=bearer(tokens[user])))
+            assert answer.status == 200
+            assert answer.header("X-User-Id") == user
+            assert answer.header("X-Org-Id") == f"org_{user}"
+            assert [k.lower() for k, _ in answer.headers].count("x-user-id") == 1
+            signed = answer.header("X-Gateway-Assertion")
+            assert (signed is not None) == bool(config)
+            if signed is not None:
+                assert jwt.decode(signed, options={"verify_signature": False})["sub"] == user
+        assert since(before, running.gateway) == {"answered": 40}
 
 
 @pytest.mark.parametrize("realm", ["Bürokratie", "网关"])

@@ -32,6 +32,7 @@ from gateway.http.front import (
     FrontDoor,
     FrontProtocol,
     encode_answer,
+    encode_fields,
     refusal_answer,
 )
 from gateway.http.headers import new_request_id, request_id
@@ -60,6 +61,33 @@ class _Request:
         self.origin: str | None = None  # for the CORS headers of a refusal
 
 
+class _EncodedHeaders:
+    """Identity headers encoded once per verified token instead of once per request.
+
+    Keyed by the headers tuple's identity: the cached verification hands every request with
+    its token the same tuple. Each entry keeps its tuple alive, so no other object can take
+    its id while it is remembered; a hit is always the very same headers.
+    """
+
+    __slots__ = ("_entries", "_max_entries")
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._entries: dict[int, tuple[tuple[tuple[str, str], ...], bytes]] = {}
+        self._max_entries = max_entries
+
+    def of(self, headers: tuple[tuple[str, str], ...]) -> bytes:
+        """The encoded header lines of `headers`."""
+        entries = self._entries
+        entry = entries.get(id(headers))
+        if entry is not None and entry[0] is headers:
+            return entry[1]
+        encoded = encode_fields(headers)
+        if len(entries) >= self._max_entries:
+            entries.clear()
+        entries[id(headers)] = (headers, encoded)
+        return encoded
+
+
 class FastDoor(FrontDoor):
     """One listener's fast door: decides and answers, and tracks its connections."""
 
@@ -83,6 +111,7 @@ class FastDoor(FrontDoor):
         self._clock = clock
         self._answered = counter.labels("answered")
         self._answered_later = counter.labels("answered_after_io")
+        self._identity_lines = _EncodedHeaders()
 
     def protocol(self, fallback: Callable[[], asyncio.Protocol]) -> FastDoorProtocol:
         """A protocol for one new connection; `fallback` makes the aiohttp protocol."""
@@ -138,8 +167,13 @@ class FastDoor(FrontDoor):
         date = self.date.line()
         if decision is not None and decision.allowed:
             status = 200
-            answer = encode_answer(200, handler.allow_headers(decision, rid), b"", method=method,
-                                   version=version, keep_alive=keep_alive, date=date)
+            # Signed assertions make the headers new for each request: nothing to remember.
+            identity = (self._identity_lines.of(decision.headers)
+                        if handler.authorizer.assertions is None
+                        else encode_fields(decision.headers))
+            answer = encode_answer(200, handler.allow_tail(rid), b"", method=method,
+                                   version=version, keep_alive=keep_alive, date=date,
+                                   encoded=identity)
         else:
             reason = decision.reason if decision is not None else Reason.INTERNAL_ERROR
             status = reason.status

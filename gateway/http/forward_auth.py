@@ -124,7 +124,12 @@ class ForwardAuthHandler:
     @staticmethod
     def allow_headers(decision: Decision, rid: str) -> tuple[tuple[str, str], ...]:
         """The headers of an allowed answer: identity, request id, never cached."""
-        return (*decision.headers, (REQUEST_ID, rid), (hdrs.CACHE_CONTROL, "no-store"))
+        return (*decision.headers, *ForwardAuthHandler.allow_tail(rid))
+
+    @staticmethod
+    def allow_tail(rid: str) -> tuple[tuple[str, str], ...]:
+        """The headers an allowed answer adds after the identity headers."""
+        return (REQUEST_ID, rid), (hdrs.CACHE_CONTROL, "no-store")
 
     def cors_origin(self, method: str, headers: CIMultiDictProxy[str]) -> str | None:
         """The origin a refusal's CORS headers are for (see CorsPolicy.reader_origin)."""

@@ -41,6 +41,7 @@ __all__ = [
     "FrontProtocol",
     "HttpDate",
     "encode_answer",
+    "encode_fields",
     "field_text",
     "refusal_answer",
     "unsafe_target",
@@ -90,10 +91,16 @@ def field_text(name: bytes, lowered: bytes, value: bytes) -> tuple[tuple[str, st
     return (known[0], value.decode("utf-8", "surrogateescape")), (known[1], lowered, value)
 
 
+def encode_fields(pairs: Iterable[tuple[str, str]]) -> bytes:
+    """Header fields as `name: value` lines (UTF-8, as aiohttp encodes header text)."""
+    return "".join([f"{name}: {value}\r\n" for name, value in pairs]).encode()
+
+
 def encode_answer(status: int, pairs: Iterable[tuple[str, str]], body: bytes, *, method: str,
-                  version: str, keep_alive: bool, date: bytes) -> bytes:
+                  version: str, keep_alive: bool, date: bytes, encoded: bytes = b"") -> bytes:
     """A whole answer as aiohttp writes one: Content-Length (none for an empty HEAD answer),
-    Connection as the version needs, Date, Server; a HEAD answer without its body."""
+    Connection as the version needs, Date, Server; a HEAD answer without its body.
+    `encoded` holds header lines already encoded (`encode_fields`), written before `pairs`."""
     lines = [f"{name}: {value}\r\n" for name, value in pairs]
     if body or method != "HEAD":
         lines.append(f"Content-Length: {len(body)}\r\n")
@@ -105,8 +112,8 @@ def encode_answer(status: int, pairs: Iterable[tuple[str, str]], body: bytes, *,
     if method == "HEAD":
         body = b""  # the length a GET would get, without the body
     # UTF-8, as aiohttp encodes header text (a configured realm may be non-ASCII).
-    return b"".join((STATUS_LINES[version, status], "".join(lines).encode(), date, SERVER_LINE,
-                     b"\r\n", body))
+    return b"".join((STATUS_LINES[version, status], encoded, "".join(lines).encode(), date,
+                     SERVER_LINE, b"\r\n", body))
 
 
 def refusal_answer(reason: Reason, rid: str, realm: str, retry_after: int | None, *,
