@@ -56,8 +56,9 @@ def _single_token(headers: CIMultiDictProxy[str], name: istr) -> str | None:
 
 def _disagree(first: tuple[str | None, str | None], second: tuple[str | None, str | None]) -> bool:
     """True when both header families name a value and the values differ."""
-    return any(a is not None and b is not None and a != b for a, b in zip(first, second,
-                                                                            strict=True))
+    (method, uri), (other_method, other_uri) = first, second  # (no generator: every request)
+    return ((method is not None and other_method is not None and method != other_method)
+            or (uri is not None and other_uri is not None and uri != other_uri))
 
 
 class ForwardAuthHandler:
@@ -134,7 +135,9 @@ class ForwardAuthHandler:
     def cors_origin(self, method: str, headers: CIMultiDictProxy[str]) -> str | None:
         """The origin a refusal's CORS headers are for (see CorsPolicy.reader_origin)."""
         cors = self.authorizer.cors
-        return cors.reader_origin(method, headers) if cors is not None else None
+        if cors is None or not cors.enabled:
+            return None  # (a refusal gets no CORS headers then, whatever the origin)
+        return cors.reader_origin(method, headers)
 
     def refusal_cors(self, origin: str | None, decision: Decision | None,
                      ) -> list[tuple[str, str]]:
