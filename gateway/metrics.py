@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import platform
 from bisect import bisect_left
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
@@ -30,6 +30,29 @@ class _Batch:
         self.bounds = bounds  # the upper bounds, the last one +Inf (as Prometheus keeps them)
         self.counts = [0] * len(bounds)
         self.total = 0.0
+
+
+class _Tally:
+    """A counter child's increments, counted in C until they are added at a flush.
+
+    `add_one` is an `itertools.count`'s `__next__`: callers on the hot path keep it and call
+    it, with no Python frame. Each flush reads the count once (which moves it one on).
+    """
+
+    __slots__ = ("_added", "_counts", "add_one", "child")
+
+    def __init__(self, child: Counter) -> None:
+        self.child = child
+        self._counts = itertools.count()
+        self.add_one: Callable[[], int] = self._counts.__next__
+        self._added = 0  # where the count stood after the last flush's read
+
+    def flush(self) -> None:
+        """Add the increments since the last flush to the Prometheus child."""
+        now = next(self._counts)
+        if now > self._added:
+            self.child.inc(now - self._added)
+        self._added = now + 1
 
 
 class _FlushFirst(Collector):
@@ -57,7 +80,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self._pending: dict[Any, float] = {}
+        self._tallies: dict[Counter, _Tally] = {}
         self._observed: dict[Histogram, _Batch] = {}
         self._in_flight_now: dict[str, int] = {}
         self._in_flight_children: dict[str, Gauge] = {}
@@ -133,10 +156,10 @@ class Metrics:
             "build_info", "Version of the running gateway.", ["version", "python"],
             namespace=ns, registry=registry, multiprocess_mode="max")
         self.build_info.labels(__version__, platform.python_version()).set(1)
-        self._decision_children: dict[tuple[str, str, Reason], Counter] = {}
-        self._token_type_children: dict[tuple[str, Reason], Counter] = {}
-        self._hit = self.token_cache_lookups.labels("hit")
-        self._miss = self.token_cache_lookups.labels("miss")
+        self._decision_children: dict[tuple[str, str, Reason], Callable[[], int]] = {}
+        self._token_type_children: dict[tuple[str, Reason], Callable[[], int]] = {}
+        self._hit = self.tally(self.token_cache_lookups.labels("hit"))
+        self._miss = self.tally(self.token_cache_lookups.labels("miss"))
 
     def observe(self, child: Histogram, amount: float) -> None:
         """Observe an amount in a histogram child, batched like the counters (its bucket
@@ -147,10 +170,17 @@ class Metrics:
         batch.counts[bisect_left(batch.bounds, amount)] += 1
         batch.total += amount
 
+    def tally(self, child: Counter) -> Callable[[], int]:
+        """A function adding one to a counter child, batched and free of Python frames: for
+        counters touched on every request, kept by the caller."""
+        tally = self._tallies.get(child)
+        if tally is None:
+            tally = self._tallies[child] = _Tally(child)
+        return tally.add_one
+
     def count(self, child: Counter) -> None:
         """Add one to a counter child, batched (for counters touched on every request)."""
-        pending = self._pending
-        pending[child] = pending.get(child, 0.0) + 1.0
+        self.tally(child)()
 
     def in_flight_change(self, door: str, delta: int) -> None:
         """Move the in-flight count of a door, batched like the counters."""
@@ -159,9 +189,8 @@ class Metrics:
 
     def flush(self) -> None:
         """Add every batched count to its Prometheus instrument."""
-        pending, self._pending = self._pending, {}
-        for child, amount in pending.items():
-            child.inc(amount)
+        for tally in list(self._tallies.values()):
+            tally.flush()
         observed, self._observed = self._observed, {}
         for histogram, batch in observed.items():
             histogram._sum.inc(batch.total)
@@ -177,12 +206,12 @@ class Metrics:
     def decision(self, door: str, route: str, reason: Reason) -> None:
         """Count one decision (children cached: this is on every request)."""
         key = (door, route, reason)
-        child = self._decision_children.get(key)
-        if child is None:
+        add_one = self._decision_children.get(key)
+        if add_one is None:
             outcome = "allow" if reason.allowed else ("error" if reason.status >= 500 else "deny")
-            child = self.decisions.labels(door, route, outcome, reason.label)
-            self._decision_children[key] = child
-        self.count(child)
+            add_one = self._decision_children[key] = self.tally(
+                self.decisions.labels(door, route, outcome, reason.label))
+        add_one()
 
     def cors_preflight(self, door: str, allowed: bool) -> None:
         """Count one CORS preflight."""
@@ -190,14 +219,14 @@ class Metrics:
 
     def cache_lookup(self, hit: bool) -> None:
         """Count one verified-token cache lookup."""
-        self.count(self._hit if hit else self._miss)
+        (self._hit if hit else self._miss)()
 
     def token_type_decision(self, token_type: str, reason: Reason) -> None:
         """Count one decision on a presented credential by its type (a closed set)."""
         key = (token_type, reason)
-        child = self._token_type_children.get(key)
-        if child is None:
+        add_one = self._token_type_children.get(key)
+        if add_one is None:
             outcome = "allow" if reason.allowed else ("error" if reason.status >= 500 else "deny")
-            child = self._token_type_children[key] = self.token_type_decisions.labels(
-                token_type, outcome)
-        self.count(child)
+            add_one = self._token_type_children[key] = self.tally(
+                self.token_type_decisions.labels(token_type, outcome))
+        add_one()

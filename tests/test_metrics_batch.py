@@ -1,10 +1,13 @@
-"""Batched histogram observations reach Prometheus as direct ones would."""
+"""Batched counts and histogram observations reach Prometheus as direct ones would."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.metrics import Metrics
+from gateway.reasons import Reason
 
 AMOUNTS = [0.0, 0.0004, 0.0005, 0.0007, 0.001, 0.003, 0.02, 0.5, 2.5, 9.0, 10.0, 11.0, 300.0]
 
@@ -27,3 +30,35 @@ def test_batched_observations_equal_direct_ones_once_flushed() -> None:
     assert text(batched) == text(direct)
     batched.flush()  # nothing pending: flushing again adds nothing
     assert text(batched) == text(direct)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.sampled_from(["count", "tally", "decision", "flush", "scrape"]),
+                          st.integers(min_value=0, max_value=40)), max_size=30))
+def test_batched_counts_equal_direct_ones_at_every_scrape(steps: list[tuple[str, int]]) -> None:
+    """Counts added through count(), a kept tally or decision() are exact at any scrape,
+    however they interleave with flushes (each flush reads the tally once)."""
+    metrics = Metrics(CollectorRegistry())
+    child = metrics.fast_path.labels("answered")
+    add_one = metrics.tally(child)
+    assert metrics.tally(child) is add_one  # one tally per child
+    expected = decisions = 0
+    for step, times in steps:
+        for _ in range(times):
+            if step == "count":
+                metrics.count(child)
+                expected += 1
+            elif step == "tally":
+                add_one()
+                expected += 1
+            elif step == "decision":
+                metrics.decision("forward_auth", "default", Reason.OK)
+                decisions += 1
+        if step == "flush":
+            metrics.flush()
+        if step in ("flush", "scrape"):
+            assert metrics.registry.get_sample_value(
+                "clerk_gateway_forward_auth_fast_path_total", {"result": "answered"}) == expected
+            assert (metrics.registry.get_sample_value("clerk_gateway_decisions_total", {
+                "door": "forward_auth", "route": "default", "outcome": "allow",
+                "reason": Reason.OK.label}) or 0.0) == decisions

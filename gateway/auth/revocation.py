@@ -157,6 +157,7 @@ class RevocationChecker:
             for result in ("clear", "revoked", "unavailable", "fail_open")
         }
         self._fail_open_counter = metrics.fail_open.labels("revocation_store")
+        self._add_one = {key: metrics.tally(child) for key, child in self._counters.items()}
 
     async def start(self) -> None:
         """Start receiving change notifications from the store."""
@@ -201,13 +202,13 @@ class RevocationChecker:
             cached, reason, failed_open = await introspector.check(identity.session_id)
             source = "introspection_cache" if cached else "introspection"
             if failed_open:  # not "clear": nobody knows (fail_open_total counts it too)
-                self._metrics.count(self._counters[(source, "fail_open")])
+                self._add_one[(source, "fail_open")]()
                 return None
             if reason is Reason.REVOKED:
                 self._remember_introspected(identity.session_id)
             if reason is not None:
                 return self._count(source, reason)
-        self._metrics.count(self._counters[(source, "clear")])
+        self._add_one[(source, "clear")]()
         return None
 
     def check_now(self, identity: Identity) -> tuple[bool, Reason | None]:
@@ -227,7 +228,7 @@ class RevocationChecker:
             if answer is Reason.REVOKED:
                 self._remember_introspected(identity.session_id)
                 return True, self._count(source, answer)
-        self._metrics.count(self._counters[(source, "clear")])
+        self._add_one[(source, "clear")]()
         return True, None
 
     def _local_state(self, identity: Identity) -> tuple[bool, list[str]]:
@@ -271,7 +272,7 @@ class RevocationChecker:
 
     def _count(self, source: str, reason: Reason) -> Reason:
         label = "revoked" if reason is Reason.REVOKED else "unavailable"
-        self._metrics.count(self._counters[(source, label)])
+        self._add_one[(source, label)]()
         return reason
 
     async def _check_stale(self, keys: list[str]) -> Reason | None:

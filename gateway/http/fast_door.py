@@ -109,8 +109,8 @@ class FastDoor(FrontDoor):
         self._handler = handler
         self._metrics = metrics
         self._clock = clock
-        self._answered = counter.labels("answered")
-        self._answered_later = counter.labels("answered_after_io")
+        self._count_answered = metrics.tally(counter.labels("answered"))
+        self._count_answered_later = metrics.tally(counter.labels("answered_after_io"))
         self._identity_lines = _EncodedHeaders()
 
     def protocol(self, fallback: Callable[[], asyncio.Protocol]) -> FastDoorProtocol:
@@ -135,7 +135,7 @@ class FastDoor(FrontDoor):
             if decision is None:
                 request.facts = facts
                 return request, None
-        self._metrics.count(self._answered)
+        self._count_answered()
         return request, self._respond(request, decision)
 
     async def finish(self, request: _Request) -> bytes:
@@ -145,7 +145,7 @@ class FastDoor(FrontDoor):
         try:
             assert request.facts is not None
             decision = await self._handler.authorizer.authorize(request.facts)
-            metrics.count(self._answered_later)
+            self._count_answered_later()
             return self._respond(request, decision)
         except Exception:  # never a stack trace to the caller; the log has it
             log.exception("forward-auth decision failed")
