@@ -22,9 +22,12 @@ X_ORIGINAL_METHOD = istr("X-Original-Method")
 X_ORIGINAL_URI = istr("X-Original-URI")
 # Headers an upstream may read as the resource or method to serve. The caller passes a
 # client's copies on to the upstream, where the gateway cannot remove them: refused.
-_REROUTING = tuple(istr(spelling) for name in (
+_REROUTING = frozenset(istr(spelling) for name in (
     "X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-HTTP-Method",
     "X-Method-Override") for spelling in (name, name.replace("-", "_")))
+# With none of these, the request describes itself: its own method, path and Host.
+_DESCRIBING_OR_REROUTING = _REROUTING | {X_FORWARDED_HOST, X_FORWARDED_METHOD, X_FORWARDED_URI,
+                                         X_ORIGINAL_METHOD, X_ORIGINAL_URI}
 
 
 class ConflictingForwardedRequest(Exception):
@@ -81,9 +84,10 @@ class ForwardAuthHandler:
     def _original(self, method: str, own_path: str, trusted: bool,
                   headers: CIMultiDictProxy[str]) -> tuple[str, str, str | None]:
         """The forwarded request's method, URI and host, as the caller reports them."""
-        for name in _REROUTING:
-            if name in headers:
-                raise ConflictingForwardedRequest
+        names = headers.keys()  # (a multidict's keys compare case-insensitively, in C)
+        described = not names.isdisjoint(_DESCRIBING_OR_REROUTING)
+        if described and not names.isdisjoint(_REROUTING):
+            raise ConflictingForwardedRequest
         prefix = self._prefix
         if prefix and (own_path == prefix or own_path.startswith(prefix + "/")
                        or own_path.startswith(prefix + "?")):
@@ -92,6 +96,8 @@ class ForwardAuthHandler:
                 own_path = "/" + own_path
         if not trusted:
             return method, own_path, headers.get(hdrs.HOST)
+        if not described:  # what the reading below would find, without reading
+            return method.upper(), own_path, headers.get(hdrs.HOST)
         host = _single_token(headers, X_FORWARDED_HOST) or headers.get(hdrs.HOST)
         source = self._settings.uri_source
         forwarded: tuple[str | None, str | None] = (None, None)
