@@ -391,6 +391,25 @@ async def test_a_request_sent_while_an_answer_is_decided_is_answered_after_it(
     assert since(before, gw.gateway) == {"answered_after_io": 1, "answered": 1}
 
 
+async def test_an_answer_given_at_once_is_written_before_a_half_close_closes(
+    clerk: DevIssuer, make_gateway: GatewayFactory
+) -> None:
+    """Answers decided at once are written at the end of the loop's round: the caller's
+    half-close, read in the same round, must not close the connection before it."""
+    gw = await make_gateway(config=STEADY)
+    token = clerk.token(sub="user_round")
+    async with connect(port_of(gw)) as conn:  # warm: the token is cached from here on
+        assert (await conn.ask(request(headers=bearer(token)))).status == 200
+    before = fast_path(gw.gateway)
+    async with connect(port_of(gw)) as conn:
+        conn.writer.write(request(headers=bearer(token, **{"X-Request-Id": "round-0001"})))
+        conn.writer.write_eof()  # the request and the half-close, read in one round
+        answer = await conn.answer()
+        assert (answer.status, answer.header("X-Request-Id")) == (200, "round-0001")
+        assert await conn.rest() == b""
+    assert since(before, gw.gateway) == {"answered": 1}
+
+
 async def test_a_caller_that_half_closes_still_gets_the_answer_being_decided(
     clerk: DevIssuer, make_gateway: GatewayFactory
 ) -> None:
