@@ -65,8 +65,9 @@ class _EncodedHeaders:
     """Identity headers encoded once per verified token instead of once per request.
 
     Keyed by the headers tuple's identity: the cached verification hands every request with
-    its token the same tuple. Each entry keeps its tuple alive, so no other object can take
-    its id while it is remembered; a hit is always the very same headers.
+    its token the same tuple (and the assertion signer the same tuple with its assertion,
+    while that is reused). Each entry keeps its tuple alive, so no other object can take its
+    id while it is remembered; a hit is always the very same headers.
     """
 
     __slots__ = ("_entries", "_max_entries")
@@ -167,13 +168,9 @@ class FastDoor(FrontDoor):
         date = self.date.line()
         if decision is not None and decision.allowed:
             status = 200
-            # Signed assertions make the headers new for each request: nothing to remember.
-            identity = (self._identity_lines.of(decision.headers)
-                        if handler.authorizer.assertions is None
-                        else encode_fields(decision.headers))
             answer = encode_answer(200, handler.allow_tail(rid), b"", method=method,
                                    version=version, keep_alive=keep_alive, date=date,
-                                   encoded=identity)
+                                   encoded=self._identity_lines.of(decision.headers))
         else:
             reason = decision.reason if decision is not None else Reason.INTERNAL_ERROR
             status = reason.status
