@@ -82,7 +82,11 @@ async def replicas(
                     except aiohttp.ClientError:
                         return False
 
-                assert await _until(is_ready, 30.0), "gateway process not ready"
+                if not await _until(is_ready, 30.0):  # the log says why (it was lost once)
+                    index = started.index(replica)
+                    tail = (tmp_path / f"replica-{index}.log").read_bytes()[-4000:]
+                    raise AssertionError(f"gateway process {index} not ready in 30 s; its log "
+                                         f"ends:\n{tail.decode(errors='replace')}")
             yield started[0], started[1], http
         finally:
             for replica in started:
