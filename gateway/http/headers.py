@@ -39,20 +39,20 @@ class _RandomIds:
     __slots__ = ("_at", "_pool")
 
     def __init__(self) -> None:
-        self._pool = b""
+        self._pool = ""
         self._at = 0
 
     def next(self) -> str:
-        """The next 16 random bytes, as hex."""
+        """The next 16 random bytes, as hex (the pool is kept as hex: one slice per id)."""
         at = self._at
         if at >= len(self._pool):
-            self._pool, at = os.urandom(16 * _IDS_PER_READ), 0
-        self._at = at + 16
-        return self._pool[at:at + 16].hex()
+            self._pool, at = os.urandom(16 * _IDS_PER_READ).hex(), 0
+        self._at = at + 32
+        return self._pool[at:at + 32]
 
     def forget(self) -> None:
         """Drop the unused bytes (a forked child must never hand out its parent's)."""
-        self._pool, self._at = b"", 0
+        self._pool, self._at = "", 0
 
 
 _IDS_PER_READ = 256
