@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Sequence
 from ipaddress import ip_network
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -149,6 +150,12 @@ def test_bytes_head_is_the_reference(
     plain = builder.plain(key, method, "/a?b=1", kept, headers, client_ip=client_ip,
                           scheme="http", identity=identity, request_id=rid, length=length)
     assert plain is None or plain == expected
+    # As the verifier gives it (a tuple, its lines remembered): the same, first and again.
+    frozen = tuple(identity)
+    for _ in range(2):
+        again = builder.plain(key, method, "/a?b=1", kept, headers, client_ip=client_ip,
+                              scheme="http", identity=frozen, request_id=rid, length=length)
+        assert again == plain
     names_ = [name.lower() for name, _ in identity]
     if (all(printable(name) and printable(value) for name, value in fields)
             and all(name in IDENTITY_NAMES and printable(value.encode("utf-8", "replace"))
@@ -210,6 +217,35 @@ def test_a_usual_request_takes_the_bytes_path() -> None:
         b"X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n"
         b"X-Forwarded-Host: app.test\r\nHost: app.test\r\nX-User-Id: user_1\r\n"
         b"X-Request-Id: rid\r\n\r\n")
+
+
+def test_identity_lines_are_remembered_per_identity_never_across() -> None:
+    """The identity lines are kept per identity tuple: another tuple with the same names gets
+    its own values, a list (which may change) is read every time, and a value that cannot go
+    into the head takes the reference's path each time it is presented."""
+    headers, kept = both([(b"Host", b"app.test")])
+    builder = LeanHead(HYGIENES[0])
+
+    def head(identity: Sequence[tuple[str, str]]) -> bytes | None:
+        return builder.plain(("127.0.0.1", 9), "GET", "/", kept, headers, client_ip=None,
+                             scheme="http", identity=identity, request_id="rid", length=None)
+
+    alice, bob = (("X-User-Id", "user_alice"),), (("X-User-Id", "user_bob"),)
+    for _ in range(2):
+        assert b"X-User-Id: user_alice\r\n" in (head(alice) or b"")
+        assert b"X-User-Id: user_bob\r\n" in (head(bob) or b"")
+    changing = [("X-User-Id", "user_1")]
+    assert b"X-User-Id: user_1\r\n" in (head(changing) or b"")
+    changing[0] = ("X-User-Id", "user_2")
+    assert b"X-User-Id: user_2\r\n" in (head(changing) or b"")
+    for bad in ((("X-User-Id", "a\r\nX-Injected: 1"),), (("X-User-Id", "\udcff"),),
+                (("X-User-Id", "\u00e9"),), (("X-Request-Id", "mine"),)):
+        for _ in range(2):
+            assert head(bad) is None  # the text path decides (and raises for CR LF)
+    with pytest.raises(ValueError):
+        builder.head(("127.0.0.1", 9), "GET", "/", kept, headers, client_ip=None,
+                     scheme="http", identity=(("X-User-Id", "a\r\nX-Injected: 1"),),
+                     request_id="rid", length=None)
 
 
 def test_kelvin_sign_and_obs_text_take_the_text_path() -> None:

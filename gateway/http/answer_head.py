@@ -43,12 +43,13 @@ def read_whole(status: int, method: str, length: int | None, small: int) -> bool
             and status not in NO_BODY_STATUSES)
 
 
-def client_head(status: int, reason: str, upstream: Pairs, *, length: int | None,
+def client_head(status: int, reason: str, upstream: Pairs, length: int | None,
                 body: bytes | None, method: str, rid: str, keep_alive: bool, date: bytes,
                 cors: CorsPolicy | None, decision: Decision | None,
                 request_headers: Mapping[str, str]) -> tuple[bytes, bool] | None:
     """The head (with `body`, a small body read whole, after it) and whether the body that
-    follows is to be chunked; None when the head holds a control character."""
+    follows is to be chunked; None when the head holds a control character. (The door passes
+    its parameters by position: raw_head.client_head_raw() takes them in the same order.)"""
     pairs = end_to_end(upstream)
     lows = [name.lower() for name, _ in pairs]
     put(pairs, lows, REQUEST_ID, rid)

@@ -184,6 +184,14 @@ class HeaderHygiene:
     ) -> list[tuple[str, str]]:
         """The headers the gateway adds, in order: X-Forwarded-*, Host when preserved, the
         identity headers, X-Request-Id (each set as `headers[name] = value` would)."""
+        added = self.forwarded_pairs(headers, client_ip=client_ip, scheme=scheme)
+        added.extend(identity)
+        added.append((_REQUEST_ID, request_id))
+        return added
+
+    def forwarded_pairs(self, headers: MultiMapping[str], *, client_ip: str | None,
+                        scheme: str) -> list[tuple[str, str]]:
+        """The first of the added_pairs(): X-Forwarded-*, then Host when preserved."""
         host = headers.get(hdrs.HOST)
         added: list[tuple[str, str]] = []
         trusted = self._addresses.trusts(client_ip)
@@ -201,8 +209,6 @@ class HeaderHygiene:
             added.append((_X_FORWARDED_HOST, forwarded_host))
         if self._preserve_host and host:
             added.append((hdrs.HOST, host))
-        added.extend(identity)
-        added.append((_REQUEST_ID, request_id))
         return added
 
     def _unlisted(self, identity: tuple[tuple[str, str], ...]

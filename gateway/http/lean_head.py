@@ -4,7 +4,8 @@ The reference is `request_head(..., *HeaderHygiene.upstream_pairs(...))` (gatewa
 upstream.py, hop.py), which the aiohttp door and the task path keep using. This builds the
 same bytes with less work: the client's fields are filtered as bytes (names lowered with
 bytes.lower(), the hygiene's names as bytes) and copied without being decoded and encoded
-again; only what the gateway adds (HeaderHygiene.added_pairs) is formatted and encoded.
+again; only what the gateway adds (HeaderHygiene.added_pairs) is formatted and encoded, the
+identity headers' lines once per identity tuple (the verifier keeps one per cached token).
 
 It answers only when its bytes are provably the reference's (plain()), and otherwise
 returns the reference's own result (or lets it raise its ValueError):
@@ -31,6 +32,7 @@ from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 
 from gateway.http.front import Field
+from gateway.http.headers import REQUEST_ID
 from gateway.http.hop import HeaderHygiene, connection_tokens, normalize_name
 from gateway.http.upstream import Key, head_end, request_head
 
@@ -44,12 +46,14 @@ _ADDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", 
                     "x-request-id", "content-length"})
 _MAX_REMEMBERED = 256  # identity name sets (from the configuration), short Connection lists
 _SHORT_LIST = 64  # characters of a Connection list worth remembering
+_MAX_BLOCKS = 1024  # identity tuples whose lines are remembered (forgotten all at once)
 
 
 class LeanHead:
     """Upstream request heads for the lean pool, from a HeaderHygiene's rules."""
 
-    __slots__ = ("_dropped", "_hygiene", "_identities", "_listed", "_prefixes", "_usable")
+    __slots__ = ("_blocks", "_dropped", "_hygiene", "_identities", "_listed", "_prefixes",
+                 "_usable")
 
     def __init__(self, hygiene: HeaderHygiene) -> None:
         self._hygiene = hygiene
@@ -60,6 +64,8 @@ class LeanHead:
         self._usable = "host" in hygiene.dropped
         self._identities: dict[tuple[str, ...], bool] = {}
         self._listed: dict[tuple[str, ...], frozenset[bytes]] = {}
+        # id(identity) -> (identity, its lines or None): see _identity_lines().
+        self._blocks: dict[int, tuple[Sequence[tuple[str, str]], bytes | None]] = {}
 
     def head(self, key: Key, method: str, target: str, fields: Sequence[Field],
              headers: CIMultiDictProxy[str], *, client_ip: str | None, scheme: str,
@@ -82,7 +88,8 @@ class LeanHead:
               ) -> bytes | None:
         """head(), from the bytes; None when that is not provably the reference's head."""
         hygiene = self._hygiene
-        if not self._usable or not self._plain_identity(identity):
+        block = self._identity_lines(identity)
+        if not self._usable or block is None:
             return None
         gone = self._dropped
         if hdrs.CONNECTION in headers:
@@ -102,23 +109,27 @@ class LeanHead:
         if dropped and b"".join(dropped).translate(None, _FIELD_BYTES):
             return None
         kept = len(parts) >> 2
-        added = hygiene.added_pairs(headers, client_ip=client_ip, scheme=scheme,
-                                    identity=identity, request_id=request_id)
-        lines = [f"{name}: {value}\r\n" for name, value in added]
+        # What the gateway adds, in added_pairs()' order: the forwarded headers and Host,
+        # the identity lines (`block`, checked once per identity), X-Request-Id.
+        lines = [f"{name}: {value}\r\n" for name, value in
+                 hygiene.forwarded_pairs(headers, client_ip=client_ip, scheme=scheme)]
         # Host: the one added when preserved (the client's is dropped), else the key's.
         host_seen = hygiene.preserve_host and bool(headers.get(hdrs.HOST))
-        lines += head_end(key, method, False, length, host_seen, length_seen)
+        tail = [f"{REQUEST_ID}: {request_id}\r\n",
+                *head_end(key, method, False, length, host_seen, length_seen)]
         try:
             parts[0] = f"{method} {target} HTTP/1.1\r\n".encode()
             parts.append("".join(lines).encode())
+            ending = "".join(tail).encode()
         except UnicodeEncodeError:
             return None  # (a lone surrogate) the reference raises its ValueError
         head = b"".join(parts)
         # Printable ASCII and tab, and a CR LF ending each line, nothing else (so a value
         # outside ASCII, or a CR or LF where the reference raises, takes the text path).
-        if head.translate(None, _FIELD_BYTES) != b"\r\n" * (1 + kept + len(lines)):
+        if (head.translate(None, _FIELD_BYTES) != b"\r\n" * (1 + kept + len(lines))
+                or ending.translate(None, _FIELD_BYTES) != b"\r\n" * len(tail)):
             return None
-        return head
+        return b"".join((head, block, ending))
 
     def _with_listed(self, headers: CIMultiDictProxy[str]) -> frozenset[bytes]:
         """The dropped names and those the `Connection` headers list (the reference's own
@@ -131,6 +142,29 @@ class LeanHead:
             if len(self._listed) < _MAX_REMEMBERED and sum(map(len, values)) <= _SHORT_LIST:
                 self._listed[values] = gone
         return gone
+
+    def _identity_lines(self, identity: Sequence[tuple[str, str]]) -> bytes | None:
+        """The identity headers' lines as the head holds them, when every name is plain
+        (_plain_identity()) and every line printable ASCII and tab; else None (the reference
+        builds the head). Remembered per identity tuple: the verifier keeps one per token."""
+        known = self._blocks.get(id(identity))
+        if known is not None and known[0] is identity:
+            return known[1]
+        block: bytes | None = None
+        if self._plain_identity(identity):
+            try:
+                block = "".join([f"{name}: {value}\r\n" for name, value in identity]).encode()
+            except UnicodeEncodeError:
+                block = None  # (a lone surrogate) the reference raises its ValueError
+            if block is not None and (block.translate(None, _FIELD_BYTES)
+                                      != b"\r\n" * len(identity)):
+                block = None
+        # Only what cannot change under the key is remembered (a tuple of tuples of str).
+        if type(identity) is tuple and all(type(pair) is tuple for pair in identity):
+            if len(self._blocks) >= _MAX_BLOCKS:
+                self._blocks.clear()
+            self._blocks[id(identity)] = (identity, block)
+        return block
 
     def _plain_identity(self, identity: Sequence[tuple[str, str]]) -> bool:
         """True when every identity name is dropped from the client in every spelling and

@@ -45,24 +45,24 @@ _OCTETS = b"application/octet-stream"
 _CACHED_VALUE = 128  # the longest `Connection` value whose dropped names are cached
 
 
-def client_head_raw(status: int, reason: bytes, upstream: RawPairs, *, length: int | None,
+def client_head_raw(status: int, reason: bytes, upstream: RawPairs, length: int | None,
                     body: bytes | None, method: str, rid: str, keep_alive: bool, date: bytes,
                     cors: CorsPolicy | None, decision: Decision | None,
                     request_headers: Mapping[str, str]) -> tuple[bytes, bool] | None:
-    """client_head() for the raw head, the same bytes (built from bytes when provably so)."""
+    """client_head() for the raw head, the same bytes (built from bytes when provably so).
+    (Its parameters may be passed by position, in client_head()'s order: the callback relay
+    does, once per response.)"""
     if cors is None or not cors.enabled or decision is None:
-        head = raw_head(status, reason, upstream, length=length, body=body, method=method,
-                        rid=rid, keep_alive=keep_alive, date=date)
+        head = raw_head(status, reason, upstream, length, body, method, rid, keep_alive, date)
         if head is not None:
             return head
     pairs = [(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
              for name, value in upstream]
-    return client_head(status, reason.decode("utf-8", "surrogateescape"), pairs, length=length,
-                       body=body, method=method, rid=rid, keep_alive=keep_alive, date=date,
-                       cors=cors, decision=decision, request_headers=request_headers)
+    return client_head(status, reason.decode("utf-8", "surrogateescape"), pairs, length, body,
+                       method, rid, keep_alive, date, cors, decision, request_headers)
 
 
-def raw_head(status: int, reason: bytes, upstream: RawPairs, *, length: int | None,
+def raw_head(status: int, reason: bytes, upstream: RawPairs, length: int | None,
              body: bytes | None, method: str, rid: str, keep_alive: bool, date: bytes
              ) -> tuple[bytes, bool] | None:
     """client_head()'s answer without CORS, built from bytes; None when it is not provably

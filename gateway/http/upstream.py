@@ -293,7 +293,7 @@ class _Connection(asyncio.Protocol):
         if sink is not None:
             length = self._length
             sink.upstream_head(status, self._reason, self._raw,
-                               None if length is None else whole_number(length.decode("latin-1")))
+                               None if length is None else whole_number(length))
             return
         headers: CIMultiDict[str] = CIMultiDict()
         for name, value in self._raw:
