@@ -300,6 +300,7 @@ class FastProxyProtocol(FrontProtocol):
 
     def eof_received(self) -> bool:
         """The client closed its side: as with aiohttp's door, its request is abandoned."""
+        self.write_unsent()  # (the transport closes itself on return)
         self._closing = True
         return False
 
@@ -392,7 +393,7 @@ class FastProxyProtocol(FrontProtocol):
             return False
         route = exchange.decision.route.name if exchange.decision is not None else "none"
         relay = self._live = CallbackRelay(self, exchange, key, pool, conn, self._door.sweep,
-                                           transport, route)
+                                           route)
         self._door.callback_relays += 1
         relay.start(head, payload)
         if self._writable is not None:  # the client is not reading its answers yet
@@ -405,6 +406,18 @@ class FastProxyProtocol(FrontProtocol):
     def loop(self) -> asyncio.AbstractEventLoop:
         """The connection's event loop."""
         return self._loop
+
+    def send_upstream(self, transport: asyncio.WriteTransport, data: bytes) -> None:
+        """Write a whole request to its upstream connection at the end of this round."""
+        self._door.send_later(transport, data, self._loop)
+
+    def deliver(self, data: bytes) -> None:
+        """Write response bytes to the client, in order, at the end of this round."""
+        self._deliver(data)
+
+    def abort(self) -> None:
+        """Cut the client off now (nothing held is written)."""
+        self._abort()
 
     @property
     def write_limit(self) -> float:
@@ -545,8 +558,8 @@ class FastProxyProtocol(FrontProtocol):
                            date=self._door.date.line())
         if head is None:
             self._refuse(exchange, Reason.INTERNAL_ERROR, keep_alive=False)
-        elif self._transport is not None:
-            self._transport.write(head)
+        else:
+            self._deliver(head)
 
     def _give_up(self) -> None:
         """Hand the request, as it came, to the aiohttp door (its decision is made again)."""
@@ -571,7 +584,7 @@ class FastProxyProtocol(FrontProtocol):
         cors: CIMultiDict[str] = CIMultiDict()
         add_cors_headers(self._door.authorizer.cors, exchange.decision, exchange.method,
                          exchange.facts.headers, cors)
-        self._transport.write(refusal_answer(
+        self._deliver(refusal_answer(
             reason, exchange.rid, self._door.realm, retry_after, method=exchange.method,
             version="1.1", keep_alive=exchange.keep_alive, date=self._door.date.line(),
             extra=cors.items()))
@@ -613,8 +626,7 @@ class FastProxyProtocol(FrontProtocol):
         except asyncio.CancelledError:
             exchange.status = _CLIENT_CLOSED
             exchange.keep_alive = False
-            if self._transport is not None:
-                self._transport.abort()  # cut off (shutdown deadline): never a partial answer
+            self._abort()  # cut off (shutdown deadline): never a partial answer
             raise
         except Exception:  # never a stack trace to the caller; the log has it
             log.exception("proxy relay failed")
@@ -651,22 +663,23 @@ class FastProxyProtocol(FrontProtocol):
         if head is None or transport is None:
             return
         data, chunked = head
-        transport.write(data)
+        self._deliver(data)
         if body is not None:
             return
         try:
             async for chunk in upstream.chunks():
-                transport = self._transport
-                if transport is None:
+                if self._transport is None:
                     return  # the client went away
                 if chunked:
-                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                    self._deliver(b"%x\r\n" % len(chunk))
+                    self._deliver(chunk)
+                    self._deliver(b"\r\n")
                 else:
-                    transport.write(chunk)
+                    self._deliver(chunk)
                 if self._writable is not None:
                     await self._drained()
-            if chunked and self._transport is not None:
-                self._transport.write(b"0\r\n\r\n")
+            if chunked:
+                self._deliver(b"0\r\n\r\n")
         except ClientStalled:
             self.client_stalled(exchange, route)
         except _UPSTREAM_ERRORS as exc:
@@ -687,8 +700,7 @@ class FastProxyProtocol(FrontProtocol):
     def _cut(self, exchange: _Exchange) -> None:
         """End an answer cut off midway: the client sees it incomplete, never reused."""
         exchange.keep_alive = False
-        if self._transport is not None:
-            self._transport.abort()
+        self._abort()
 
     def _finish(self, exchange: _Exchange) -> None:
         """The answer is written: observe it, then the next request (or close)."""
@@ -705,6 +717,7 @@ class FastProxyProtocol(FrontProtocol):
         if self._body_left:  # refused mid-body: read and drop the rest, then close
             self._expired = True
             self._busy = False
+            self.write_unsent()  # the answer, before the end of our side
             if transport.can_write_eof():
                 transport.write_eof()
             transport.resume_reading()

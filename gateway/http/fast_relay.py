@@ -20,7 +20,6 @@ an idempotent body-less request whose pooled connection turns out closed by the 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -44,19 +43,17 @@ class CallbackRelay:
     """One request relayed from an idle pooled connection, by callbacks on both sides."""
 
     __slots__ = ("_chunked", "_client", "_conn", "_exchange", "_headed", "_key", "_owner",
-                 "_parts", "_pool", "_read_limit", "_route", "_sent", "_sweep", "_transport",
+                 "_parts", "_pool", "_read_limit", "_route", "_sent", "_sweep",
                  "_waiting", "deadline", "limit", "moved")
 
     def __init__(self, owner: FastProxyProtocol, exchange: _Exchange, key: Key,
-                 pool: UpstreamPool, conn: _Connection, sweep: Sweep,
-                 transport: asyncio.Transport, route: str) -> None:
+                 pool: UpstreamPool, conn: _Connection, sweep: Sweep, route: str) -> None:
         self._owner = owner
         self._exchange = exchange
         self._key = key  # the pool's, for the one retry on a new connection
         self._pool = pool
         self._conn: _Connection | None = conn
         self._sweep = sweep
-        self._transport = transport  # the client's
         self._route = route
         self._sent = 0.0
         self._headed = False  # the response head went to the client
@@ -76,7 +73,7 @@ class CallbackRelay:
         conn.relay(self, self._exchange.method == "HEAD")
         self._sweep.watch(self, self._owner.loop)
         self._sent = time.perf_counter()
-        conn.transport.write(head + payload if payload else head)
+        self._owner.send_upstream(conn.transport, head + payload if payload else head)
 
     # -- the upstream connection's callbacks (gateway/http/upstream.py's Sink) ----------
 
@@ -100,7 +97,7 @@ class CallbackRelay:
             return
         data, self._chunked = head
         self._headed = True
-        self._transport.write(data)
+        self._owner.deliver(data)
 
     def upstream_body(self, data: bytes) -> None:
         """Relay body bytes as they come (or keep a small body's)."""
@@ -108,10 +105,13 @@ class CallbackRelay:
         if parts is not None:
             parts.append(data)
         elif self._headed:
+            owner = self._owner
             if self._chunked:
-                self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+                owner.deliver(b"%x\r\n" % len(data))
+                owner.deliver(data)
+                owner.deliver(b"\r\n")
             else:
-                self._transport.write(data)
+                owner.deliver(data)
         if self._client:
             self.moved = True
 
@@ -132,9 +132,9 @@ class CallbackRelay:
             head = self._owner.answer_head_raw(self._exchange, status, reason, pairs,
                                                len(body), body)
             if head is not None:
-                self._transport.write(head[0])
+                self._owner.deliver(head[0])
         elif self._chunked:
-            self._transport.write(b"0\r\n\r\n")
+            self._owner.deliver(b"0\r\n\r\n")
         self._pool.release(conn, True)
         self._end()
 
@@ -165,7 +165,7 @@ class CallbackRelay:
 
     def cut_off(self) -> None:
         """Shutdown's deadline passed: never a partial answer."""
-        self._transport.abort()
+        self._owner.abort()
         self.client_lost()
 
     def expire(self) -> None:

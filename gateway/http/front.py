@@ -161,6 +161,8 @@ class FrontDoor:
         self.connections: set[FrontProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._unsent: list[FrontProtocol] = []  # connections holding answers of this round
+        self._requests: list[tuple[asyncio.WriteTransport, bytes]] = []  # to upstreams
+        self._flushing = False  # a write at the end of this round is scheduled
         self._handed: dict[str, Counter] = {c: counter.labels(c) for c in causes}
 
     def close_idle(self) -> None:
@@ -181,11 +183,26 @@ class FrontDoor:
         costs the writer kernel time (most on virtual machines). Nothing waits longer: the
         loop runs this before it reads again.
         """
-        if not self._unsent:
+        if not self._flushing:
+            self._flushing = True
             loop.call_soon(self._write_unsent)
         self._unsent.append(connection)
 
+    def send_later(self, transport: asyncio.WriteTransport, data: bytes,
+                   loop: asyncio.AbstractEventLoop) -> None:
+        """Write a request to an upstream connection at the end of this round, as answers
+        are (nothing else is written to that connection until its response has come)."""
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(self._write_unsent)
+        self._requests.append((transport, data))
+
     def _write_unsent(self) -> None:
+        self._flushing = False
+        requests, self._requests = self._requests, []
+        for transport, data in requests:
+            if not transport.is_closing():  # (a relay dropped meanwhile aborted it)
+                transport.write(data)
         connections, self._unsent = self._unsent, []
         for connection in connections:
             connection.write_unsent()
@@ -236,7 +253,7 @@ class FrontProtocol(asyncio.Protocol):
         self._reading_paused = False  # by the caller not reading its answers
         self._closing = False
         self._expired = False
-        self._unsent = b""  # answers written at the end of this round (FrontDoor.write_later)
+        self._unsent: list[bytes] = []  # written at the end of this round (write_later)
 
     # -- what a door implements ---------------------------------------------------------
 
@@ -335,7 +352,7 @@ class FrontProtocol(asyncio.Protocol):
         self._disarm()
         self._front.connections.discard(self)
         self._transport = None
-        self._unsent = b""  # nobody left to read them
+        self._unsent = []  # nobody left to read them
 
     def shut_down(self) -> None:
         """Close now if idle, else after the answer being decided."""
@@ -411,20 +428,35 @@ class FrontProtocol(asyncio.Protocol):
         """Write a whole answer (at the end of this round) and end the request on it."""
         if self._transport is None:
             return
-        if self._unsent:
-            self._unsent += answer
-        else:
-            self._unsent = answer
-            self._front.write_later(self, self._loop)
+        self._deliver(answer)
         self._answered(keep_alive)
 
+    def _deliver(self, data: bytes) -> None:
+        """Write bytes to the caller at the end of this round, after those held already
+        (every write of a door to its caller goes this way, so their order holds)."""
+        if self._transport is None:
+            return
+        if not self._unsent:
+            self._front.write_later(self, self._loop)
+        self._unsent.append(data)
+
     def write_unsent(self) -> None:
-        """Write the answers held for the end of the round, before anything else is."""
+        """Write what is held for the end of the round, before anything else is."""
         unsent = self._unsent
         if unsent:
-            self._unsent = b""
-            if self._transport is not None:
-                self._transport.write(unsent)
+            self._unsent = []
+            transport = self._transport
+            if transport is not None:
+                if len(unsent) == 1:
+                    transport.write(unsent[0])
+                else:
+                    transport.writelines(unsent)
+
+    def _abort(self) -> None:
+        """Cut the connection now: what is held is never written."""
+        self._unsent = []
+        if self._transport is not None:
+            self._transport.abort()
 
     def _answered(self, keep_alive: bool) -> None:
         """The answer is written: close after it when the caller or a shutdown asks."""
