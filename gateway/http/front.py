@@ -428,7 +428,9 @@ class FrontProtocol(asyncio.Protocol):
         """Write a whole answer (at the end of this round) and end the request on it."""
         if self._transport is None:
             return
-        self._deliver(answer)
+        if not self._unsent:  # (_deliver, inline: every answer comes this way)
+            self._front.write_later(self, self._loop)
+        self._unsent.append(answer)
         self._answered(keep_alive)
 
     def _deliver(self, data: bytes) -> None:
