@@ -147,8 +147,9 @@ class CorsPolicy:
 
     def reader_origin(self, method: str, headers: Mapping[str, str]) -> str | None:
         """The origin a response's CORS headers would be for: none without an Origin, and
-        none for a preflight the pipeline did not allow (its refusal must not look allowed)."""
-        if self.is_preflight(method, headers):
+        none for a preflight the pipeline did not allow (its refusal must not look allowed),
+        and none while no rule can allow an origin (response_headers() would add nothing)."""
+        if not self.enabled or self.is_preflight(method, headers):
             return None
         return headers.get(hdrs.ORIGIN)
 

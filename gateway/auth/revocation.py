@@ -28,6 +28,7 @@ from gateway.auth.revocation_store import (
     StoreUnavailable,
     entry_key,
 )
+from gateway.by_identity import ByIdentity
 from gateway.config import RevocationSettings, Settings
 from gateway.metrics import Metrics
 from gateway.reasons import Reason
@@ -103,6 +104,10 @@ def identity_keys(identity: Identity) -> list[str]:
     return keys
 
 
+def _key_tuple(identity: Identity) -> tuple[str, ...]:
+    return tuple(identity_keys(identity))
+
+
 def entry_matches(entry: RevocationEntry, identity: Identity) -> bool:
     """True when the entry revokes this identity."""
     return entry.key in identity_keys(identity)
@@ -140,10 +145,9 @@ class RevocationChecker:
         self._grace = settings.store_grace_seconds
         self._fail_open = settings.on_store_error == "fail_open"
         self._local: dict[str, _Local] = {}
-        # The keys of the identities being checked (each kept with its identity: the same
-        # cached object comes back on every request of its token, and its id is never reused
-        # while it is held here).
-        self._keys: dict[int, tuple[Identity, tuple[str, ...]]] = {}
+        # The keys of the identities being checked (the same cached object comes back on
+        # every request of its token).
+        self._keys: ByIdentity[Identity, tuple[str, ...]] = ByIdentity(_KEYS_REMEMBERED)
         self._seq = 0
         self._inflight: dict[str, asyncio.Task[bool]] = {}
         self._down_until = 0.0
@@ -255,14 +259,7 @@ class RevocationChecker:
 
     def _keys_of(self, identity: Identity) -> tuple[str, ...]:
         """identity_keys(identity), remembered for the identity object (bounded)."""
-        known = self._keys.get(id(identity))
-        if known is not None and known[0] is identity:
-            return known[1]
-        keys = tuple(identity_keys(identity))
-        if len(self._keys) >= _KEYS_REMEMBERED:
-            self._keys.clear()
-        self._keys[id(identity)] = (identity, keys)
-        return keys
+        return self._keys.of(identity, _key_tuple)
 
     def _introspector_for(self, identity: Identity) -> SessionIntrospector | None:
         """The introspector when Clerk's Backend API is asked about this identity's session."""

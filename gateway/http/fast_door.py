@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from multidict import CIMultiDictProxy
 
+from gateway.by_identity import ByIdentity
 from gateway.http.forward_auth import ConflictingForwardedRequest, ForwardAuthHandler
 from gateway.http.front import (
     HANDOVER_CAUSES,
@@ -61,34 +62,6 @@ class _Request:
         self.origin: str | None = None  # for the CORS headers of a refusal
 
 
-class _EncodedHeaders:
-    """Identity headers encoded once per verified token instead of once per request.
-
-    Keyed by the headers tuple's identity: the cached verification hands every request with
-    its token the same tuple (and the assertion signer the same tuple with its assertion,
-    while that is reused). Each entry keeps its tuple alive, so no other object can take its
-    id while it is remembered; a hit is always the very same headers.
-    """
-
-    __slots__ = ("_entries", "_max_entries")
-
-    def __init__(self, max_entries: int = 4096) -> None:
-        self._entries: dict[int, tuple[tuple[tuple[str, str], ...], bytes]] = {}
-        self._max_entries = max_entries
-
-    def of(self, headers: tuple[tuple[str, str], ...]) -> bytes:
-        """The encoded header lines of `headers`."""
-        entries = self._entries
-        entry = entries.get(id(headers))
-        if entry is not None and entry[0] is headers:
-            return entry[1]
-        encoded = encode_fields(headers)
-        if len(entries) >= self._max_entries:
-            entries.clear()
-        entries[id(headers)] = (headers, encoded)
-        return encoded
-
-
 class FastDoor(FrontDoor):
     """One listener's fast door: decides and answers, and tracks its connections."""
 
@@ -112,7 +85,9 @@ class FastDoor(FrontDoor):
         self._clock = clock
         self._count_answered = metrics.tally(counter.labels("answered"))
         self._count_answered_later = metrics.tally(counter.labels("answered_after_io"))
-        self._identity_lines = _EncodedHeaders()
+        # Each cached identity's header lines (the signer's tuple with its assertion too, while
+        # reused), encoded once instead of once per request.
+        self._identity_lines: ByIdentity[tuple[tuple[str, str], ...], bytes] = ByIdentity(4096)
 
     def protocol(self, fallback: Callable[[], asyncio.Protocol]) -> FastDoorProtocol:
         """A protocol for one new connection; `fallback` makes the aiohttp protocol."""
@@ -170,7 +145,8 @@ class FastDoor(FrontDoor):
             status = 200
             answer = encode_answer(200, handler.allow_tail(rid), b"", method=method,
                                    version=version, keep_alive=keep_alive, date=date,
-                                   encoded=self._identity_lines.of(decision.headers))
+                                   encoded=self._identity_lines.of(decision.headers,
+                                                                    encode_fields))
         else:
             reason = decision.reason if decision is not None else Reason.INTERNAL_ERROR
             status = reason.status

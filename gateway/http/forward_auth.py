@@ -141,9 +141,7 @@ class ForwardAuthHandler:
     def cors_origin(self, method: str, headers: CIMultiDictProxy[str]) -> str | None:
         """The origin a refusal's CORS headers are for (see CorsPolicy.reader_origin)."""
         cors = self.authorizer.cors
-        if cors is None or not cors.enabled:
-            return None  # (a refusal gets no CORS headers then, whatever the origin)
-        return cors.reader_origin(method, headers)
+        return cors.reader_origin(method, headers) if cors is not None else None
 
     def refusal_cors(self, origin: str | None, decision: Decision | None,
                      ) -> list[tuple[str, str]]:

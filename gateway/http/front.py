@@ -183,19 +183,20 @@ class FrontDoor:
         costs the writer kernel time (most on virtual machines). Nothing waits longer: the
         loop runs this before it reads again.
         """
-        if not self._flushing:
-            self._flushing = True
-            loop.call_soon(self._write_unsent)
+        self._at_end_of_round(loop)
         self._unsent.append(connection)
 
     def send_later(self, transport: asyncio.WriteTransport, data: bytes,
                    loop: asyncio.AbstractEventLoop) -> None:
         """Write a request to an upstream connection at the end of this round, as answers
         are (nothing else is written to that connection until its response has come)."""
+        self._at_end_of_round(loop)
+        self._requests.append((transport, data))
+
+    def _at_end_of_round(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._flushing:
             self._flushing = True
             loop.call_soon(self._write_unsent)
-        self._requests.append((transport, data))
 
     def _write_unsent(self) -> None:
         self._flushing = False
@@ -428,9 +429,7 @@ class FrontProtocol(asyncio.Protocol):
         """Write a whole answer (at the end of this round) and end the request on it."""
         if self._transport is None:
             return
-        if not self._unsent:  # (_deliver, inline: every answer comes this way)
-            self._front.write_later(self, self._loop)
-        self._unsent.append(answer)
+        self._deliver(answer)
         self._answered(keep_alive)
 
     def _deliver(self, data: bytes) -> None:

@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 
-from gateway.http.front import Field
+from gateway.by_identity import ByIdentity
+from gateway.http.front import Field, encode_fields
 from gateway.http.headers import REQUEST_ID
 from gateway.http.hop import HeaderHygiene, connection_tokens, normalize_name
 from gateway.http.upstream import Key, head_end, request_head
@@ -64,8 +65,8 @@ class LeanHead:
         self._usable = "host" in hygiene.dropped
         self._identities: dict[tuple[str, ...], bool] = {}
         self._listed: dict[tuple[str, ...], frozenset[bytes]] = {}
-        # id(identity) -> (identity, its lines or None): see _identity_lines().
-        self._blocks: dict[int, tuple[Sequence[tuple[str, str]], bytes | None]] = {}
+        self._blocks: ByIdentity[Sequence[tuple[str, str]], bytes | None] = ByIdentity(
+            _MAX_BLOCKS)
 
     def head(self, key: Key, method: str, target: str, fields: Sequence[Field],
              headers: CIMultiDictProxy[str], *, client_ip: str | None, scheme: str,
@@ -146,24 +147,20 @@ class LeanHead:
     def _identity_lines(self, identity: Sequence[tuple[str, str]]) -> bytes | None:
         """The identity headers' lines as the head holds them, when every name is plain
         (_plain_identity()) and every line printable ASCII and tab; else None (the reference
-        builds the head). Remembered per identity tuple: the verifier keeps one per token."""
-        known = self._blocks.get(id(identity))
-        if known is not None and known[0] is identity:
-            return known[1]
-        block: bytes | None = None
-        if self._plain_identity(identity):
-            try:
-                block = "".join([f"{name}: {value}\r\n" for name, value in identity]).encode()
-            except UnicodeEncodeError:
-                block = None  # (a lone surrogate) the reference raises its ValueError
-            if block is not None and (block.translate(None, _FIELD_BYTES)
-                                      != b"\r\n" * len(identity)):
-                block = None
-        # Only what cannot change under the key is remembered (a tuple of tuples of str).
-        if type(identity) is tuple and all(type(pair) is tuple for pair in identity):
-            if len(self._blocks) >= _MAX_BLOCKS:
-                self._blocks.clear()
-            self._blocks[id(identity)] = (identity, block)
+        builds the head). Remembered per identity tuple: the verifier keeps one per token;
+        only what cannot change under the key (a tuple of tuples of str) is remembered."""
+        return self._blocks.of(identity, self._lines_of, remember=type(identity) is tuple
+                               and all(type(pair) is tuple for pair in identity))
+
+    def _lines_of(self, identity: Sequence[tuple[str, str]]) -> bytes | None:
+        if not self._plain_identity(identity):
+            return None
+        try:
+            block = encode_fields(identity)
+        except UnicodeEncodeError:
+            return None  # (a lone surrogate) the reference raises its ValueError
+        if block.translate(None, _FIELD_BYTES) != b"\r\n" * len(identity):
+            return None
         return block
 
     def _plain_identity(self, identity: Sequence[tuple[str, str]]) -> bool:
