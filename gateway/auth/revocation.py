@@ -105,6 +105,7 @@ def identity_keys(identity: Identity) -> list[str]:
 
 
 def _key_tuple(identity: Identity) -> tuple[str, ...]:
+    """identity_keys() as a tuple (what RevocationChecker remembers per identity object)."""
     return tuple(identity_keys(identity))
 
 
@@ -244,7 +245,7 @@ class RevocationChecker:
         resync_at = self._resync_at
         ttl = self._ttl
         mirror = self._mirror(now) if self._mirror is not None else None
-        for key in self._keys_of(identity):
+        for key in self._keys.of(identity, _key_tuple):
             item = local.get(key)
             if item is None or now - item.fetched_at >= ttl or item.fetched_at < resync_at:
                 if mirror is None:
@@ -256,10 +257,6 @@ class RevocationChecker:
             elif item.entry is not None and item.entry.expires_at > now:
                 return True, stale
         return False, stale
-
-    def _keys_of(self, identity: Identity) -> tuple[str, ...]:
-        """identity_keys(identity), remembered for the identity object (bounded)."""
-        return self._keys.of(identity, _key_tuple)
 
     def _introspector_for(self, identity: Identity) -> SessionIntrospector | None:
         """The introspector when Clerk's Backend API is asked about this identity's session."""
