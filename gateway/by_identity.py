@@ -26,14 +26,16 @@ class ByIdentity(Generic[K, V]):
         self._entries: dict[int, tuple[K, V]] = {}
         self._max_entries = max_entries
 
-    def of(self, obj: K, work: Callable[[K], V], *, remember: bool = True) -> V:
-        """The value for `obj`; `remember=False` for an object that may change later."""
+    def of(self, obj: K, work: Callable[[K], V], *,
+           remember: Callable[[K], bool] | None = None) -> V:
+        """The value for `obj`; `remember`, asked only when the value is worked out, says
+        whether `obj` cannot change later (by default every object is remembered)."""
         entries = self._entries
         entry = entries.get(id(obj))
         if entry is not None and entry[0] is obj:
             return entry[1]
         value = work(obj)
-        if remember:
+        if remember is None or remember(obj):
             if len(entries) >= self._max_entries:
                 entries.clear()
             entries[id(obj)] = (obj, value)

@@ -21,6 +21,18 @@ def test_a_value_is_worked_out_once_per_object_and_never_shared_by_equal_objects
     assert memo.of(first, work) == "a-b" and len(calls) == 4
     lists: ByIdentity[list[str], str] = ByIdentity(2)
     mutable = ["x"]
-    assert lists.of(mutable, lambda obj: obj[0], remember=False) == "x"
+    asked: list[list[str]] = []
+
+    def never(obj: list[str]) -> bool:
+        asked.append(obj)
+        return False
+
+    assert lists.of(mutable, lambda obj: obj[0], remember=never) == "x"
     mutable[0] = "y"  # not remembered: worked out again
-    assert lists.of(mutable, lambda obj: obj[0], remember=False) == "y"
+    assert lists.of(mutable, lambda obj: obj[0], remember=never) == "y"
+    assert asked == [mutable, mutable]  # asked once per value worked out
+    kept = ["k"]
+    assert lists.of(kept, lambda obj: obj[0], remember=lambda obj: True) == "k"
+    kept[0] = "changed"  # remembered: the first value, without being asked again
+    assert lists.of(kept, lambda obj: obj[0], remember=never) == "k"
+    assert len(asked) == 2

@@ -248,6 +248,32 @@ def test_identity_lines_are_remembered_per_identity_never_across() -> None:
                      request_id="rid", length=None)
 
 
+def test_forwarded_lines_are_remembered_per_peer_and_host_never_for_a_trusted_peer() -> None:
+    """The forwarded lines are kept per peer, scheme and Host: another Host or peer gets its
+    own; a trusted proxy's X-Forwarded-* are read every time (its chain is the client's);
+    a Host that cannot go into the head takes the reference's path each time."""
+    builder = LeanHead(HYGIENES[2])
+
+    def head(fields: list[tuple[bytes, bytes]], client_ip: str) -> bytes:
+        headers, kept = both(fields)
+        plain = builder.plain(("127.0.0.1", 9), "GET", "/", kept, headers, client_ip=client_ip,
+                              scheme="http", identity=(), request_id="rid", length=None)
+        assert plain is not None
+        return plain
+
+    for _ in range(2):
+        assert b"X-Forwarded-Host: a.test\r\n" in head([(b"Host", b"a.test")], "192.0.2.7")
+        assert b"X-Forwarded-Host: b.test\r\n" in head([(b"Host", b"b.test")], "192.0.2.7")
+        assert b"X-Forwarded-For: 192.0.2.8\r\n" in head([(b"Host", b"a.test")], "192.0.2.8")
+    for chain in (b"198.51.100.1", b"198.51.100.2"):
+        assert (b"X-Forwarded-For: " + chain + b", " + TRUSTED.encode() + b"\r\n"
+                in head([(b"Host", b"a.test"), (b"X-Forwarded-For", chain)], TRUSTED))
+    headers, kept = both([(b"Host", KELVIN)])
+    for _ in range(2):
+        assert builder.plain(("127.0.0.1", 9), "GET", "/", kept, headers, client_ip="192.0.2.7",
+                             scheme="http", identity=(), request_id="rid", length=None) is None
+
+
 def test_kelvin_sign_and_obs_text_take_the_text_path() -> None:
     """`Connection: coo\u212aie` names Cookie as text, and a `Coo\u212aie` header is Cookie as
     text (dropped when cookies are not forwarded): the text path decides, as the reference."""

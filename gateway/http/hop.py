@@ -189,6 +189,11 @@ class HeaderHygiene:
         added.append((_REQUEST_ID, request_id))
         return added
 
+    def trusts(self, client_ip: str | None) -> bool:
+        """True when the peer may append to X-Forwarded-* (forwarded_pairs() then reads the
+        client's own); otherwise forwarded_pairs() depends on the peer, scheme and Host alone."""
+        return self._addresses.trusts(client_ip)
+
     def forwarded_pairs(self, headers: MultiMapping[str], *, client_ip: str | None,
                         scheme: str) -> list[tuple[str, str]]:
         """The first of the added_pairs(): X-Forwarded-*, then Host when preserved."""

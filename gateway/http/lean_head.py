@@ -27,6 +27,7 @@ returns the reference's own result (or lets it raise its ValueError):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from aiohttp import hdrs
 from multidict import CIMultiDictProxy
@@ -47,14 +48,16 @@ _ADDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", 
                     "x-request-id", "content-length"})
 _MAX_REMEMBERED = 256  # identity name sets (from the configuration), short Connection lists
 _SHORT_LIST = 64  # characters of a Connection list worth remembering
-_MAX_BLOCKS = 1024  # identity tuples whose lines are remembered (forgotten all at once)
+_MAX_BLOCKS = 1024  # identity tuples (or peers and Hosts) whose lines are remembered
+#                     (forgotten all at once)
+_UNKNOWN = object()  # not remembered (None is a remembered answer)
 
 
 class LeanHead:
     """Upstream request heads for the lean pool, from a HeaderHygiene's rules."""
 
-    __slots__ = ("_blocks", "_dropped", "_hygiene", "_identities", "_listed", "_prefixes",
-                 "_usable")
+    __slots__ = ("_blocks", "_dropped", "_forwarded", "_hygiene", "_identities", "_listed",
+                 "_prefixes", "_usable")
 
     def __init__(self, hygiene: HeaderHygiene) -> None:
         self._hygiene = hygiene
@@ -65,6 +68,7 @@ class LeanHead:
         self._usable = "host" in hygiene.dropped
         self._identities: dict[tuple[str, ...], bool] = {}
         self._listed: dict[tuple[str, ...], frozenset[bytes]] = {}
+        self._forwarded: dict[tuple[str | None, str, str | None], bytes | None] = {}
         self._blocks: ByIdentity[Sequence[tuple[str, str]], bytes | None] = ByIdentity(
             _MAX_BLOCKS)
 
@@ -110,27 +114,53 @@ class LeanHead:
         if dropped and b"".join(dropped).translate(None, _FIELD_BYTES):
             return None
         kept = len(parts) >> 2
-        # What the gateway adds, in added_pairs()' order: the forwarded headers and Host,
-        # the identity lines (`block`, checked once per identity), X-Request-Id.
-        lines = [f"{name}: {value}\r\n" for name, value in
-                 hygiene.forwarded_pairs(headers, client_ip=client_ip, scheme=scheme)]
+        # What the gateway adds, in added_pairs()' order: the forwarded headers and Host
+        # (`forwarded`, checked once per peer, scheme and Host), the identity lines (`block`,
+        # checked once per identity), X-Request-Id.
+        host = headers.get(hdrs.HOST)
+        forwarded = self._forwarded_lines(headers, client_ip, scheme, host)
+        if forwarded is None:
+            return None
         # Host: the one added when preserved (the client's is dropped), else the key's.
-        host_seen = hygiene.preserve_host and bool(headers.get(hdrs.HOST))
+        host_seen = hygiene.preserve_host and bool(host)
         tail = [f"{REQUEST_ID}: {request_id}\r\n",
                 *head_end(key, method, False, length, host_seen, length_seen)]
         try:
             parts[0] = f"{method} {target} HTTP/1.1\r\n".encode()
-            parts.append("".join(lines).encode())
             ending = "".join(tail).encode()
         except UnicodeEncodeError:
             return None  # (a lone surrogate) the reference raises its ValueError
         head = b"".join(parts)
         # Printable ASCII and tab, and a CR LF ending each line, nothing else (so a value
         # outside ASCII, or a CR or LF where the reference raises, takes the text path).
-        if (head.translate(None, _FIELD_BYTES) != b"\r\n" * (1 + kept + len(lines))
+        if (head.translate(None, _FIELD_BYTES) != b"\r\n" * (1 + kept)
                 or ending.translate(None, _FIELD_BYTES) != b"\r\n" * len(tail)):
             return None
-        return b"".join((head, block, ending))
+        return b"".join((head, forwarded, block, ending))
+
+    def _forwarded_lines(self, headers: CIMultiDictProxy[str], client_ip: str | None,
+                         scheme: str, host: str | None) -> bytes | None:
+        """The forwarded headers' (and a preserved Host's) lines, printable ASCII and tab
+        each; None when one is not (the reference builds the head). Remembered per peer,
+        scheme and Host when the peer is not trusted (nothing else decides them then)."""
+        hygiene = self._hygiene
+        remembered = not hygiene.trusts(client_ip)
+        if remembered:
+            lines = self._forwarded.get((client_ip, scheme, host), _UNKNOWN)
+            if lines is not _UNKNOWN:
+                return cast(bytes | None, lines)
+        pairs = hygiene.forwarded_pairs(headers, client_ip=client_ip, scheme=scheme)
+        try:
+            lines = encode_fields(pairs)
+        except UnicodeEncodeError:
+            lines = None  # (a lone surrogate) the reference raises its ValueError
+        if lines is not None and lines.translate(None, _FIELD_BYTES) != b"\r\n" * len(pairs):
+            lines = None
+        if remembered:
+            if len(self._forwarded) >= _MAX_BLOCKS:
+                self._forwarded.clear()
+            self._forwarded[client_ip, scheme, host] = lines
+        return lines
 
     def _with_listed(self, headers: CIMultiDictProxy[str]) -> frozenset[bytes]:
         """The dropped names and those the `Connection` headers list (the reference's own
@@ -149,8 +179,7 @@ class LeanHead:
         (_plain_identity()) and every line printable ASCII and tab; else None (the reference
         builds the head). Remembered per identity tuple: the verifier keeps one per token;
         only what cannot change under the key (a tuple of tuples of str) is remembered."""
-        return self._blocks.of(identity, self._lines_of, remember=type(identity) is tuple
-                               and all(type(pair) is tuple for pair in identity))
+        return self._blocks.of(identity, self._lines_of, remember=_unchangeable)
 
     def _lines_of(self, identity: Sequence[tuple[str, str]]) -> bytes | None:
         if not self._plain_identity(identity):
@@ -178,3 +207,8 @@ class LeanHead:
             if len(self._identities) < _MAX_REMEMBERED:
                 self._identities[names] = plain
         return plain
+
+
+def _unchangeable(identity: Sequence[tuple[str, str]]) -> bool:
+    """True for a tuple of tuples (of str): nothing in it can change under its identity."""
+    return type(identity) is tuple and all(type(pair) is tuple for pair in identity)

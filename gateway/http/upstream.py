@@ -585,7 +585,7 @@ class UpstreamPool:
         idle = self._idle.get(key)
         if not idle:
             return None
-        now = asyncio.get_running_loop().time()
+        now = idle[-1].loop.time()  # (get_running_loop() costs a getpid() on CPython 3.11)
         while idle:
             conn = idle.pop()
             conn.idle = False
@@ -706,10 +706,10 @@ class UpstreamPool:
             return
         conn.reused = True
         conn.idle = True
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = conn.loop.time()
         self._idle.setdefault(conn.key, []).append(conn)
         if self._sweeper is None and self._keepalive:
-            self._sweeper = asyncio.get_running_loop().call_later(self._keepalive, self._sweep)
+            self._sweeper = conn.loop.call_later(self._keepalive, self._sweep)
         if self._waiters:
             self._wake_waiters()
 
