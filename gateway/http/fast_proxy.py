@@ -402,11 +402,6 @@ class FastProxyProtocol(FrontProtocol):
 
     # -- what the callback relay asks of its connection ---------------------------------
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The connection's event loop."""
-        return self._loop
-
     def send_upstream(self, transport: asyncio.WriteTransport, data: bytes) -> None:
         """Write a whole request to its upstream connection at the end of this round."""
         self._door.send_later(transport, data, self._loop)
@@ -481,15 +476,17 @@ class FastProxyProtocol(FrontProtocol):
                     body: bytes | None) -> tuple[bytes, bool] | None:
         """The client's head for the upstream's (and `body`), and whether to chunk the body
         after it; None when refused with 500 (a control character in the head)."""
-        return self._checked(exchange, client_head(
-            status, reason, pairs, *self._head_facts(exchange, status, length, body)))
+        head = client_head(status, reason, pairs,
+                           *self._head_facts(exchange, status, length, body))
+        return head if head is not None else self._unsendable(exchange)
 
     def answer_head_raw(self, exchange: _Exchange, status: int, reason: bytes,
                         pairs: RawPairs, length: int | None,
                         body: bytes | None) -> tuple[bytes, bool] | None:
         """answer_head() for the upstream's raw head (the callback relay's): the same bytes."""
-        return self._checked(exchange, client_head_raw(
-            status, reason, pairs, *self._head_facts(exchange, status, length, body)))
+        head = client_head_raw(status, reason, pairs,
+                               *self._head_facts(exchange, status, length, body))
+        return head if head is not None else self._unsendable(exchange)
 
     def _head_facts(self, exchange: _Exchange, status: int, length: int | None,
                     body: bytes | None) -> _HeadFacts:
@@ -499,14 +496,13 @@ class FastProxyProtocol(FrontProtocol):
         return (length, body, exchange.method, exchange.rid, exchange.keep_alive,
                 door.date.line(), door.authorizer.cors, exchange.decision, exchange.facts.headers)
 
-    def _checked(self, exchange: _Exchange,
-                 head: tuple[bytes, bool] | None) -> tuple[bytes, bool] | None:
-        """The head as built; a refused one (None) answered with 500."""
-        if head is None:
-            log.error("upstream response head holds a control character",
-                      extra={"request_id": exchange.rid})
-            self._refuse(exchange, Reason.INTERNAL_ERROR, keep_alive=False)
-        return head
+    def _unsendable(self, exchange: _Exchange) -> tuple[bytes, bool] | None:
+        """A response head that cannot be sent (a control character): answered with 500
+        (None: no head)."""
+        log.error("upstream response head holds a control character",
+                  extra={"request_id": exchange.rid})
+        self._refuse(exchange, Reason.INTERNAL_ERROR, keep_alive=False)
+        return None
 
     def _decided(self, exchange: _Exchange, decision: Decision) -> Key | None:
         """The lean pool's key for an allowed request (its head built); else refused or

@@ -71,7 +71,7 @@ class CallbackRelay:
         conn = self._conn
         assert conn is not None and conn.transport is not None
         conn.relay(self, self._exchange.method == "HEAD")
-        self._sweep.watch(self, self._owner.loop)
+        self._sweep.watch(self, conn.loop)
         self._sent = time.perf_counter()
         self._owner.send_upstream(conn.transport, head + payload if payload else head)
 

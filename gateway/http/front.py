@@ -60,6 +60,12 @@ Field = tuple[bytes, bytes, bytes]
 _PERCENT, _HASH = ord("%"), ord("#")
 # aiohttp refuses a second copy of these (and so must every door).
 _SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
+# The lower-cased names the checks look at, with what each is (one lookup per field).
+_SINGLE, _FRAMING, _UPGRADING = 1, 2, 4
+_SPECIAL = {name: (_SINGLE if name in _SINGLETONS else 0)
+            | (_FRAMING if name in _BODY_HEADERS else 0)
+            | (_UPGRADING if name in (b"upgrade", b"sec-websocket-key1") else 0)
+            for name in (*_SINGLETONS, *_BODY_HEADERS, b"upgrade", b"sec-websocket-key1")}
 # Answers carry the request's version, as aiohttp's do.
 STATUS_LINES = {
     (version, s.value): f"HTTP/{version} {s.value} {s.phrase}\r\n".encode()
@@ -386,20 +392,25 @@ class FrontProtocol(asyncio.Protocol):
         """One header field, checked as aiohttp's parser checks it."""
         value = value.rstrip(b" \t")  # llhttp strips the space before a value, not after
         lowered = name.lower()
-        if lowered in _SINGLETONS:
-            if lowered in self._seen:
+        kind = _SPECIAL.get(lowered)
+        if kind is None:  # the usual field: only its bytes are checked
+            if 0 in value:  # a NUL byte
                 self._irregular = "malformed"
-            self._seen.append(lowered)
-        if lowered in _BODY_HEADERS and (lowered != b"content-length" or value != b"0"):
-            if (self.accepts_bodies and lowered == b"content-length" and value.isdigit()
-                    and value.isascii()):
-                self._length = int(value)
-            else:
-                self._irregular = "body"
-        elif lowered == b"upgrade" or lowered == b"sec-websocket-key1":
-            self._irregular = "upgrade"
-        elif 0 in value:  # a NUL byte
-            self._irregular = "malformed"
+        else:
+            if kind & _SINGLE:
+                if lowered in self._seen:
+                    self._irregular = "malformed"
+                self._seen.append(lowered)
+            if kind & _FRAMING and (lowered != b"content-length" or value != b"0"):
+                if (self.accepts_bodies and lowered == b"content-length" and value.isdigit()
+                        and value.isascii()):
+                    self._length = int(value)
+                else:
+                    self._irregular = "body"
+            elif kind & _UPGRADING:
+                self._irregular = "upgrade"
+            elif 0 in value:
+                self._irregular = "malformed"
         headers = self._headers
         text, field = field_text(name, lowered, value)
         headers.append(text)

@@ -27,7 +27,6 @@ returns the reference's own result (or lets it raise its ValueError):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
 from aiohttp import hdrs
 from multidict import CIMultiDictProxy
@@ -50,7 +49,6 @@ _MAX_REMEMBERED = 256  # identity name sets (from the configuration), short Conn
 _SHORT_LIST = 64  # characters of a Connection list worth remembering
 _MAX_BLOCKS = 1024  # identity tuples (or peers and Hosts) whose lines are remembered
 #                     (forgotten all at once)
-_UNKNOWN = object()  # not remembered (None is a remembered answer)
 
 
 class LeanHead:
@@ -68,7 +66,7 @@ class LeanHead:
         self._usable = "host" in hygiene.dropped
         self._identities: dict[tuple[str, ...], bool] = {}
         self._listed: dict[tuple[str, ...], frozenset[bytes]] = {}
-        self._forwarded: dict[tuple[str | None, str, str | None], bytes | None] = {}
+        self._forwarded: dict[tuple[str | None, str, str | None], bytes] = {}
         self._blocks: ByIdentity[Sequence[tuple[str, str]], bytes | None] = ByIdentity(
             _MAX_BLOCKS)
 
@@ -146,21 +144,21 @@ class LeanHead:
         hygiene = self._hygiene
         remembered = not hygiene.trusts(client_ip)
         if remembered:
-            lines = self._forwarded.get((client_ip, scheme, host), _UNKNOWN)
-            if lines is not _UNKNOWN:
-                return cast(bytes | None, lines)
+            known = self._forwarded.get((client_ip, scheme, host))
+            if known is not None:
+                return known or None  # (b"": remembered as unusable)
         pairs = hygiene.forwarded_pairs(headers, client_ip=client_ip, scheme=scheme)
         try:
             lines = encode_fields(pairs)
         except UnicodeEncodeError:
-            lines = None  # (a lone surrogate) the reference raises its ValueError
-        if lines is not None and lines.translate(None, _FIELD_BYTES) != b"\r\n" * len(pairs):
-            lines = None
+            lines = b""  # (a lone surrogate) the reference raises its ValueError
+        if lines.translate(None, _FIELD_BYTES) != b"\r\n" * len(pairs):
+            lines = b""  # (X-Forwarded-Proto is always added: b"" is never usable lines)
         if remembered:
             if len(self._forwarded) >= _MAX_BLOCKS:
                 self._forwarded.clear()
             self._forwarded[client_ip, scheme, host] = lines
-        return lines
+        return lines or None
 
     def _with_listed(self, headers: CIMultiDictProxy[str]) -> frozenset[bytes]:
         """The dropped names and those the `Connection` headers list (the reference's own
