@@ -70,14 +70,15 @@ class LeanHead:
         self._blocks: ByIdentity[Sequence[tuple[str, str]], bytes | None] = ByIdentity(
             _MAX_BLOCKS)
 
+    # head() and plain() take their arguments by position too: keywords cost a per-call
+    # mapping on every proxied request.
     def head(self, key: Key, method: str, target: str, fields: Sequence[Field],
-             headers: CIMultiDictProxy[str], *, client_ip: str | None, scheme: str,
+             headers: CIMultiDictProxy[str], client_ip: str | None, scheme: str,
              identity: Sequence[tuple[str, str]], request_id: str, length: int | None) -> bytes:
         """The head request_head(upstream_pairs(...)) builds for a request without a chunked
         body: the same bytes, or its ValueError (`fields`: `headers` as bytes)."""
-        head = self.plain(key, method, target, fields, headers, client_ip=client_ip,
-                          scheme=scheme, identity=identity, request_id=request_id,
-                          length=length)
+        head = self.plain(key, method, target, fields, headers, client_ip, scheme, identity,
+                          request_id, length)
         if head is not None:
             return head
         pairs, lows = self._hygiene.upstream_pairs(
@@ -86,12 +87,12 @@ class LeanHead:
         return request_head(key, method, target, pairs, False, length, lows)
 
     def plain(self, key: Key, method: str, target: str, fields: Sequence[Field],
-              headers: CIMultiDictProxy[str], *, client_ip: str | None, scheme: str,
+              headers: CIMultiDictProxy[str], client_ip: str | None, scheme: str,
               identity: Sequence[tuple[str, str]], request_id: str, length: int | None
               ) -> bytes | None:
         """head(), from the bytes; None when that is not provably the reference's head."""
         hygiene = self._hygiene
-        block = self._identity_lines(identity)
+        block = self._blocks.of(identity, self._lines_of, remember=_unchangeable)
         if not self._usable or block is None:
             return None
         gone = self._dropped
@@ -141,12 +142,11 @@ class LeanHead:
         """The forwarded headers' (and a preserved Host's) lines, printable ASCII and tab
         each; None when one is not (the reference builds the head). Remembered per peer,
         scheme and Host when the peer is not trusted (nothing else decides them then)."""
+        known = self._forwarded.get((client_ip, scheme, host))
+        if known is not None:  # (only an untrusted peer's are kept; trust never changes)
+            return known or None  # (b"": remembered as unusable)
         hygiene = self._hygiene
         remembered = not hygiene.trusts(client_ip)
-        if remembered:
-            known = self._forwarded.get((client_ip, scheme, host))
-            if known is not None:
-                return known or None  # (b"": remembered as unusable)
         pairs = hygiene.forwarded_pairs(headers, client_ip=client_ip, scheme=scheme)
         try:
             lines = encode_fields(pairs)
@@ -172,14 +172,11 @@ class LeanHead:
                 self._listed[values] = gone
         return gone
 
-    def _identity_lines(self, identity: Sequence[tuple[str, str]]) -> bytes | None:
+    def _lines_of(self, identity: Sequence[tuple[str, str]]) -> bytes | None:
         """The identity headers' lines as the head holds them, when every name is plain
         (_plain_identity()) and every line printable ASCII and tab; else None (the reference
-        builds the head). Remembered per identity tuple: the verifier keeps one per token;
-        only what cannot change under the key (a tuple of tuples of str) is remembered."""
-        return self._blocks.of(identity, self._lines_of, remember=_unchangeable)
-
-    def _lines_of(self, identity: Sequence[tuple[str, str]]) -> bytes | None:
+        builds the head). plain() remembers them per identity tuple (the verifier keeps one
+        per token), only for what cannot change under the key (a tuple of tuples of str)."""
         if not self._plain_identity(identity):
             return None
         try:

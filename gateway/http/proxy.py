@@ -507,9 +507,8 @@ class ProxyHandler:
         if not target:
             return Reason.AMBIGUOUS_PATH
         try:
-            head = self._lean_head.head(key, method, target, fields, headers,
-                                        client_ip=client_ip, scheme=scheme,
-                                        identity=decision.headers, request_id=rid, length=length)
+            head = self._lean_head.head(key, method, target, fields, headers, client_ip, scheme,
+                                        decision.headers, rid, length)
         except ValueError:
             return Reason.MALFORMED_REQUEST
         return key, head
