@@ -100,8 +100,8 @@ class FastProxyDoor(FrontDoor):
         self.authorizer = authorizer
         self.realm = realm
         self.max_body_bytes = max_body_bytes
-        self.served = counter.labels("answered")
-        self.served_later = counter.labels("answered_after_io")
+        self.served = metrics.tally(counter.labels("answered"))
+        self.served_later = metrics.tally(counter.labels("answered_after_io"))
         # The deadlines of the relays driven by callbacks: one sweep for them all.
         self.sweep = Sweep(min(handler.read_timeout_seconds, handler.write_timeout_seconds))
         self.callback_relays = 0  # requests relayed by callbacks alone (tests and bench read it)
@@ -269,7 +269,7 @@ class FastProxyProtocol(FrontProtocol):
             self._deciding = True
             self._task = door.spawn(self._decide_later(exchange))
             return
-        door.metrics.count(door.served)
+        door.served()
         key = self._decided(exchange, decision)
         if key is not None and not self._relay_now(exchange, key):
             self._task = door.spawn(self._relay(exchange, key))
@@ -367,7 +367,7 @@ class FastProxyProtocol(FrontProtocol):
             exchange.status = _CLIENT_CLOSED
             self._finish(exchange)
             raise
-        door.metrics.count(door.served_later)
+        door.served_later()
         self._deciding = False
         key = self._decided(exchange, decision)
         if key is not None and not self._relay_now(exchange, key):

@@ -322,7 +322,8 @@ class _Connection(asyncio.Protocol):
             return  # the end of an informational response
         self._done = True
         self._parsed_whole = True
-        self._wake()
+        if self._waiter is not None:  # (a relay fed by callbacks has none)
+            self._wake()
 
     # used by the pool and the response
     def begin(self, head_only: bool, sending: bool) -> None:
