@@ -268,6 +268,11 @@ def test_forwarded_lines_are_remembered_per_peer_and_host_never_for_a_trusted_pe
     for chain in (b"198.51.100.1", b"198.51.100.2"):
         assert (b"X-Forwarded-For: " + chain + b", " + TRUSTED.encode() + b"\r\n"
                 in head([(b"Host", b"a.test"), (b"X-Forwarded-For", chain)], TRUSTED))
+    long_host = b"h" * 300 + b".test"  # worked out each time, never kept
+    for _ in range(2):
+        assert b"X-Forwarded-Host: " + long_host + b"\r\n" in head([(b"Host", long_host)],
+                                                                   "192.0.2.7")
+    assert all(host is None or len(host) <= 255 for _, _, host in builder._forwarded)
     headers, kept = both([(b"Host", KELVIN)])
     for _ in range(2):
         assert builder.plain(("127.0.0.1", 9), "GET", "/", kept, headers, client_ip="192.0.2.7",

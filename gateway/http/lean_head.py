@@ -47,6 +47,7 @@ _ADDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", 
                     "x-request-id", "content-length"})
 _MAX_REMEMBERED = 256  # identity name sets (from the configuration), short Connection lists
 _SHORT_LIST = 64  # characters of a Connection list worth remembering
+_SHORT_HOST = 255  # characters of a Host whose forwarded lines are worth remembering
 _MAX_BLOCKS = 1024  # identity tuples (or peers and Hosts) whose lines are remembered
 #                     (forgotten all at once)
 
@@ -141,12 +142,14 @@ class LeanHead:
                          scheme: str, host: str | None) -> bytes | None:
         """The forwarded headers' (and a preserved Host's) lines, printable ASCII and tab
         each; None when one is not (the reference builds the head). Remembered per peer,
-        scheme and Host when the peer is not trusted (nothing else decides them then)."""
+        scheme and (short) Host when the peer is not trusted (nothing else decides them then).
+        """
         known = self._forwarded.get((client_ip, scheme, host))
         if known is not None:  # (only an untrusted peer's are kept; trust never changes)
             return known or None  # (b"": remembered as unusable)
         hygiene = self._hygiene
-        remembered = not hygiene.trusts(client_ip)
+        # (a long Host is worked out each time: the memo's memory stays small)
+        remembered = not hygiene.trusts(client_ip) and (host is None or len(host) <= _SHORT_HOST)
         pairs = hygiene.forwarded_pairs(headers, client_ip=client_ip, scheme=scheme)
         try:
             lines = encode_fields(pairs)
