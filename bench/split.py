@@ -35,11 +35,12 @@ from gateway.devissuer import DevIssuer, SigningKey
 from gateway.loops import loop_name, run
 from gateway.server import public_runner
 
-__all__ = ["main"]
+__all__ = ["Harness", "main"]
 
 ISSUER = "https://bench.clerk.accounts.dev"
 _RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n"
              b'\r\n{"ok":true}')
+_OK = b"HTTP/1.1 200 OK"
 STAGES = ("parse", "decide", "relay", "write", "observe", "other")
 # (path fragment or function-name fragment, stage), first match wins.
 _BY_NAME = (("encode_answer", "write"), ("refusal_answer", "write"), ("answer_head", "write"),
@@ -119,6 +120,7 @@ class _Client(asyncio.Protocol):
         self.limit = limit
         self.buffer = b""
         self.idle = False
+        self.refused = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: Any = cast(Any, transport)
@@ -131,9 +133,12 @@ class _Client(asyncio.Protocol):
             if not sep:
                 return
             length = 0
-            for line in head.split(b"\r\n"):
+            lines = head.split(b"\r\n")
+            for line in lines:
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
+            if lines[0] != _OK:
+                self.refused += 1  # every measured request must be answered 200
             if len(rest) < length:
                 return
             self.buffer = rest[length:]
@@ -146,55 +151,100 @@ class _Client(asyncio.Protocol):
             self.transport.write(self.request)
 
 
+class Harness:
+    """The gateway's listener as `serve` builds it, a minimal upstream (proxy mode) and
+    keep-alive clients, in this process; warmed up, no request in flight between phases."""
+
+    def __init__(self, mode: str, connections: int) -> None:
+        self.mode = mode
+        self.connections = connections
+        self._closers: list[Any] = []
+        self._clients: list[tuple[Any, _Client]] = []
+        self._counter = [0]
+        self._limit = [0]
+        self._request = b""
+
+    async def open(self, direct: bool = False) -> None:
+        """Start it all and warm up (keys, caches, pooled upstream connections); `direct`:
+        the clients talk to the upstream itself (the harness's own cost, to subtract)."""
+        key = SigningKey(kid="ins_bench")
+        token = DevIssuer(ISSUER, key).token(org_id="org_2bench", role="admin", lifetime=3600)
+        loop = asyncio.get_running_loop()
+        env = {"CLERK_JWT_KEY": key.public_pem(), "CLERK_ISSUER": ISSUER,
+               "GATEWAY_LOG_LEVEL": "WARNING"}
+        if self.mode == "proxy" or direct:
+            upstream = await loop.create_server(_Upstream, "127.0.0.1", 0)
+            self._closers.append(upstream.close)
+            upstream_port = upstream.sockets[0].getsockname()[1]
+            env["GATEWAY_UPSTREAM"] = f"http://127.0.0.1:{upstream_port}"
+        if direct:
+            port = upstream_port
+        else:
+            runner = public_runner(Gateway(load_settings(env)))
+            await runner.setup()
+            server = await loop.create_server(runner.server, "127.0.0.1", 0)  # type: ignore[arg-type]
+            self._closers += [runner.cleanup, server.close]
+            port = server.sockets[0].getsockname()[1]
+        self._request = (f"GET /api/hello HTTP/1.1\r\nHost: bench\r\n"
+                         f"Authorization: Bearer {token}\r\n\r\n").encode()
+        self._limit[0] = 500
+        done: asyncio.Future[None] = loop.create_future()
+        for _ in range(self.connections):
+            self._clients.append(await loop.create_connection(
+                lambda: _Client(self._request, self._counter, done, self._limit),
+                "127.0.0.1", port))
+        await done
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Wait until no request is in flight (before each measured run)."""
+        while not all(client.idle for _, client in self._clients):
+            await asyncio.sleep(0.01)
+
+    async def run(self, requests: int) -> int:
+        """Send about `requests` requests over the connections (settled); the number
+        answered when the last was counted."""
+        self._counter[0], self._limit[0] = 0, requests
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for _, client in self._clients:
+            client.done, client.idle = done, False
+            client.transport.write(self._request)
+        await done
+        return self._counter[0]  # (the last requests in flight are answered after this)
+
+    @property
+    def refused(self) -> int:
+        """Answers other than 200 since the harness opened (a broken setup, not a cost)."""
+        return sum(client.refused for _, client in self._clients)
+
+    async def close(self) -> None:
+        """Close the clients, the listener and the upstream."""
+        for transport, _ in self._clients:
+            transport.close()
+        for close in reversed(self._closers):
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+
+
 async def _measure(mode: str, requests: int, connections: int) -> dict[str, Any]:
-    key = SigningKey(kid="ins_bench")
-    token = DevIssuer(ISSUER, key).token(org_id="org_2bench", role="admin", lifetime=3600)
     loop = asyncio.get_running_loop()
-    env = {"CLERK_JWT_KEY": key.public_pem(), "CLERK_ISSUER": ISSUER,
-           "GATEWAY_LOG_LEVEL": "WARNING"}
-    upstream = None
-    if mode == "proxy":
-        upstream = await loop.create_server(_Upstream, "127.0.0.1", 0)
-        env["GATEWAY_UPSTREAM"] = f"http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}"
-    gateway = Gateway(load_settings(env))
-    runner = public_runner(gateway)
-    await runner.setup()
-    server = await loop.create_server(runner.server, "127.0.0.1", 0)  # type: ignore[arg-type]
-    port = server.sockets[0].getsockname()[1]
-    request = (f"GET /api/hello HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n"
-               ).encode()
-    counter, limit = [0], [max(500, requests // 10)]
-    done: asyncio.Future[None] = loop.create_future()
-    clients = [await loop.create_connection(
-        lambda: _Client(request, counter, done, limit), "127.0.0.1", port)
-        for _ in range(connections)]
-    await done  # warm-up: keys, caches, pooled upstream connections
-    while not all(client.idle for _, client in clients):  # never two requests in flight
-        await asyncio.sleep(0.01)
-    counter[0], limit[0] = 0, requests
-    done = loop.create_future()
-    for _, client in clients:
-        client.done, client.idle = done, False
-        client.transport.write(request)
+    harness = Harness(mode, connections)
+    await harness.open()
     profile = cProfile.Profile()
     started = time.process_time()
     profile.enable()
-    await done
+    answered = await harness.run(requests)
     profile.disable()
     cpu = time.process_time() - started
-    for transport, _ in clients:
-        transport.close()
-    server.close()
-    await runner.cleanup()
-    if upstream is not None:
-        upstream.close()
+    await harness.close()
     seconds = split(profile)
     total = sum(seconds.values())
     return {
-        "mode": mode, "loop": loop_name(loop), "requests": counter[0],
-        "connections": connections,
-        "profiled_cpu_us_per_request": cpu / max(1, counter[0]) * 1e6,
-        "gateway_us_per_request": {s: seconds.get(s, 0.0) / max(1, counter[0]) * 1e6
+        "mode": mode, "loop": loop_name(loop), "requests": answered,
+        "connections": connections, "not_200": harness.refused,
+        "profiled_cpu_us_per_request": cpu / max(1, answered) * 1e6,
+        "gateway_us_per_request": {s: seconds.get(s, 0.0) / max(1, answered) * 1e6
                                    for s in STAGES},
         "share": {s: seconds.get(s, 0.0) / total if total else 0.0 for s in STAGES},
     }

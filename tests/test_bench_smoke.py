@@ -115,6 +115,19 @@ def test_report_files(tmp_path: Path) -> None:
     assert "Fake CPU" in markdown and "wrk 4.1" in markdown
 
 
+def test_the_in_process_harness_measures_each_mode_and_itself() -> None:
+    """bench.inproc: the real listener answers every request of the measured phase (and the
+    harness alone, `direct`, answers them too), with a CPU cost per request."""
+    from bench import inproc
+
+    for mode, direct in (("proxy", False), ("forward_auth", False), ("proxy", True)):
+        result = inproc.measure(mode, 200, 2, "asyncio", direct)
+        assert result["requests"] >= 200 and result["loop"] == "asyncio"
+        assert result["not_200"] == 0  # the token was accepted, the upstream reached
+        assert result["mode"] == ("direct" if direct else mode)
+        assert result["cpu_us_per_request"] > 0
+
+
 def test_the_cpu_split_profiles_the_real_listener_by_stage() -> None:
     from bench import split
     from gateway.loops import run
@@ -123,6 +136,7 @@ def test_the_cpu_split_profiles_the_real_listener_by_stage() -> None:
         result = run(split._measure(mode, 300, 2), "asyncio")
         share = result["share"]
         assert result["requests"] == 300 and result["loop"] == "asyncio"
+        assert result["not_200"] == 0
         assert abs(sum(share.values()) - 1.0) < 1e-6
         assert share["parse"] > 0 and share["decide"] > 0 and share["write"] > 0
         assert (share["relay"] > 0) == (mode == "proxy")  # only the proxy relays
