@@ -108,6 +108,28 @@ async def test_start_up_only_settings_are_kept_and_reported(
     assert (await gw.get("/admin")).status == 200  # the reloadable part was applied
 
 
+async def test_proxy_and_other_start_up_sections_are_kept_and_named(
+    clerk: DevIssuer, make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """The header hygiene, the pool and the door limits are built once: a reload that changes
+    `proxy`, `limits` or `revocation` keeps the running values and names each section."""
+    gw = await make_gateway(config=ADMIN_ONLY)
+    running = gw.gateway.settings
+    new = load_settings({"CLERK_ISSUER": clerk.issuer}, write(tmp_path / "p.yaml", {
+        **ADMIN_PUBLIC,
+        "proxy": {"forward_authorization": not running.proxy.forward_authorization,
+                  "strip_header_prefixes": ["X-Internal-"]},
+        "limits": {"max_header_bytes": running.limits.max_header_bytes // 2},
+        "revocation": {"local_ttl_seconds": running.revocation.local_ttl_seconds + 1},
+    }))
+    result = await gw.gateway.reload(new)
+    assert set(result.restart_required) == {"proxy", "limits", "revocation"}
+    kept = gw.gateway.settings
+    assert (kept.proxy, kept.limits, kept.revocation) == (
+        running.proxy, running.limits, running.revocation)
+    assert (await gw.get("/admin")).status == 200  # the reloadable part was applied
+
+
 async def test_invalid_reload_keeps_the_running_configuration(
     clerk: DevIssuer, make_gateway: GatewayFactory, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
