@@ -17,7 +17,7 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -284,6 +284,8 @@ class PeerProcess:
             await writer.wait_closed()
             return
         await self.stop()
+        if "address already in use" in self.output().lower():
+            raise PortTaken(f"{self.name}: port {self.port} was taken before it bound")
         pytest.fail(f"{self.name} did not start listening on {self.port}:\n{self.output()}",
                     pytrace=False)
 
@@ -314,6 +316,27 @@ async def fetch(peer: PeerProcess, path: str = "/", token: str | None = None,
         method, peer.base + path, headers=sent, allow_redirects=False
     ) as response:
         return response.status, response.headers, await response.text()
+
+
+class PortTaken(Exception):
+    """A port picked free was taken by another process before the peer bound it."""
+
+
+_ATTEMPTS = 3  # fresh ports per start: free_port() cannot reserve what it finds
+
+
+async def _start(name: str, prepare: Callable[[], tuple[list[str], int]], log: Path,
+                 env: Mapping[str, str] | None = None) -> PeerProcess:
+    """Spawn the peer with the argv and port `prepare()` writes its config for; again with
+    fresh ports when one was taken in between (never another failure)."""
+    for attempt in range(_ATTEMPTS):
+        argv, port = prepare()
+        try:
+            return await _spawn(name, argv, port, log, env)
+        except PortTaken:
+            if attempt == _ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def _spawn(name: str, argv: list[str], port: int, log: Path,
@@ -350,22 +373,25 @@ async def run_nginx(tmp_path: Path, gateway: int, upstream: int) -> AsyncIterato
     prefix = tmp_path / "nginx"
     prefix.mkdir()
     (prefix / "logs").mkdir()  # nginx opens <prefix>/logs/error.log before reading -g
-    port = free_port()
-    site = prefix / "clerk-gateway.conf"
-    site.write_text(shipped("nginx/clerk-gateway.conf", {
-        "127.0.0.1:8080": f"127.0.0.1:{gateway}",
-        "127.0.0.1:3000": f"127.0.0.1:{upstream}",
-        "listen 80;": f"listen 127.0.0.1:{port};",
-    }))
-    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
-    temp = " ".join(f"{kind}_temp_path {prefix}/{kind};"
-                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    conf = prefix / "nginx.conf"
-    conf.write_text(f"{user}worker_processes 1;\nevents {{ worker_connections 256; }}\n"
-                    f"http {{ access_log off; {temp}\n include {site}; }}\n")
-    argv = [binary, "-p", f"{prefix}/", "-c", str(conf),
-            "-g", f"daemon off; pid {prefix}/nginx.pid; error_log stderr notice;"]
-    peer = await _spawn("nginx", argv, port, prefix / "output.log")
+
+    def prepare() -> tuple[list[str], int]:
+        port = free_port()
+        site = prefix / "clerk-gateway.conf"
+        site.write_text(shipped("nginx/clerk-gateway.conf", {
+            "127.0.0.1:8080": f"127.0.0.1:{gateway}",
+            "127.0.0.1:3000": f"127.0.0.1:{upstream}",
+            "listen 80;": f"listen 127.0.0.1:{port};",
+        }))
+        user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
+        temp = " ".join(f"{kind}_temp_path {prefix}/{kind};"
+                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        conf = prefix / "nginx.conf"
+        conf.write_text(f"{user}worker_processes 1;\nevents {{ worker_connections 256; }}\n"
+                        f"http {{ access_log off; {temp}\n include {site}; }}\n")
+        return [binary, "-p", f"{prefix}/", "-c", str(conf),
+                "-g", f"daemon off; pid {prefix}/nginx.pid; error_log stderr notice;"], port
+
+    peer = await _start("nginx", prepare, prefix / "output.log")
     try:
         yield peer
     finally:
@@ -392,16 +418,19 @@ async def run_caddy(tmp_path: Path, gateway: int, upstream: int) -> AsyncIterato
     binary = require_binary(CADDY, "caddy")
     home = tmp_path / "caddy"
     home.mkdir()
-    port = free_port()
-    config = home / "Caddyfile"
-    config.write_text(shipped("caddy/Caddyfile", {
-        "admin localhost:2019": f"admin 127.0.0.1:{free_port()}",
-        "127.0.0.1:8080": f"127.0.0.1:{gateway}",
-        "127.0.0.1:3000": f"127.0.0.1:{upstream}",
-        "http://app.localhost": f"http://127.0.0.1:{port}",
-    }))
-    argv = [binary, "run", "--config", str(config), "--adapter", "caddyfile"]
-    peer = await _spawn("caddy", argv, port, home / "output.log", _isolated_home(home))
+
+    def prepare() -> tuple[list[str], int]:
+        port = free_port()
+        config = home / "Caddyfile"
+        config.write_text(shipped("caddy/Caddyfile", {
+            "admin localhost:2019": f"admin 127.0.0.1:{free_port()}",
+            "127.0.0.1:8080": f"127.0.0.1:{gateway}",
+            "127.0.0.1:3000": f"127.0.0.1:{upstream}",
+            "http://app.localhost": f"http://127.0.0.1:{port}",
+        }))
+        return [binary, "run", "--config", str(config), "--adapter", "caddyfile"], port
+
+    peer = await _start("caddy", prepare, home / "output.log", _isolated_home(home))
     try:
         yield peer
     finally:
@@ -427,21 +456,24 @@ async def run_traefik(tmp_path: Path, gateway: int, upstream: int,
     binary = traefik_binary()
     home = tmp_path / "traefik"
     home.mkdir()
-    port = free_port()
-    dynamic = home / "dynamic.yml"
-    dynamic.write_text(shipped("traefik/dynamic.yml", {
-        "http://gateway:8080": f"http://127.0.0.1:{gateway}",
-        "http://whoami:80": f"http://127.0.0.1:{upstream}",
-        "http://gateway-sidecar:8080": f"http://127.0.0.1:{sidecar or free_port()}",
-    }))
-    static = home / "traefik.yml"
-    static.write_text(shipped("traefik/traefik.yml", {
-        'address: ":80"': f'address: "127.0.0.1:{port}"',
-        'address: ":8080"': f'address: "127.0.0.1:{free_port()}"',
-        "/etc/traefik/dynamic.yml": str(dynamic),
-    }))
-    argv = [binary, f"--configFile={static}"]
-    peer = await _spawn("traefik", argv, port, home / "output.log", _isolated_home(home))
+
+    def prepare() -> tuple[list[str], int]:
+        port = free_port()
+        dynamic = home / "dynamic.yml"
+        dynamic.write_text(shipped("traefik/dynamic.yml", {
+            "http://gateway:8080": f"http://127.0.0.1:{gateway}",
+            "http://whoami:80": f"http://127.0.0.1:{upstream}",
+            "http://gateway-sidecar:8080": f"http://127.0.0.1:{sidecar or free_port()}",
+        }))
+        static = home / "traefik.yml"
+        static.write_text(shipped("traefik/traefik.yml", {
+            'address: ":80"': f'address: "127.0.0.1:{port}"',
+            'address: ":8080"': f'address: "127.0.0.1:{free_port()}"',
+            "/etc/traefik/dynamic.yml": str(dynamic),
+        }))
+        return [binary, f"--configFile={static}"], port
+
+    peer = await _start("traefik", prepare, home / "output.log", _isolated_home(home))
     peer.host = "whoami.localhost"
     try:
         await _wait_routed(peer)
