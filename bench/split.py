@@ -137,10 +137,10 @@ class _Client(asyncio.Protocol):
             for line in lines:
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
-            if lines[0] != _OK:
-                self.refused += 1  # every measured request must be answered 200
             if len(rest) < length:
                 return
+            if lines[0] != _OK:
+                self.refused += 1  # every measured request must be answered 200
             self.buffer = rest[length:]
             self.counter[0] += 1
             if self.counter[0] >= self.limit[0]:
@@ -164,9 +164,10 @@ class Harness:
         self._limit = [0]
         self._request = b""
 
-    async def open(self, direct: bool = False) -> None:
-        """Start it all and warm up (keys, caches, pooled upstream connections); `direct`:
-        the clients talk to the upstream itself (the harness's own cost, to subtract)."""
+    async def open(self, direct: bool = False, warmup: int = 500) -> None:
+        """Start it all and warm up with `warmup` requests (keys, caches, pooled upstream
+        connections); `direct`: the clients talk to the upstream itself (the harness's own
+        cost, to subtract)."""
         key = SigningKey(kid="ins_bench")
         token = DevIssuer(ISSUER, key).token(org_id="org_2bench", role="admin", lifetime=3600)
         loop = asyncio.get_running_loop()
@@ -187,7 +188,7 @@ class Harness:
             port = server.sockets[0].getsockname()[1]
         self._request = (f"GET /api/hello HTTP/1.1\r\nHost: bench\r\n"
                          f"Authorization: Bearer {token}\r\n\r\n").encode()
-        self._limit[0] = 500
+        self._limit[0] = warmup
         done: asyncio.Future[None] = loop.create_future()
         for _ in range(self.connections):
             self._clients.append(await loop.create_connection(
@@ -230,7 +231,7 @@ class Harness:
 async def _measure(mode: str, requests: int, connections: int) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     harness = Harness(mode, connections)
-    await harness.open()
+    await harness.open(warmup=max(500, requests // 10))
     profile = cProfile.Profile()
     started = time.process_time()
     profile.enable()

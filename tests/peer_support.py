@@ -325,18 +325,23 @@ class PortTaken(Exception):
 _ATTEMPTS = 3  # fresh ports per start: free_port() cannot reserve what it finds
 
 
-async def _start(name: str, prepare: Callable[[], tuple[list[str], int]], log: Path,
-                 env: Mapping[str, str] | None = None) -> PeerProcess:
-    """Spawn the peer with the argv and port `prepare()` writes its config for; again with
-    fresh ports when one was taken in between (never another failure)."""
+@contextlib.asynccontextmanager
+async def _running(name: str, prepare: Callable[[], tuple[list[str], int]], log: Path,
+                   env: Mapping[str, str] | None = None) -> AsyncIterator[PeerProcess]:
+    """The peer, spawned with the argv and port `prepare()` writes its config for (again with
+    fresh ports when one was taken in between, never on another failure), stopped after."""
     for attempt in range(_ATTEMPTS):
         argv, port = prepare()
         try:
-            return await _spawn(name, argv, port, log, env)
+            peer = await _spawn(name, argv, port, log, env)
+            break
         except PortTaken:
             if attempt == _ATTEMPTS - 1:
                 raise
-    raise AssertionError("unreachable")
+    try:
+        yield peer
+    finally:
+        await peer.stop()
 
 
 async def _spawn(name: str, argv: list[str], port: int, log: Path,
@@ -391,11 +396,8 @@ async def run_nginx(tmp_path: Path, gateway: int, upstream: int) -> AsyncIterato
         return [binary, "-p", f"{prefix}/", "-c", str(conf),
                 "-g", f"daemon off; pid {prefix}/nginx.pid; error_log stderr notice;"], port
 
-    peer = await _start("nginx", prepare, prefix / "output.log")
-    try:
+    async with _running("nginx", prepare, prefix / "output.log") as peer:
         yield peer
-    finally:
-        await peer.stop()
 
 
 # ----------------------------------------------------------------------------- Caddy
@@ -430,11 +432,8 @@ async def run_caddy(tmp_path: Path, gateway: int, upstream: int) -> AsyncIterato
         }))
         return [binary, "run", "--config", str(config), "--adapter", "caddyfile"], port
 
-    peer = await _start("caddy", prepare, home / "output.log", _isolated_home(home))
-    try:
+    async with _running("caddy", prepare, home / "output.log", _isolated_home(home)) as peer:
         yield peer
-    finally:
-        await peer.stop()
 
 
 # ----------------------------------------------------------------------------- Traefik
@@ -473,13 +472,10 @@ async def run_traefik(tmp_path: Path, gateway: int, upstream: int,
         }))
         return [binary, f"--configFile={static}"], port
 
-    peer = await _start("traefik", prepare, home / "output.log", _isolated_home(home))
-    peer.host = "whoami.localhost"
-    try:
+    async with _running("traefik", prepare, home / "output.log", _isolated_home(home)) as peer:
+        peer.host = "whoami.localhost"
         await _wait_routed(peer)
         yield peer
-    finally:
-        await peer.stop()
 
 
 async def _wait_routed(peer: PeerProcess) -> None:

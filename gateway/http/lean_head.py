@@ -150,13 +150,9 @@ class LeanHead:
         hygiene = self._hygiene
         # (a long Host is worked out each time: the memo's memory stays small)
         remembered = not hygiene.trusts(client_ip) and (host is None or len(host) <= _SHORT_HOST)
-        pairs = hygiene.forwarded_pairs(headers, client_ip=client_ip, scheme=scheme)
-        try:
-            lines = encode_fields(pairs)
-        except UnicodeEncodeError:
-            lines = b""  # (a lone surrogate) the reference raises its ValueError
-        if lines.translate(None, _FIELD_BYTES) != b"\r\n" * len(pairs):
-            lines = b""  # (X-Forwarded-Proto is always added: b"" is never usable lines)
+        # (X-Forwarded-Proto is always added: b"" is never usable lines)
+        lines = _usable_lines(hygiene.forwarded_pairs(headers, client_ip=client_ip,
+                                                      scheme=scheme)) or b""
         if remembered:
             if len(self._forwarded) >= _MAX_BLOCKS:
                 self._forwarded.clear()
@@ -182,13 +178,7 @@ class LeanHead:
         per token), only for what cannot change under the key (a tuple of tuples of str)."""
         if not self._plain_identity(identity):
             return None
-        try:
-            block = encode_fields(identity)
-        except UnicodeEncodeError:
-            return None  # (a lone surrogate) the reference raises its ValueError
-        if block.translate(None, _FIELD_BYTES) != b"\r\n" * len(identity):
-            return None
-        return block
+        return _usable_lines(identity)
 
     def _plain_identity(self, identity: Sequence[tuple[str, str]]) -> bool:
         """True when every identity name is dropped from the client in every spelling and
@@ -210,3 +200,15 @@ class LeanHead:
 def _unchangeable(identity: Sequence[tuple[str, str]]) -> bool:
     """True for a tuple of tuples (of str): nothing in it can change under its identity."""
     return type(identity) is tuple and all(type(pair) is tuple for pair in identity)
+
+
+def _usable_lines(pairs: Sequence[tuple[str, str]]) -> bytes | None:
+    """The pairs' `name: value` lines, when each is printable ASCII and tab but for its CR LF;
+    else None (the reference builds the head, or raises its ValueError for a lone surrogate)."""
+    try:
+        lines = encode_fields(pairs)
+    except UnicodeEncodeError:
+        return None
+    if lines.translate(None, _FIELD_BYTES) != b"\r\n" * len(pairs):
+        return None
+    return lines
