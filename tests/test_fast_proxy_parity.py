@@ -303,7 +303,12 @@ async def test_both_doors_proxy_alike(pair: Pair, method: str, target: str,
     answer = build_answer(status, reason, headers, framing, body)
     replies = []
     sent = []
-    for running, upstream in ((pair.fast, pair.fast_upstream), (pair.slow, pair.slow_upstream)):
+    # With a keep-alive upstream the fast door answers twice: the second answer may come from
+    # its memo of upstream heads read whole (the first one's), and must not differ.
+    runs = [(pair.fast, pair.fast_upstream), (pair.slow, pair.slow_upstream)]
+    if keep:
+        runs.insert(1, (pair.fast, pair.fast_upstream))
+    for running, upstream in runs:
         upstream.keep = keep and framing not in ("close", "short")  # those end by closing
         if upstream.keep:  # a pooled connection waits for the request: the callback relay
             upstream.response = RawServer.response
@@ -313,7 +318,8 @@ async def test_both_doors_proxy_alike(pair: Pair, method: str, target: str,
         replies.append(await send(pair.port(running), raw, method == "HEAD"))
         sent.append(list(upstream.requests))
     context = f"{raw!r}\n{answer!r}"
-    assert_same(replies[0], replies[1], sent[0], sent[1], context)
+    for fast, sent_fast in zip(replies[:-1], sent[:-1], strict=True):
+        assert_same(fast, replies[-1], sent_fast, sent[-1], context)
 
 
 async def test_the_property_exercises_the_fast_door(pair: Pair) -> None:

@@ -57,8 +57,8 @@ from gateway.http.proxy import (
     ClientStalled,
     ProxyHandler,
 )
-from gateway.http.raw_head import RawPairs, client_head_raw
-from gateway.http.upstream import Key, UpstreamError, UpstreamResponse
+from gateway.http.raw_head import RawPairs, client_head_raw, raw_head_around_id
+from gateway.http.upstream import Key, KnownHead, UpstreamError, UpstreamResponse
 from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, Decision, RequestFacts
 from gateway.reasons import Reason
@@ -76,6 +76,9 @@ _BODY_HIGH_WATER = 256 * 1024
 _BODY_LOW_WATER = 64 * 1024
 # What ends a relay as the aiohttp door's do: the upstream failed, or the body stalled.
 _UPSTREAM_ERRORS = (UpstreamError, TimeoutError, BodyStalled)
+# Answers cut around the request id kept per known upstream head (for each Date line and
+# keep-alive): a head without a Date of its own lives on, so they are bounded.
+_KNOWN_ANSWERS = 8
 
 
 # The arguments client_head() and client_head_raw() share, after the upstream's head, in their
@@ -487,6 +490,29 @@ class FastProxyProtocol(FrontProtocol):
         head = client_head_raw(status, reason, pairs,
                                *self._head_facts(exchange, status, length, body))
         return head if head is not None else self._unsendable(exchange)
+
+    def known_answer(self, exchange: _Exchange, known: KnownHead, body: bytes) -> bytes | None:
+        """answer_head_raw()'s bytes for a known upstream head and its whole small body,
+        from the head cut around the request id once per Date line; None when refused."""
+        door = self._door
+        cors = door.authorizer.cors
+        if cors is None or not cors.enabled or exchange.decision is None:
+            date = door.date.line()
+            keep_alive = exchange.keep_alive
+            around = known.derived.get((keep_alive, date))
+            if around is None:
+                derived = known.derived
+                if len(derived) >= _KNOWN_ANSWERS:
+                    derived.clear()
+                around = derived[keep_alive, date] = raw_head_around_id(
+                    known.status, known.reason, list(known.pairs), known.length,
+                    exchange.method, keep_alive, date) or ()
+            if around:
+                exchange.status = known.status
+                return b"".join((around[0], exchange.rid.encode(), around[1], body))
+        head = self.answer_head_raw(exchange, known.status, known.reason, list(known.pairs),
+                                    known.length, body)
+        return head[0] if head is not None else None
 
     def _head_facts(self, exchange: _Exchange, status: int, length: int | None,
                     body: bytes | None) -> _HeadFacts:

@@ -28,7 +28,7 @@ from gateway.http.answer_head import read_whole
 from gateway.http.deadlines import Sweep
 from gateway.http.proxy import SMALL_BODY
 from gateway.http.raw_head import RawPairs
-from gateway.http.upstream import Key, UpstreamPool, is_stale, retryable
+from gateway.http.upstream import Key, KnownHead, UpstreamPool, is_stale, retryable
 
 if TYPE_CHECKING:
     from gateway.http.fast_proxy import FastProxyProtocol, _Exchange
@@ -135,6 +135,29 @@ class CallbackRelay:
                 self._owner.deliver(head[0])
         elif self._chunked:
             self._owner.deliver(b"0\r\n\r\n")
+        self._pool.release(conn, True)
+        self._end()
+
+    def upstream_whole(self, known: KnownHead, body: bytes) -> None:
+        """A whole response from one read, its head a known one: the answer in one write
+        (the same bytes the three calls above write), the connection back to the pool."""
+        exchange = self._exchange
+        if not read_whole(known.status, exchange.method, known.length, SMALL_BODY):
+            self.upstream_head(known.status, known.reason, list(known.pairs), known.length)
+            if self._conn is not None:
+                self.upstream_body(body)
+                self.upstream_end(None)
+            return
+        conn = self._conn
+        self._conn = None
+        if conn is None:
+            return
+        exchange.upstream_status = known.status
+        owner = self._owner
+        owner.observe_upstream(self._route, time.perf_counter() - self._sent)
+        answer = owner.known_answer(exchange, known, body)
+        if answer is not None:
+            owner.deliver(answer)
         self._pool.release(conn, True)
         self._end()
 

@@ -24,6 +24,7 @@ are the identity; and the head passes the str path's own control-character check
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from functools import lru_cache
 
@@ -33,7 +34,7 @@ from gateway.http.front import SERVER_LINE
 from gateway.http.hop import HOP_BY_HOP, put
 from gateway.pipeline import Decision
 
-__all__ = ["RawPairs", "client_head_raw", "raw_head"]
+__all__ = ["RawPairs", "client_head_raw", "raw_head", "raw_head_around_id"]
 
 RawPairs = list[tuple[bytes, bytes]]
 
@@ -43,6 +44,8 @@ _PRINTABLE_TAB = bytes([9, *range(0x20, 0x7F)])  # printable ASCII and tab
 _CLOSE = b"Connection: close\r\n"
 _OCTETS = b"application/octet-stream"
 _CACHED_VALUE = 128  # the longest `Connection` value whose dropped names are cached
+# Stands for the request id in raw_head_around_id(): an id as request_id() makes them.
+_ID_MARK = "rid:" + os.urandom(12).hex()
 
 
 def client_head_raw(status: int, reason: bytes, upstream: RawPairs, length: int | None,
@@ -124,6 +127,23 @@ def raw_head(status: int, reason: bytes, upstream: RawPairs, length: int | None,
     if head.translate(None, _PRINTABLE_TAB) != b"\r\n" * ends:
         return None  # not provably client_head's (which may refuse it): the str path answers
     return (head + body if body else head), chunked
+
+
+def raw_head_around_id(status: int, reason: bytes, upstream: RawPairs, length: int,
+                       method: str, keep_alive: bool, date: bytes) -> tuple[bytes, bytes] | None:
+    """raw_head() for a body of `length` bytes read whole, cut around the request id:
+    `before + id + after + body` is raw_head()'s answer for any id request_id() makes
+    (printable ASCII) and any such body. None when raw_head() would not answer."""
+    answer = raw_head(status, reason, upstream, length, bytes(length), method, _ID_MARK,
+                      keep_alive, date)
+    if answer is None or answer[1]:
+        return None
+    head = answer[0][:len(answer[0]) - length]
+    mark = _ID_MARK.encode()
+    if head.count(mark) != 1:  # the upstream's own bytes hold it too: not cut here
+        return None
+    before, after = head.split(mark)
+    return before, after
 
 
 def _hop_by_hop(values: list[bytes]) -> frozenset[bytes] | None:

@@ -12,6 +12,13 @@ it being reused. Waiting for a free connection ends after `acquire_timeout` (Ups
 A caller that wants no task per request (the proxy's fast door) takes an idle connection with
 `take_idle()`, gives it a `Sink` with `relay()` and writes the head itself: the response head,
 body bytes and its end then reach the sink from the connection's own callbacks.
+
+Known heads: a response that llhttp read whole from one read (a head, then exactly its
+Content-Length of body, nothing after, keep-alive) leaves its head bytes in the pool's bounded
+memo with what llhttp made of them. A later response to a sink whose one read holds exactly
+those head bytes and that many body bytes is not parsed again: the same bytes from the same
+(start) parser state parse the same way, so the sink gets the remembered head and the body at
+once (`Sink.upstream_whole`). Only the head's parse is remembered, never a body or an answer.
 """
 
 from __future__ import annotations
@@ -27,9 +34,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.numbers import whole_number
 
 __all__ = [
-    "Sink", "UpstreamBusy", "UpstreamConnectError", "UpstreamError", "UpstreamPool",
-    "UpstreamProtocolError", "UpstreamReset", "UpstreamResponse", "head_end", "is_stale",
-    "request_head", "retryable",
+    "KnownHead", "KnownHeads", "Sink", "UpstreamBusy", "UpstreamConnectError", "UpstreamError",
+    "UpstreamPool", "UpstreamProtocolError", "UpstreamReset", "UpstreamResponse", "head_end",
+    "is_stale", "request_head", "retryable",
 ]
 
 # Response body bytes buffered before the upstream socket stops being read.
@@ -40,6 +47,9 @@ _MAX_HEAD = 64 * 1024
 _RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _EMPTY_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _NO_BODY_STATUSES = frozenset({204, 304})
+# The memo of known response heads: at most this many, each at most this long.
+_KNOWN_HEADS = 256
+_KNOWN_HEAD_BYTES = 4096
 Key = tuple[str, int]
 
 
@@ -111,6 +121,50 @@ def head_end(key: Key, method: str, chunked: bool, length: int | None, host_seen
     return lines
 
 
+class KnownHead:
+    """A response head llhttp parsed before (a final, keep-alive one with a Content-Length)."""
+
+    __slots__ = ("derived", "length", "pairs", "reason", "status")
+
+    def __init__(self, status: int, reason: bytes, pairs: tuple[tuple[bytes, bytes], ...],
+                 length: int) -> None:
+        self.status = status
+        self.reason = reason
+        self.pairs = pairs  # the raw header fields, as the callbacks would give them
+        self.length = length
+        # What a sink works out from this head and keeps with it (bounded by the sink).
+        self.derived: dict[Any, Any] = {}
+
+
+class KnownHeads:
+    """The pool's bounded memo of response heads llhttp read whole: head bytes -> KnownHead."""
+
+    __slots__ = ("_heads", "hits")
+
+    def __init__(self) -> None:
+        self._heads: dict[bytes, KnownHead] = {}
+        self.hits = 0  # responses answered from the memo (tests and the bench read it)
+
+    def whole(self, data: bytes) -> tuple[KnownHead, int] | None:
+        """The known head `data` starts with and where its body starts, when `data` is that
+        head and exactly its body; else None."""
+        end = data.find(b"\r\n\r\n") + 4
+        known = self._heads.get(data[:end]) if end > 3 else None
+        if known is None or len(data) - end != known.length:
+            return None
+        self.hits += 1
+        return known, end
+
+    def remember(self, head: bytes, known: KnownHead) -> None:
+        """Keep a head llhttp read whole (heads that vary per response clear the memo when
+        it is full: it only ever saves work)."""
+        heads = self._heads
+        if len(head) <= _KNOWN_HEAD_BYTES:
+            if len(heads) >= _KNOWN_HEADS:
+                heads.clear()
+            heads[head] = known
+
+
 class Sink(Protocol):
     """Who a relayed response goes to, from the connection's callbacks (no task, no future)."""
 
@@ -124,6 +178,10 @@ class Sink(Protocol):
     def upstream_end(self, error: BaseException | None) -> None:
         """The response is complete (None) or failed; called once, never while parsing."""
 
+    def upstream_whole(self, known: KnownHead, body: bytes) -> None:
+        """A whole response, from one read: a known head and its whole body. Instead of the
+        three calls above; the connection is the sink's to release."""
+
     def upstream_paused(self, paused: bool) -> None:
         """The upstream stopped (True) or resumed (False) reading what is written to it."""
 
@@ -131,9 +189,11 @@ class Sink(Protocol):
 class _Connection(asyncio.Protocol):
     """One upstream socket and the response being read on it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, key: Key) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: Key,
+                 known: KnownHeads) -> None:
         self.loop = loop
         self.key = key
+        self._known = known  # the pool's memo of response heads parsed whole
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle = False
@@ -176,6 +236,19 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if (sink is not None and not self._got_bytes and self._active and not self._head_only
+                and self._error is None):
+            whole = self._known.whole(data)
+            if whole is not None:
+                # Bytes llhttp read whole before, from the parser's start, as it is now: they
+                # parse as they did. The parser stays at its start, for the next response.
+                known, end = whole
+                self._got_bytes = self._head_done = self._done = self._parsed_whole = True
+                self.status = known.status
+                self.sink = None
+                sink.upstream_whole(known, data[end:])
+                return
         if not self._active or self._done:
             self._reusable = False  # bytes nobody asked for: never trust this socket again
             self.abort()
@@ -188,6 +261,8 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
             if self._done and not self._chunked and self._reusable:
                 self._check_ends_here(data, first, headed)
+                if first and sink is not None and self._reusable:
+                    self._remember(data)
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamProtocolError("the upstream switched protocols"))
             self.abort()
@@ -209,6 +284,18 @@ class _Connection(asyncio.Protocol):
             return  # the head began in an earlier chunk: its bytes here are not known
         if head + self._chunk_body != len(data):
             self._reusable = False
+
+    def _remember(self, data: bytes) -> None:
+        """Keep the head of a response llhttp just read whole from `data` alone (a final,
+        keep-alive one, ending where its Content-Length says) in the pool's memo."""
+        length = whole_number(self._length) if self._length is not None else None
+        end = len(data) - (length or 0)
+        if (length is None or not self._parsed_whole or self._head_only
+                or self.status in _NO_BODY_STATUSES or self._error is not None
+                or self._chunk_body != length or data.find(b"\r\n\r\n") + 4 != end):
+            return
+        self._known.remember(data[:end], KnownHead(self.status, self._reason,
+                                                    tuple(self._raw), length))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
@@ -548,6 +635,7 @@ class UpstreamPool:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
+        self.known = KnownHeads()  # response heads llhttp read whole (see above)
 
     @property
     def open_connections(self) -> int:
@@ -646,7 +734,7 @@ class UpstreamPool:
             break
         self._total += 1
         self._open[key] = self._open.get(key, 0) + 1
-        conn = _Connection(loop, key)
+        conn = _Connection(loop, key, self.known)
         try:
             async with asyncio.timeout(self._connect_timeout or None):
                 await loop.create_connection(lambda: conn, key[0], key[1])
