@@ -32,7 +32,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import httptools
 from aiohttp import hdrs
@@ -195,7 +195,7 @@ class _Exchange:
                  "method", "reason", "rid", "started", "status", "target", "upstream_status")
 
     def __init__(self, method: str, target: str, rid: str, keep_alive: bool, started: float,
-                 length: int, facts: RequestFacts, fields: list[Field]) -> None:
+                 length: int, facts: RequestFacts, fields: Sequence[Field]) -> None:
         self.method = method
         self.target = target
         self.rid = rid

@@ -8,13 +8,18 @@ is handed over, bytes untouched, to aiohttp's guarded protocol, which then serve
 connection for the rest of its life (a pipelined request, HTTP/2 or 0.9, an upgrade, a
 reserved or percent-encoded path, anything larger than the limits or refused by the parser).
 Handing over is always safe: the aiohttp door is the reference both doors are tested against.
+
+A head that comes whole in one read, exactly as one parsed before on a keep-alive request
+without a body, is not parsed again: the door keeps what each such head gave, keyed by its
+exact bytes (gateway/http/memo.py), and the same bytes from the parser's start state parse
+the same way, through the same checks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, cast
@@ -29,6 +34,7 @@ from prometheus_client import Counter
 
 from gateway.http.errors import JSON_CONTENT_TYPE, refusal_parts
 from gateway.http.guard import refuse_late_head
+from gateway.http.memo import ParseMemo
 from gateway.metrics import Metrics
 from gateway.reasons import Reason
 
@@ -40,6 +46,7 @@ __all__ = [
     "FrontDoor",
     "FrontProtocol",
     "HttpDate",
+    "KnownRequest",
     "encode_answer",
     "encode_fields",
     "field_text",
@@ -72,6 +79,9 @@ STATUS_LINES = {
     for version in ("1.0", "1.1") for s in HTTPStatus
 }
 SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n".encode()
+# The memo of request heads parsed whole: at most this many, each at most this long.
+_KNOWN_REQUESTS = 256
+_KNOWN_REQUEST_BYTES = 8192
 
 
 def unsafe_target(target: bytes) -> bool:
@@ -133,6 +143,20 @@ def refusal_answer(reason: Reason, rid: str, realm: str, retry_after: int | None
                          version=version, keep_alive=keep_alive, date=date)
 
 
+class KnownRequest:
+    """What a keep-alive request head without a body gave when it was parsed."""
+
+    __slots__ = ("fields", "headers", "method", "target", "version")
+
+    def __init__(self, method: str, target: str, headers: CIMultiDictProxy[str],
+                 fields: tuple[Field, ...], version: str) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.fields = fields
+        self.version = version
+
+
 class HttpDate:
     """The Date header line, formatted once per second."""
 
@@ -170,6 +194,8 @@ class FrontDoor:
         self._requests: list[tuple[asyncio.WriteTransport, bytes]] = []  # to upstreams
         self._flushing = False  # a write at the end of this round is scheduled
         self._handed: dict[str, Counter] = {c: counter.labels(c) for c in causes}
+        # Request heads parsed whole, by their bytes (see the module's docstring).
+        self.known: ParseMemo[KnownRequest] = ParseMemo(_KNOWN_REQUESTS, _KNOWN_REQUEST_BYTES)
 
     def close_idle(self) -> None:
         """Close connections between requests; busy ones close once they have answered."""
@@ -245,7 +271,8 @@ class FrontProtocol(asyncio.Protocol):
         self._headed = False
         self._head_bytes = 0
         self._headers: list[tuple[str, str]] = []
-        self._fields: list[Field] = []  # the same headers as bytes
+        self._fields: Sequence[Field] = ()  # the same headers as bytes
+        self._parsed: list[Field] = []  # the fields of the head being parsed
         self._seen: list[bytes] = []
         self._target = b""
         self._irregular: str | None = None
@@ -292,8 +319,16 @@ class FrontProtocol(asyncio.Protocol):
         if self._busy:  # read before reading paused: parse it after the answer
             self._held += data
             return
-        pending = self._pending + data if self._pending else data
         door = self._front
+        if not self._pending and self._keep_alive:  # the parser is at its start
+            known = door.known.get(data)
+            if known is not None:
+                self._raw = data
+                self._fields = known.fields
+                self._length = None
+                self._request(known.method, known.target, known.headers, known.version, True)
+                return
+        pending = self._pending + data if self._pending else data
         if len(pending) > door.max_head_bytes and not self.accepts_bodies:
             self._hand_over(pending, "oversize")  # (a body-streaming door counts head bytes)
             return
@@ -331,11 +366,16 @@ class FrontProtocol(asyncio.Protocol):
             self._hand_over(pending, "malformed")  # aiohttp refuses HTTP/1.1 without Host
             return
         self._raw = pending  # for a door that hands the request over after all
+        self._fields = tuple(self._parsed)
         self._pending = b""
         self._begun = 0
         self._headed = False
-        self._request(parser.get_method().decode("ascii"), self._target.decode("ascii"),
-                      headers, version, self._keep_alive)
+        method = parser.get_method().decode("ascii")
+        target = self._target.decode("ascii")
+        if (pending is data and self._keep_alive and self._length is None
+                and data.find(b"\r\n\r\n") + 4 == len(data)):  # one whole head, no more
+            door.known.keep(data, KnownRequest(method, target, headers, self._fields, version))
+        self._request(method, target, headers, version, self._keep_alive)
 
     def eof_received(self) -> bool:
         """The caller closed its side: finish a pending answer, then close."""
@@ -374,7 +414,7 @@ class FrontProtocol(asyncio.Protocol):
         self._begun += 1
         if self._begun == 1:
             self._headers = []
-            self._fields = []
+            self._parsed = []
             self._seen = []
             self._target = b""
             self._irregular = None
@@ -414,7 +454,7 @@ class FrontProtocol(asyncio.Protocol):
         headers = self._headers
         text, field = field_text(name, lowered, value)
         headers.append(text)
-        self._fields.append(field)
+        self._parsed.append(field)
         self._head_bytes += len(name) + len(value) + 4
         if (len(headers) > self._front.max_headers
                 or self._head_bytes > self._front.max_head_bytes):

@@ -31,6 +31,7 @@ from typing import Any, Protocol, cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.http.memo import ParseMemo
 from gateway.numbers import whole_number
 
 __all__ = [
@@ -137,32 +138,27 @@ class KnownHead:
 
 
 class KnownHeads:
-    """The pool's bounded memo of response heads llhttp read whole: head bytes -> KnownHead."""
+    """The pool's memo of response heads llhttp read whole (gateway/http/memo.py)."""
 
-    __slots__ = ("_heads", "hits")
+    __slots__ = ("_memo", "hits")
 
     def __init__(self) -> None:
-        self._heads: dict[bytes, KnownHead] = {}
-        self.hits = 0  # responses answered from the memo (tests and the bench read it)
+        self._memo: ParseMemo[KnownHead] = ParseMemo(_KNOWN_HEADS, _KNOWN_HEAD_BYTES)
+        self.hits = 0  # responses given whole from the memo (tests and the bench read it)
 
     def whole(self, data: bytes) -> tuple[KnownHead, int] | None:
         """The known head `data` starts with and where its body starts, when `data` is that
         head and exactly its body; else None."""
         end = data.find(b"\r\n\r\n") + 4
-        known = self._heads.get(data[:end]) if end > 3 else None
+        known = self._memo.get(data[:end]) if end > 3 else None
         if known is None or len(data) - end != known.length:
             return None
         self.hits += 1
         return known, end
 
     def remember(self, head: bytes, known: KnownHead) -> None:
-        """Keep a head llhttp read whole (heads that vary per response clear the memo when
-        it is full: it only ever saves work)."""
-        heads = self._heads
-        if len(head) <= _KNOWN_HEAD_BYTES:
-            if len(heads) >= _KNOWN_HEADS:
-                heads.clear()
-            heads[head] = known
+        """Keep a head llhttp read whole."""
+        self._memo.keep(head, known)
 
 
 class Sink(Protocol):

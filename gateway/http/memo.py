@@ -1,0 +1,76 @@
+"""A bounded memo of what parsing some exact bytes gave, that rests when it rarely hits.
+
+The fast doors parse every head with llhttp, which calls back into Python for every field.
+Clients and upstreams often send the very same head again (the same client, token and path;
+the same answer of the same size in the same second), and the same bytes parse the same way
+from the same parser state. So a door may keep what a head gave, keyed by the head's exact
+bytes, and skip parsing when they come again.
+
+A memo costs a hash and a lookup per head, and keeping an entry costs a little more. When
+heads vary (every path, answer size or id different), that is all it would ever cost: after
+each window of `WINDOW` lookups with fewer than one hit in `_MIN_HIT_SHARE`, it is emptied
+and rests (neither looks nor keeps) for `REST` heads, then tries again.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+__all__ = ["REST", "WINDOW", "ParseMemo"]
+
+V = TypeVar("V")
+
+WINDOW = 1024  # lookups per verdict on the hit rate
+REST = 16 * WINDOW  # heads not looked up after a window with too few hits
+_MIN_HIT_SHARE = 8  # a window needs more than WINDOW / this hits to go on
+
+
+class ParseMemo(Generic[V]):
+    """Exact bytes -> what parsing them gave: at most `max_entries` keys of `max_key` bytes."""
+
+    __slots__ = ("_entries", "_hits", "_lookups", "_max_entries", "_max_key", "_resting",
+                 "hits")
+
+    def __init__(self, max_entries: int, max_key: int) -> None:
+        self._entries: dict[bytes, V] = {}
+        self._max_entries = max_entries
+        self._max_key = max_key
+        self._lookups = 0  # in this window
+        self._hits = 0  # in this window
+        self._resting = 0  # heads left to skip
+        self.hits = 0  # in all (tests and the bench read it)
+
+    def get(self, key: bytes) -> V | None:
+        """What `key` gave when it was parsed, if it is kept (never while resting; a key too
+        long to keep is not looked up)."""
+        if self._resting:
+            self._resting -= 1
+            return None
+        if len(key) > self._max_key:
+            return None
+        value = self._entries.get(key)
+        if value is not None:
+            self._hits += 1
+            self.hits += 1
+        self._lookups += 1
+        if self._lookups >= WINDOW:
+            if self._hits * _MIN_HIT_SHARE <= WINDOW:
+                self._entries.clear()
+                self._resting = REST
+            self._lookups = self._hits = 0
+        return value
+
+    def keep(self, key: bytes, value: V) -> None:
+        """Keep what parsing `key` gave (not while resting, nor a long key; all is forgotten
+        when full)."""
+        if self._resting or len(key) > self._max_key:
+            return
+        entries = self._entries
+        if len(entries) >= self._max_entries:
+            entries.clear()
+        entries[key] = value
+
+    @property
+    def resting(self) -> bool:
+        """True while the memo neither looks nor keeps."""
+        return self._resting > 0

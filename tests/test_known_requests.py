@@ -1,0 +1,163 @@
+"""The fast doors' memo of request heads parsed whole (gateway/http/front.py, memo.py).
+
+A keep-alive request head without a body that comes whole in one read, byte for byte one
+parsed before, is not parsed again. These tests send generated requests again and again on
+keep-alive connections through the proxy's fast door and require the same bytes upstream and
+the same answers back as when the head was parsed; and that what is not such a head (a body,
+`Connection: close`, a head split over reads) is parsed as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httptools
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.devissuer import DevIssuer
+from gateway.http.fast_proxy import FastProxyDoor
+from tests.conftest import GatewayFactory, Running
+from tests.test_fast_door_parity import parity_tokens
+from tests.test_fast_proxy_parity import (
+    ROUTES,
+    RawServer,
+    RawUpstream,
+    Reply,
+    _ids,
+    build_request,
+    request_options,
+    targets,
+)
+
+
+def door_of(running: Running) -> FastProxyDoor:
+    door = running.client.server.runner.server._front  # type: ignore[union-attr]
+    assert isinstance(door, FastProxyDoor)
+    return door
+
+
+async def on_one_connection(port: int, requests: list[bytes], head_only: bool,
+                            pause: float = 0.0) -> list[Reply]:
+    """Send each request after the answer to the one before, on one keep-alive connection
+    (`pause`: between the two halves of each request, so that it comes in two reads)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    replies = []
+    try:
+        for raw in requests:
+            if pause:
+                writer.write(raw[:10])
+                await asyncio.sleep(pause)
+                writer.write(raw[10:])
+            else:
+                writer.write(raw)
+            reply = Reply()
+            parser = httptools.HttpResponseParser(reply)
+            while not reply.complete:
+                data = await asyncio.wait_for(reader.read(65536), 10)
+                if not data:
+                    break
+                if head_only and b"\r\n\r\n" in data:
+                    parser.feed_data(data.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+                    reply.complete = True
+                    break
+                parser.feed_data(data)
+            with contextlib.suppress(httptools.HttpParserError):
+                reply.status = parser.get_status_code()
+            if not reply.status:
+                break  # the connection was closed: no answer
+            replies.append(reply)
+            if not reply.complete or (b"connection", b"close") in reply.headers:
+                break  # (refused for good, by either door)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    return replies
+
+
+def keep_alive(raw: bytes) -> bytes:
+    """The request without its `Connection` header (HTTP/1.1: kept alive)."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = [line for line in head.split(b"\r\n") if not line.startswith(b"Connection:")]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+@pytest.fixture
+async def proxied(clerk: DevIssuer, make_gateway: GatewayFactory
+                  ) -> AsyncIterator[tuple[Running, RawServer, dict[str, str]]]:
+    """A proxy (fast door) whose tokens are verified, before a keep-alive raw upstream."""
+    raw = RawServer(keep=True)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: RawUpstream(raw), "127.0.0.1", 0)
+    raw.port = server.sockets[0].getsockname()[1]
+    gw = await make_gateway(env={"GATEWAY_UPSTREAM": f"http://127.0.0.1:{raw.port}"},
+                            config=ROUTES)
+    tokens = parity_tokens(clerk)
+    for token in tokens.values():
+        await gw.get("/maybe/warm", token)
+    try:
+        yield gw, raw, tokens
+    finally:
+        server.close()
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(["GET", "POST", "DELETE", "OPTIONS", "HEAD"]),
+       target=targets, options=request_options)
+async def test_a_request_head_from_the_memo_is_proxied_as_when_parsed(
+    proxied: tuple[Running, RawServer, dict[str, str]], method: str, target: str,
+    options: dict[str, Any]
+) -> None:
+    gw, upstream, tokens = proxied
+    options = {k: v for k, v in options.items() if k != "connection"}
+    raw = keep_alive(build_request(method, target, options, tokens))
+    upstream.requests.clear()
+    replies = await on_one_connection(gw.client.server.port or 0, [raw] * 3, method == "HEAD")
+    first = replies[0]
+    # (only a head aiohttp's parser refuses, answered 400 as HTTP/1.0, ends the connection)
+    assert len(replies) == 3 or first.status == 400, raw
+    for reply in replies[1:]:
+        assert (reply.status, reply.reason, reply.complete) == (
+            first.status, first.reason, first.complete), raw
+        assert sorted((n, _ids(v)) for n, v in reply.headers) == sorted(
+            (n, _ids(v)) for n, v in first.headers), raw
+        assert _ids(reply.body) == _ids(first.body), raw
+    sent = {_ids(request) for request in upstream.requests}
+    assert len(sent) <= 1, raw  # the upstream got the same bytes each time it was asked
+
+
+async def test_repeated_heads_come_from_the_memo(
+    proxied: tuple[Running, RawServer, dict[str, str]]
+) -> None:
+    gw, upstream, tokens = proxied
+    door = door_of(gw)
+    raw = keep_alive(build_request("GET", "/admin/x", {"auth": "admin"}, tokens))
+    hits = door.known.hits
+    replies = await on_one_connection(gw.client.server.port or 0, [raw] * 4, False)
+    assert [r.status for r in replies] == [200] * 4
+    assert door.known.hits == hits + 3  # the first parsed, then three from the memo
+    assert len({_ids(r) for r in upstream.requests[-4:]}) == 1
+
+
+async def test_a_head_in_two_reads_a_body_or_a_close_is_parsed(
+    proxied: tuple[Running, RawServer, dict[str, str]]
+) -> None:
+    gw, _, tokens = proxied
+    door = door_of(gw)
+    port = gw.client.server.port or 0
+    plain = keep_alive(build_request("GET", "/admin/y", {"auth": "admin"}, tokens))
+    with_body = keep_alive(build_request("POST", "/admin/y", {"auth": "admin", "body": b"abc"},
+                                         tokens))
+    closing = build_request("GET", "/admin/z", {"auth": "admin"}, tokens)
+    hits = door.known.hits
+    assert [r.status for r in await on_one_connection(port, [plain] * 3, False, 0.05)] == [200] * 3
+    assert [r.status for r in await on_one_connection(port, [with_body] * 3, False)] == [200] * 3
+    for _ in range(2):
+        assert [r.status for r in await on_one_connection(port, [closing], False)] == [200]
+    assert door.known.hits == hits
