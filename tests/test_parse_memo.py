@@ -6,7 +6,7 @@ from gateway.http.memo import REST, WINDOW, ParseMemo
 
 
 def test_a_kept_key_is_found_and_counted() -> None:
-    memo: ParseMemo[str] = ParseMemo(4, 16)
+    memo: ParseMemo[bytes, str] = ParseMemo(4, 16)
     memo.keep(b"head", "parsed")
     assert memo.get(b"head") == "parsed"
     assert memo.get(b"other") is None
@@ -14,7 +14,7 @@ def test_a_kept_key_is_found_and_counted() -> None:
 
 
 def test_long_keys_are_not_kept_and_a_full_memo_starts_again() -> None:
-    memo: ParseMemo[int] = ParseMemo(3, 8)
+    memo: ParseMemo[bytes, int] = ParseMemo(3, 8)
     memo.keep(b"123456789", 1)
     assert memo.get(b"123456789") is None
     for n in range(4):
@@ -24,7 +24,7 @@ def test_long_keys_are_not_kept_and_a_full_memo_starts_again() -> None:
 
 
 def test_a_window_of_misses_makes_it_rest_then_try_again() -> None:
-    memo: ParseMemo[int] = ParseMemo(8, 16)
+    memo: ParseMemo[bytes, int] = ParseMemo(8, 16)
     memo.keep(b"seen", 1)
     for n in range(WINDOW):
         memo.get(b"miss %d" % n)
@@ -39,7 +39,7 @@ def test_a_window_of_misses_makes_it_rest_then_try_again() -> None:
 
 
 def test_enough_hits_keep_it_looking() -> None:
-    memo: ParseMemo[int] = ParseMemo(8, 16)
+    memo: ParseMemo[bytes, int] = ParseMemo(8, 16)
     memo.keep(b"seen", 1)
     for n in range(3 * WINDOW):
         memo.get(b"seen" if n % 4 == 0 else b"miss")  # a quarter hit
@@ -48,7 +48,7 @@ def test_enough_hits_keep_it_looking() -> None:
 
 
 def test_too_few_hits_make_it_rest() -> None:
-    memo: ParseMemo[int] = ParseMemo(8, 16)
+    memo: ParseMemo[bytes, int] = ParseMemo(8, 16)
     memo.keep(b"seen", 1)
     for n in range(WINDOW):
         memo.get(b"seen" if n % 16 == 0 else b"miss")  # one in sixteen

@@ -150,6 +150,15 @@ def test_bytes_head_is_the_reference(
     plain = builder.plain(key, method, "/a?b=1", kept, headers, client_ip=client_ip,
                           scheme="http", identity=identity, request_id=rid, length=length)
     assert plain is None or plain == expected
+    # As the front's memo and the verifier give them (tuples): the same, first and again
+    # (then from the builder's memo of heads cut around the id).
+    for _ in range(2):
+        try:
+            got = builder.head(key, method, "/a?b=1", tuple(kept), headers, client_ip,
+                               "http", tuple(identity), rid, length)
+        except ValueError as exc:
+            got = repr(exc)
+        assert got == expected
     # As the verifier gives it (a tuple, its lines remembered): the same, first and again.
     frozen = tuple(identity)
     for _ in range(2):
@@ -366,3 +375,18 @@ async def test_through_the_fast_door_the_upstream_gets_the_bytes_or_the_same_ref
               if sample.name == "clerk_gateway_proxy_fast_path_total"
               and sample.labels["result"] not in ("answered", "answered_after_io")]
     assert sum(sample.value for sample in handed) == 0
+
+
+def test_a_head_made_of_the_same_is_cut_once_and_each_id_put_in() -> None:
+    builder = LeanHead(HYGIENES[0])
+    headers, kept = both([(b"Host", b"app.test"), (b"Accept", b"*/*")])
+    fields, identity = tuple(kept), (("X-User-Id", "user_1"),)
+    hits = builder._heads.hits
+    heads = [builder.head(("127.0.0.1", 9), "GET", "/a", fields, headers, "192.0.2.7", "http",
+                          identity, rid, None) for rid in ("first-id-0001", "second-id-002")]
+    assert builder._heads.hits == hits + 1
+    assert heads[1] == heads[0].replace(b"first-id-0001", b"second-id-002")
+    assert b"\r\nX-Request-Id: second-id-002\r\n" in heads[1]
+    tabbed = builder.head(("127.0.0.1", 9), "GET", "/a", fields, headers, "192.0.2.7", "http",
+                          identity, "tab\tid", None)  # (not from the memo: its own way)
+    assert tabbed == heads[0].replace(b"first-id-0001", b"tab\tid")

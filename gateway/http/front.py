@@ -195,7 +195,8 @@ class FrontDoor:
         self._flushing = False  # a write at the end of this round is scheduled
         self._handed: dict[str, Counter] = {c: counter.labels(c) for c in causes}
         # Request heads parsed whole, by their bytes (see the module's docstring).
-        self.known: ParseMemo[KnownRequest] = ParseMemo(_KNOWN_REQUESTS, _KNOWN_REQUEST_BYTES)
+        self.known: ParseMemo[bytes, KnownRequest] = ParseMemo(_KNOWN_REQUESTS,
+                                                               _KNOWN_REQUEST_BYTES)
 
     def close_idle(self) -> None:
         """Close connections between requests; busy ones close once they have answered."""

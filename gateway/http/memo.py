@@ -14,10 +14,17 @@ and rests (neither looks nor keeps) for `REST` heads, then tries again.
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from collections.abc import Hashable, Sized
+from typing import Generic, Protocol, TypeVar
 
 __all__ = ["REST", "WINDOW", "ParseMemo"]
 
+
+class _Key(Hashable, Sized, Protocol):
+    """Bytes, or a tuple of what made a result (its length bounded as `max_key`)."""
+
+
+K = TypeVar("K", bound=_Key)
 V = TypeVar("V")
 
 WINDOW = 1024  # lookups per verdict on the hit rate
@@ -25,14 +32,15 @@ REST = 16 * WINDOW  # heads not looked up after a window with too few hits
 _MIN_HIT_SHARE = 8  # a window needs more than WINDOW / this hits to go on
 
 
-class ParseMemo(Generic[V]):
-    """Exact bytes -> what parsing them gave: at most `max_entries` keys of `max_key` bytes."""
+class ParseMemo(Generic[K, V]):
+    """Exact bytes (or what else made a result) -> the result: at most `max_entries` keys of
+    at most `max_key` bytes (or items)."""
 
     __slots__ = ("_entries", "_hits", "_lookups", "_max_entries", "_max_key", "_resting",
                  "hits")
 
     def __init__(self, max_entries: int, max_key: int) -> None:
-        self._entries: dict[bytes, V] = {}
+        self._entries: dict[K, V] = {}
         self._max_entries = max_entries
         self._max_key = max_key
         self._lookups = 0  # in this window
@@ -40,7 +48,7 @@ class ParseMemo(Generic[V]):
         self._resting = 0  # heads left to skip
         self.hits = 0  # in all (tests and the bench read it)
 
-    def get(self, key: bytes) -> V | None:
+    def get(self, key: K) -> V | None:
         """What `key` gave when it was parsed, if it is kept (never while resting; a key too
         long to keep is not looked up)."""
         if self._resting:
@@ -60,7 +68,7 @@ class ParseMemo(Generic[V]):
             self._lookups = self._hits = 0
         return value
 
-    def keep(self, key: bytes, value: V) -> None:
+    def keep(self, key: K, value: V) -> None:
         """Keep what parsing `key` gave (not while resting, nor a long key; all is forgotten
         when full)."""
         if self._resting or len(key) > self._max_key:

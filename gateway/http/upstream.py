@@ -143,7 +143,7 @@ class KnownHeads:
     __slots__ = ("_memo", "hits")
 
     def __init__(self) -> None:
-        self._memo: ParseMemo[KnownHead] = ParseMemo(_KNOWN_HEADS, _KNOWN_HEAD_BYTES)
+        self._memo: ParseMemo[bytes, KnownHead] = ParseMemo(_KNOWN_HEADS, _KNOWN_HEAD_BYTES)
         self.hits = 0  # responses given whole from the memo (tests and the bench read it)
 
     def whole(self, data: bytes) -> tuple[KnownHead, int] | None:
