@@ -34,6 +34,10 @@ __all__ = [
 ]
 
 
+_MEMO_ENTRIES = 4  # (method, URI, Host) variants kept per request head (a forwarded URI
+#                   depends on the peer's trust)
+
+
 @dataclass(slots=True)
 class RequestFacts:
     """What the pipeline needs to know about one request, whichever door it came in by."""
@@ -46,6 +50,9 @@ class RequestFacts:
     query: Mapping[str, str] | None = None
     client_ip: str | None = None
     addresses: ClientAddresses | None = None  # the door's rule for who the client is
+    # What the pipeline worked out before from a request head of the very same bytes: a fast
+    # door's memo of heads hands every such request the same dict (None: nothing kept).
+    memo: dict[object, object] | None = None
 
     def client_address(self) -> str | None:
         """The client's address as gateway/clients.py defines it (the peer's own when the
@@ -229,7 +236,25 @@ class Authorizer:
         return self._settle(located, verified, revoked)
 
     def _locate(self, facts: RequestFacts) -> Decision | _Located:
-        """Normalise, route and extract: a Decision when no token needs verifying."""
+        """Normalise, route and extract: a Decision when no token needs verifying. A token to
+        verify is remembered in the facts' memo, by all else it was worked out from (the head
+        is the memo's own; the router and extractor change with a reload)."""
+        memo = facts.memo
+        if memo is None or facts.query is not None:
+            return self._locate_anew(facts)
+        made_of = (self.router, self.extractor, self.cors, facts.method, facts.uri, facts.host)
+        located = memo.get(made_of)
+        if isinstance(located, _Located):
+            return located
+        found = self._locate_anew(facts)
+        if isinstance(found, _Located):
+            if len(memo) >= _MEMO_ENTRIES:
+                memo.clear()
+            memo[made_of] = found
+        return found
+
+    def _locate_anew(self, facts: RequestFacts) -> Decision | _Located:
+        """_locate() itself."""
         router = self.router  # read once: a reload may swap it while this request waits
         try:
             path, match = router.locate(facts.method, facts.uri, facts.host)

@@ -12,16 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httptools
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import CollectorRegistry
 
+from gateway.config import load_settings
 from gateway.devissuer import DevIssuer
 from gateway.http.fast_proxy import FastProxyDoor
+from gateway.metrics import Metrics
+from gateway.pipeline import Authorizer, RequestFacts, extractor_for, router_for
 from tests.conftest import GatewayFactory, Running
+from tests.proxy_support import Upstream
 from tests.test_fast_door_parity import parity_tokens
 from tests.test_fast_proxy_parity import (
     ROUTES,
@@ -161,3 +169,70 @@ async def test_a_head_in_two_reads_a_body_or_a_close_is_parsed(
     for _ in range(2):
         assert [r.status for r in await on_one_connection(port, [closing], False)] == [200]
     assert door.known.hits == hits
+
+
+ANY_MEMBER = {"routes": [{"name": "area", "path_prefix": "/area"}]}
+ADMINS_ONLY = {"routes": [{"name": "area", "path_prefix": "/area",
+                           "require": {"role": "admin"}}]}
+
+
+@pytest.mark.parametrize("door", ["forward_auth", "proxy"])
+@pytest.mark.parametrize(("before", "after", "statuses"), [
+    (ANY_MEMBER, ADMINS_ONLY, (200, 403)),  # a stricter rule applies to a known head at once
+    (ADMINS_ONLY, ANY_MEMBER, (403, 200)),
+])
+async def test_a_reload_reroutes_a_known_head(
+    clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Upstream, tmp_path: Path,
+    door: str, before: dict[str, Any], after: dict[str, Any], statuses: tuple[int, int]
+) -> None:
+    env = {"GATEWAY_UPSTREAM": upstream.url} if door == "proxy" else {}
+    gw = await make_gateway(env=env, config=before)
+    member = clerk.token(org_id="org_1", role="member")
+    raw = (f"GET /area/x HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {member}\r\n"
+           "\r\n").encode()
+    port = gw.client.server.port or 0
+    front = gw.client.server.runner.server._front  # type: ignore[union-attr]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async def ask() -> int:
+            writer.write(raw)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            return int(head.split(b" ", 2)[1])
+
+        assert [await ask() for _ in range(3)] == [statuses[0]] * 3
+        hits = front.known.hits
+        assert hits >= 2
+        path = tmp_path / "after.yaml"
+        path.write_text(yaml.safe_dump(after))
+        result = await gw.gateway.reload(load_settings({"CLERK_ISSUER": clerk.issuer, **env},
+                                                       str(path)))
+        assert result.routes == 1
+        assert [await ask() for _ in range(2)] == [statuses[1]] * 2
+        assert front.known.hits == hits + 2  # the same known head, decided anew
+    finally:
+        writer.close()
+
+
+def test_a_located_token_is_kept_per_head_by_all_it_was_worked_out_from(
+    clerk: DevIssuer
+) -> None:
+    config = load_settings({"CLERK_ISSUER": clerk.issuer}, None)
+    verifier: Any = None  # (never asked: _locate only routes and extracts)
+    authorizer = Authorizer(router_for(config), extractor_for(config), verifier,
+                            Metrics(CollectorRegistry()))
+    headers = CIMultiDictProxy(CIMultiDict({"Authorization": "Bearer a.b.c", "Host": "h"}))
+    memo: dict[object, object] = {}
+    first = authorizer._locate(RequestFacts("forward_auth", "GET", "/one", "h", headers,
+                                            memo=memo))
+    again = authorizer._locate(RequestFacts("forward_auth", "GET", "/one", "h", headers,
+                                            memo=memo))
+    other = authorizer._locate(RequestFacts("forward_auth", "GET", "/two", "h", headers,
+                                            memo=memo))
+    assert again is first and other is not first
+    assert (first.path, other.path) == ("/one", "/two")  # type: ignore[union-attr]
+    assert len(memo) == 2
+    authorizer.router = router_for(config)  # a reload: worked out again
+    assert authorizer._locate(RequestFacts("forward_auth", "GET", "/one", "h", headers,
+                                           memo=memo)) is not first

@@ -95,13 +95,14 @@ class FastDoor(FrontDoor):
 
     def begin(self, method: str, target: str, headers: CIMultiDictProxy[str],
               remote: str | None, version: str, keep_alive: bool,
-              ) -> tuple[_Request, bytes | None]:
-        """Start one request: its answer when no I/O is needed, else None for `finish`."""
+              memo: dict[object, object] | None = None) -> tuple[_Request, bytes | None]:
+        """Start one request: its answer when no I/O is needed, else None for `finish`
+        (`memo`: the front's for a known head, see RequestFacts)."""
         started = self._clock()
         handler = self._handler
         request = _Request(method, request_id(headers), version, keep_alive, started)
         try:
-            facts = handler.facts(method, target, remote, headers)
+            facts = handler.facts(method, target, remote, headers, memo)
         except ConflictingForwardedRequest:
             request.origin = handler.cors_origin(method, headers)
             decision: Decision | None = handler.refuse_conflict()
@@ -170,7 +171,7 @@ class FastDoorProtocol(FrontProtocol):
         """Answer at once when no I/O is needed, else from a task with reading paused."""
         try:
             request, answer = self._door.begin(method, target, headers, self._remote, version,
-                                               keep_alive)
+                                               keep_alive, self._memo)
         except Exception:  # a bug must cost one 500 JSON answer, not the connection's reset
             log.exception("forward-auth decision failed")
             self._send(self._door.failure(version), keep_alive=False)

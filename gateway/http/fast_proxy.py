@@ -248,7 +248,7 @@ class FastProxyProtocol(FrontProtocol):
         early, self._early = self._early, []
         length = self._length or 0
         left = length - sum(map(len, early))
-        facts = door.handler.facts(method, target, headers, self._remote)
+        facts = door.handler.facts(method, target, headers, self._remote, None, self._memo)
         exchange = _Exchange(method, target, request_id(headers), keep_alive,
                              door.handler.observer.begin(), length, facts, self._fields)
         self._busy = True

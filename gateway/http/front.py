@@ -146,7 +146,7 @@ def refusal_answer(reason: Reason, rid: str, realm: str, retry_after: int | None
 class KnownRequest:
     """What a keep-alive request head without a body gave when it was parsed."""
 
-    __slots__ = ("fields", "headers", "method", "target", "version")
+    __slots__ = ("fields", "headers", "memo", "method", "target", "version")
 
     def __init__(self, method: str, target: str, headers: CIMultiDictProxy[str],
                  fields: tuple[Field, ...], version: str) -> None:
@@ -155,6 +155,7 @@ class KnownRequest:
         self.headers = headers
         self.fields = fields
         self.version = version
+        self.memo: dict[object, object] = {}  # what the pipeline worked out from it (facts)
 
 
 class HttpDate:
@@ -274,6 +275,7 @@ class FrontProtocol(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._fields: Sequence[Field] = ()  # the same headers as bytes
         self._parsed: list[Field] = []  # the fields of the head being parsed
+        self._memo: dict[object, object] | None = None  # the head's, when it is a known one
         self._seen: list[bytes] = []
         self._target = b""
         self._irregular: str | None = None
@@ -326,6 +328,7 @@ class FrontProtocol(asyncio.Protocol):
             if known is not None:
                 self._raw = data
                 self._fields = known.fields
+                self._memo = known.memo
                 self._length = None
                 self._request(known.method, known.target, known.headers, known.version, True)
                 return
@@ -373,9 +376,13 @@ class FrontProtocol(asyncio.Protocol):
         self._headed = False
         method = parser.get_method().decode("ascii")
         target = self._target.decode("ascii")
+        self._memo = None
         if (pending is data and self._keep_alive and self._length is None
+                and not door.known.resting
                 and data.find(b"\r\n\r\n") + 4 == len(data)):  # one whole head, no more
-            door.known.keep(data, KnownRequest(method, target, headers, self._fields, version))
+            known = KnownRequest(method, target, headers, self._fields, version)
+            door.known.keep(data, known)
+            self._memo = known.memo
         self._request(method, target, headers, version, self._keep_alive)
 
     def eof_received(self) -> bool:

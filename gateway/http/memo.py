@@ -36,49 +36,46 @@ class ParseMemo(Generic[K, V]):
     """Exact bytes (or what else made a result) -> the result: at most `max_entries` keys of
     at most `max_key` bytes (or items)."""
 
-    __slots__ = ("_entries", "_hits", "_lookups", "_max_entries", "_max_key", "_resting",
-                 "hits")
+    __slots__ = ("_entries", "_left", "_max_entries", "_max_key", "_window_from", "hits",
+                 "resting")
 
     def __init__(self, max_entries: int, max_key: int) -> None:
         self._entries: dict[K, V] = {}
         self._max_entries = max_entries
         self._max_key = max_key
-        self._lookups = 0  # in this window
-        self._hits = 0  # in this window
-        self._resting = 0  # heads left to skip
+        self._left = WINDOW  # lookups left in this window
+        self._window_from = 0  # `hits` when this window began
+        self.resting = 0  # heads left to skip (while it neither looks nor keeps)
         self.hits = 0  # in all (tests and the bench read it)
 
     def get(self, key: K) -> V | None:
         """What `key` gave when it was parsed, if it is kept (never while resting; a key too
         long to keep is not looked up)."""
-        if self._resting:
-            self._resting -= 1
+        if self.resting:
+            self.resting -= 1
             return None
-        if len(key) > self._max_key:
-            return None
-        value = self._entries.get(key)
+        value = self._entries.get(key) if len(key) <= self._max_key else None
         if value is not None:
-            self._hits += 1
             self.hits += 1
-        self._lookups += 1
-        if self._lookups >= WINDOW:
-            if self._hits * _MIN_HIT_SHARE <= WINDOW:
-                self._entries.clear()
-                self._resting = REST
-            self._lookups = self._hits = 0
+        self._left -= 1
+        if not self._left:
+            self._judge()
         return value
+
+    def _judge(self) -> None:
+        """A window ended: rest (emptied) when it had too few hits; then a new window."""
+        if (self.hits - self._window_from) * _MIN_HIT_SHARE <= WINDOW:
+            self._entries.clear()
+            self.resting = REST
+        self._left = WINDOW
+        self._window_from = self.hits
 
     def keep(self, key: K, value: V) -> None:
         """Keep what parsing `key` gave (not while resting, nor a long key; all is forgotten
         when full)."""
-        if self._resting or len(key) > self._max_key:
+        if self.resting or len(key) > self._max_key:
             return
         entries = self._entries
         if len(entries) >= self._max_entries:
             entries.clear()
         entries[key] = value
-
-    @property
-    def resting(self) -> bool:
-        """True while the memo neither looks nor keeps."""
-        return self._resting > 0

@@ -351,11 +351,13 @@ class ProxyHandler:
         (self._client_sockets if websocket else self._client_requests).give(client)
 
     def facts(self, method: str, uri: str, headers: CIMultiDictProxy[str],
-              client_ip: str | None, query: Mapping[str, str] | None = None) -> RequestFacts:
-        """What the pipeline decides a proxied request on (either door)."""
+              client_ip: str | None, query: Mapping[str, str] | None = None,
+              memo: dict[object, object] | None = None) -> RequestFacts:
+        """What the pipeline decides a proxied request on (either door; `memo`: the fast
+        door's for this head, see RequestFacts)."""
         # (by position: keywords cost a mapping per call, and this is on every request)
         return RequestFacts("proxy", method, uri, headers.get(hdrs.HOST), headers, query,
-                            client_ip, self._addresses)
+                            client_ip, self._addresses, memo)
 
     def lean_only(self) -> bool:
         """True when the lean pool serves every configured upstream (all plain http://)."""
