@@ -116,6 +116,21 @@ def evaluate(results: Result) -> list[Result]:
             "signed assertions on vs off; per round: " + ", ".join(f"{r:.2f}" for r in per_round)
             if per_round else "not measured", limit=(">=", 0.9), pair=(top, bottom),
             measure="rps"))
+    for top, bottom, same, what in (
+            ("gateway_proxy_varied", "nginx_proxy_varied", ("gateway_proxy", "nginx_proxy"),
+             "proxy"),
+            ("gateway_fa_varied", "bare", ("gateway_fa", "bare"), "forward-auth")):
+        ratio = _ratio(results, top, bottom)
+        same_ratio = _ratio(results, *same)
+        per_round = _round_ratios(results, top, bottom)
+        targets.append(_target(
+            f"{what}, a new path every request: {top} / {bottom} (req/s)", ratio, "report",
+            None, ("no request head (nor, proxied, upstream answer) comes twice, so the "
+                   "doors' memos of heads never help; per round: "
+                   + ", ".join(f"{r:.2f}" for r in per_round)
+                   + (f"; the same pair with one request repeated: {same_ratio:.2f}x"
+                      if same_ratio is not None else "")) if per_round else "not measured",
+            pair=(top, bottom), measure="rps"))
     ratio = _ratio(results, "gateway_fa", "gateway_fa_local")
     per_round = _round_ratios(results, "gateway_fa", "gateway_fa_local")
     cpu = _cpu_ratio(results, "gateway_fa", "gateway_fa_local")

@@ -47,8 +47,12 @@ PATH = "/api/hello"
 STATIC_BODY = '{"upstream":"static","ok":true}'
 STORM_WORKERS = 2  # the storm's key fetches are counted for all workers together
 CONTENDERS = ("bare", "naive", "gateway_fa", "gateway_fa_logged", "gateway_fa_local",
-              "gateway_fa_asserted", "gateway_fa_api_key", "nginx_proxy", "relay_floor",
-              "aiohttp_proxy", "gateway_proxy", "gateway_proxy_asserted")
+              "gateway_fa_asserted", "gateway_fa_api_key", "gateway_fa_varied", "nginx_proxy",
+              "nginx_proxy_varied", "relay_floor", "aiohttp_proxy", "gateway_proxy",
+              "gateway_proxy_asserted", "gateway_proxy_varied")
+# Contenders driven by bench/lua/varied.lua: a new path, and a new upstream answer, each time.
+VARIED = ("gateway_fa_varied", "nginx_proxy_varied", "gateway_proxy_varied")
+PATH_VARIED = "/api/varied/0"
 TITLES = {
     "bare": "1. bare aiohttp, 200 on every path",
     "naive": "2. naive aiohttp + jwt.decode per request",
@@ -58,12 +62,16 @@ TITLES = {
     "gateway_fa_asserted": "3d. the same, signed assertions on",
     # Issue 14: a cached Clerk API key must cost no more than 1.1x a cached session token.
     "gateway_fa_api_key": "3m. clerk-gateway forward-auth, cached Clerk API key",
+    # The fast doors keep the heads they parsed; here no head ever comes twice.
+    "gateway_fa_varied": "3v. forward-auth, cached token, a new path every request",
     "nginx_proxy": "4. nginx proxy_pass -> static upstream",
+    "nginx_proxy_varied": "4v. the same, a new path (and upstream answer) every request",
     # Not a proxy: what the loop, the sockets and llhttp cost, under any Python proxy.
     "relay_floor": "4f. floor: byte relay with llhttp parsing, no HTTP semantics (not a proxy)",
     "aiohttp_proxy": "5. plain aiohttp reverse proxy, no auth",
     "gateway_proxy": "6. clerk-gateway proxy mode, cached token",
     "gateway_proxy_asserted": "6b. the same, signed assertions on",
+    "gateway_proxy_varied": "6v. the same, a new path (and upstream answer) every request",
 }
 
 
@@ -84,12 +92,16 @@ class Contender:
 def _nginx_conf(workdir: Path, port: int, body: str, upstream_port: int | None) -> str:
     user = "user root;" if os.geteuid() == 0 else ""
     if upstream_port is None:
-        location = f"default_type application/json; return 200 '{body}';"
+        # The static upstream; under /api/varied/ a head (X-Path) and body of each path's own.
+        locations = (
+            f"location / {{ default_type application/json; return 200 '{body}'; }}\n"
+            "    location /api/varied/ { default_type application/json; add_header X-Path $uri;"
+            " return 200 '{\"upstream\":\"varied\",\"path\":\"$uri\"}'; }")
         upstream = ""
     else:
         upstream = f"upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}"
-        location = ('proxy_pass http://backend; proxy_http_version 1.1; '
-                    'proxy_set_header Connection "";')
+        locations = ('location / { proxy_pass http://backend; proxy_http_version 1.1; '
+                     'proxy_set_header Connection ""; }')
     temp = " ".join(f"{name}_temp_path {workdir}/{name};"
                     for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"""{user}
@@ -105,7 +117,7 @@ http {{
   {upstream}
   server {{
     listen 127.0.0.1:{port} reuseport;
-    location / {{ {location} }}
+    {locations}
   }}
 }}
 """
@@ -259,10 +271,11 @@ class Bench:
             c["gateway_fa_local"].pid = self._start_gateway(
                 "gateway_fa_local", env, admin, cpus).pid
             c["gateway_fa_local"].url = f"http://127.0.0.1:{port}{PATH}"
-        if "nginx_proxy" in only:
-            port, proc = self._start_nginx("nginx_proxy", upstream_port, cpus)
-            c["nginx_proxy"].pid = proc.pid
-            c["nginx_proxy"].url = f"http://127.0.0.1:{port}{PATH}"
+        for key in ("nginx_proxy", "nginx_proxy_varied"):
+            if key in only:
+                port, proc = self._start_nginx(key, upstream_port, cpus)
+                c[key].pid = proc.pid
+                c[key].url = f"http://127.0.0.1:{port}{PATH}"
         for key, kind in (("relay_floor", "relay_floor"), ("aiohttp_proxy", "proxy")):
             if key in only:
                 port, proc = self._start_app(key, kind, "--upstream", self.upstream_url,
@@ -271,10 +284,16 @@ class Bench:
                 c[key].url = f"http://127.0.0.1:{port}{PATH}"
         if "gateway_fa_api_key" in only:
             self._start_api_key_gateway(c["gateway_fa_api_key"], cpus)
-        if "gateway_proxy" in only:
-            env, port, admin = self._gateway_env(upstream=self.upstream_url)
-            c["gateway_proxy"].pid = self._start_gateway("gateway_proxy", env, admin, cpus).pid
-            c["gateway_proxy"].url = f"http://127.0.0.1:{port}{PATH}"
+        for key, upstream in (("gateway_proxy", self.upstream_url),
+                              ("gateway_proxy_varied", self.upstream_url),
+                              ("gateway_fa_varied", None)):
+            if key in only:
+                env, port, admin = self._gateway_env(upstream=upstream)
+                c[key].pid = self._start_gateway(key, env, admin, cpus).pid
+                c[key].url = f"http://127.0.0.1:{port}{PATH}"
+        for key in VARIED:
+            if c[key].url:
+                c[key].url = c[key].url.removesuffix(PATH) + PATH_VARIED
         for contender in c.values():
             contender.command = self.commands.get(contender.key, "")
             if contender.url:
@@ -314,8 +333,8 @@ class Bench:
         if status != 200:
             problem = f"answered {status} to a valid token"
         elif key in ("naive", "gateway_fa", "gateway_fa_logged", "gateway_fa_local",
-                     "gateway_proxy", "gateway_fa_asserted",
-                     "gateway_proxy_asserted") and anon_status != 401:
+                     "gateway_proxy", "gateway_fa_asserted", "gateway_proxy_asserted",
+                     "gateway_fa_varied", "gateway_proxy_varied") and anon_status != 401:
             problem = f"answered {anon_status} without a token (expected 401)"
         elif key.startswith("gateway_fa") and headers.get("X-User-Id") != "user_2demo":
             problem = "no X-User-Id identity header"
@@ -325,6 +344,9 @@ class Bench:
                      "gateway_proxy_asserted") and (
                 body.decode(errors="replace").strip() != STATIC_BODY):
             problem = f"body is not the upstream's ({body[:60]!r})"
+        elif key in ("nginx_proxy_varied", "gateway_proxy_varied") and (
+                not body.startswith(b'{"upstream":"varied"') or "X-Path" not in headers):
+            problem = f"not the upstream's varied answer ({body[:60]!r})"
         if not problem:
             return
         if key == "gateway_proxy":
@@ -340,8 +362,9 @@ class Bench:
         for number in range(self.args.rounds):
             shift = number % len(active) if active else 0
             for contender in active[shift:] + active[:shift]:
+                script = LUA / ("varied.lua" if contender.key in VARIED else "report.lua")
                 result = run_wrk(contender.url, self.load, contender.headers or self.headers,
-                                 secrets=self.secrets, pids=[contender.pid])
+                                 script=script, secrets=self.secrets, pids=[contender.pid])
                 contender.runs.append(result)
                 print(f"  round {number + 1}: {TITLES[contender.key]:48s} "
                       f"{result.rps:9.0f} req/s  p99 {result.p99_ms:6.2f} ms  "

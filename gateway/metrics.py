@@ -55,6 +55,25 @@ class _Tally:
         self._added = now + 1
 
 
+class _Calls:
+    """Calls of `add_one` (an `itertools.count`'s `__next__`: no Python frame), taken in
+    batches by `take()` (which moves the count itself one on, as _Tally's flush does)."""
+
+    __slots__ = ("_counts", "_taken", "add_one")
+
+    def __init__(self) -> None:
+        self._counts = itertools.count()
+        self.add_one: Callable[[], int] = self._counts.__next__
+        self._taken = 0  # where the count stood after the last take
+
+    def take(self) -> int:
+        """The calls of `add_one` since the last take."""
+        now = next(self._counts)
+        calls = now - self._taken
+        self._taken = now + 1
+        return calls
+
+
 class _FlushFirst(Collector):
     """Registered before every instrument: a scrape first adds the batched counts."""
 
@@ -83,6 +102,7 @@ class Metrics:
         self._tallies: dict[Counter, _Tally] = {}
         self._observed: dict[Histogram, _Batch] = {}
         self._in_flight_now: dict[str, int] = {}
+        self._in_flight_calls: dict[str, tuple[_Calls, _Calls]] = {}  # requests in, out
         self._in_flight_children: dict[str, Gauge] = {}
         registry.register(_FlushFirst(self))
         ns = "clerk_gateway"
@@ -187,6 +207,15 @@ class Metrics:
         now = self._in_flight_now
         now[door] = now.get(door, 0) + delta
 
+    def in_flight_moves(self, door: str) -> tuple[Callable[[], int], Callable[[], int]]:
+        """Two functions free of Python frames, one request in and one out of the door's
+        in-flight count (for every request; added at the flush)."""
+        calls = self._in_flight_calls.get(door)
+        if calls is None:
+            calls = self._in_flight_calls[door] = (_Calls(), _Calls())
+            self.in_flight_change(door, 0)  # the series exists from the start
+        return calls[0].add_one, calls[1].add_one
+
     def flush(self) -> None:
         """Add every batched count to its Prometheus instrument."""
         for tally in list(self._tallies.values()):
@@ -197,7 +226,10 @@ class Metrics:
             for bucket, count in zip(histogram._buckets, batch.counts, strict=True):
                 if count:
                     bucket.inc(count)
-        for door, value in self._in_flight_now.items():
+        now = self._in_flight_now
+        for door, (came, left) in self._in_flight_calls.items():
+            now[door] = now.get(door, 0) + came.take() - left.take()
+        for door, value in now.items():
             gauge = self._in_flight_children.get(door)
             if gauge is None:
                 gauge = self._in_flight_children[door] = self.in_flight.labels(door)

@@ -93,12 +93,14 @@ class Decision:
 
 @dataclass(slots=True)
 class _Located:
-    """A request routed to a rule that needs a token, and the token it carries."""
+    """A request routed to a rule that needs a token, and the token it carries (and the key
+    the verified-token cache holds it under: kept with a known head, it is worked out once)."""
 
     route: Route
     path: str
     params: Mapping[str, str]
     token: str
+    key: bytes | None  # (None: too long to be verified)
 
 
 class RevocationCheck(Protocol):
@@ -195,7 +197,8 @@ class Authorizer:
         """
         located = self._locate(facts)
         if isinstance(located, _Located):
-            verified = self.verifier.verified_now(located.token, located.route.rule.accepts)
+            verified = self.verifier.verified_now(located.token, located.route.rule.accepts,
+                                                  located.key)
             if verified is None:
                 return None
             token_type = verified.identity.token_type
@@ -280,7 +283,7 @@ class Authorizer:
         if token is None:
             reason = Reason.ANONYMOUS if access == "optional" else Reason.MISSING_TOKEN
             return Decision(reason, route, path=path, params=match.params)
-        return _Located(route, path, match.params, token)
+        return _Located(route, path, match.params, token, self.verifier.cache_key(token))
 
     def _preflight(self, cors: CorsPolicy, router: Router, facts: RequestFacts, path: str,
                    ) -> Decision | None:

@@ -198,9 +198,9 @@ async def run_gateway(env: Mapping[str, str], *, fast_path: bool = True,
     facts, observe = handler.facts, handler.observer.observe
 
     def record_facts(method: str, own_path: str, remote: str | None,
-                     headers: CIMultiDictProxy[str]) -> Any:
+                     headers: CIMultiDictProxy[str], *memo: Any) -> Any:
         seen.append({"path": own_path, "headers": CIMultiDict(headers)})
-        return facts(method, own_path, remote, headers)
+        return facts(method, own_path, remote, headers, *memo)
 
     def record_answer(started: float, rid: str, method: str, status: int,
                       decision: Decision | None, *args: Any) -> None:

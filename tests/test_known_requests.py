@@ -21,13 +21,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
-from prometheus_client import CollectorRegistry
 
 from gateway.config import load_settings
 from gateway.devissuer import DevIssuer
 from gateway.http.fast_proxy import FastProxyDoor
-from gateway.metrics import Metrics
-from gateway.pipeline import Authorizer, RequestFacts, extractor_for, router_for
+from gateway.pipeline import RequestFacts, router_for
 from tests.conftest import GatewayFactory, Running
 from tests.proxy_support import Upstream
 from tests.test_fast_door_parity import parity_tokens
@@ -215,24 +213,22 @@ async def test_a_reload_reroutes_a_known_head(
         writer.close()
 
 
-def test_a_located_token_is_kept_per_head_by_all_it_was_worked_out_from(
-    clerk: DevIssuer
+async def test_a_located_token_is_kept_per_head_by_all_it_was_worked_out_from(
+    make_gateway: GatewayFactory
 ) -> None:
-    config = load_settings({"CLERK_ISSUER": clerk.issuer}, None)
-    verifier: Any = None  # (never asked: _locate only routes and extracts)
-    authorizer = Authorizer(router_for(config), extractor_for(config), verifier,
-                            Metrics(CollectorRegistry()))
+    gw = await make_gateway()
+    authorizer = gw.gateway.authorizer
     headers = CIMultiDictProxy(CIMultiDict({"Authorization": "Bearer a.b.c", "Host": "h"}))
     memo: dict[object, object] = {}
-    first = authorizer._locate(RequestFacts("forward_auth", "GET", "/one", "h", headers,
-                                            memo=memo))
-    again = authorizer._locate(RequestFacts("forward_auth", "GET", "/one", "h", headers,
-                                            memo=memo))
-    other = authorizer._locate(RequestFacts("forward_auth", "GET", "/two", "h", headers,
-                                            memo=memo))
+
+    def located(uri: str) -> object:
+        return authorizer._locate(RequestFacts("forward_auth", "GET", uri, "h", headers,
+                                               memo=memo))
+
+    first, again, other = located("/one"), located("/one"), located("/two")
     assert again is first and other is not first
-    assert (first.path, other.path) == ("/one", "/two")  # type: ignore[union-attr]
+    assert (first.path, other.path) == ("/one", "/two")  # type: ignore[attr-defined]
+    assert first.key == authorizer.verifier.cache_key("a.b.c")  # type: ignore[attr-defined]
     assert len(memo) == 2
-    authorizer.router = router_for(config)  # a reload: worked out again
-    assert authorizer._locate(RequestFacts("forward_auth", "GET", "/one", "h", headers,
-                                           memo=memo)) is not first
+    authorizer.router = router_for(gw.gateway.settings)  # as a reload does: worked out again
+    assert located("/one") is not first

@@ -62,3 +62,33 @@ def test_batched_counts_equal_direct_ones_at_every_scrape(steps: list[tuple[str,
             assert (metrics.registry.get_sample_value("clerk_gateway_decisions_total", {
                 "door": "forward_auth", "route": "default", "outcome": "allow",
                 "reason": Reason.OK.label}) or 0.0) == decisions
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.sampled_from(["in", "out", "change", "flush", "scrape"]),
+                          st.integers(min_value=0, max_value=20)), max_size=30))
+def test_in_flight_moves_and_changes_are_exact_at_every_scrape(
+    steps: list[tuple[str, int]]
+) -> None:
+    """Requests in and out through in_flight_moves() (calls without a Python frame) and
+    in_flight_change() deltas give the exact in-flight count at any scrape."""
+    metrics = Metrics(CollectorRegistry())
+    came, left = metrics.in_flight_moves("proxy")
+    assert metrics.in_flight_moves("proxy") == (came, left)  # one pair per door
+    expected = 0
+    for step, times in steps:
+        for _ in range(times):
+            if step == "in":
+                came()
+                expected += 1
+            elif step == "out":
+                left()
+                expected -= 1
+            elif step == "change":
+                metrics.in_flight_change("proxy", -1)
+                expected -= 1
+        if step == "flush":
+            metrics.flush()
+        if step in ("flush", "scrape"):
+            assert metrics.registry.get_sample_value(
+                "clerk_gateway_in_flight_requests", {"door": "proxy"}) == expected

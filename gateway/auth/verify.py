@@ -164,12 +164,18 @@ class Verifier:
         self._metrics.token_cache_entries.set(len(self.cache))
         return verified
 
-    def verified_now(self, token: str, accepts: frozenset[str] | None = None) -> Verified | None:
+    def cache_key(self, token: str) -> bytes | None:
+        """The key the token's verification is cached under; None for a token too long to
+        ever be verified."""
+        return None if len(token) > self._max_bytes else TokenCache.key(token)
+
+    def verified_now(self, token: str, accepts: frozenset[str] | None = None,
+                     key: bytes | None = None) -> Verified | None:
         """The cached verification of a still-valid token the route accepts; None (uncounted)
-        for `verify` to decide."""
+        for `verify` to decide. `key`: the token's cache_key(), when known."""
         if len(token) > self._max_bytes:
             return None
-        cached = self.cache.get(TokenCache.key(token))
+        cached = self.cache.get(key if key is not None else TokenCache.key(token))
         if cached is None:
             return None
         verified, expires_at = cached

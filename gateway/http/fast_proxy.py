@@ -100,6 +100,7 @@ class FastProxyDoor(FrontDoor):
                          max_headers=max_headers, head_timeout=head_timeout,
                          keepalive_timeout=keepalive_timeout)
         self.handler = handler
+        self.observer = handler.observer  # (the handler's for good)
         self.authorizer = authorizer
         self.realm = realm
         self.max_body_bytes = max_body_bytes
@@ -250,7 +251,7 @@ class FastProxyProtocol(FrontProtocol):
         left = length - sum(map(len, early))
         facts = door.handler.facts(method, target, headers, self._remote, None, self._memo)
         exchange = _Exchange(method, target, request_id(headers), keep_alive,
-                             door.handler.observer.begin(), length, facts, self._fields)
+                             door.observer.begin(), length, facts, self._fields)
         self._busy = True
         if length:
             body = exchange.body = self._stream = _Body(self, door.handler.body_idle_seconds)
@@ -727,9 +728,9 @@ class FastProxyProtocol(FrontProtocol):
     def _finish(self, exchange: _Exchange) -> None:
         """The answer is written: observe it, then the next request (or close)."""
         self._task = None
-        handler = self._door.handler
-        handler.observer.end(exchange.started, exchange.rid, exchange.method, exchange.status,
-                             exchange.decision, exchange.upstream_status, exchange.reason)
+        self._door.observer.end(exchange.started, exchange.rid, exchange.method,
+                                exchange.status, exchange.decision, exchange.upstream_status,
+                                exchange.reason)
         self._stream = None
         if self._body_left:  # the upstream answered before the whole body came: drop it
             exchange.keep_alive = False

@@ -26,12 +26,12 @@ class RequestObserver:
         self._metrics = metrics
         self._door = door
         self._clock = clock
-        metrics.in_flight_change(door, 0)  # the series exists from the start
         self._durations: dict[str, Histogram] = {}
+        self._came, self._left = metrics.in_flight_moves(door)
 
     def begin(self) -> float:
         """Mark a request as started; returns its start time."""
-        self._metrics.in_flight_change(self._door, 1)
+        self._came()
         return self._clock()
 
     def end(
@@ -49,7 +49,7 @@ class RequestObserver:
         `reason` overrides the decision's when the door refused an allowed request itself
         (an upstream failure, an oversize body).
         """
-        self._metrics.in_flight_change(self._door, -1)
+        self._left()
         self.observe(started, request_id, method, status, decision, upstream_status, reason)
 
     def observe(

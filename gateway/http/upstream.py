@@ -251,7 +251,13 @@ class _Connection(asyncio.Protocol):
             return
         first = not self._got_bytes
         headed = self._head_done
-        self._got_bytes = True
+        if first:  # what llhttp's callbacks fill, for this response
+            self._got_bytes = True
+            self._head_bytes = 0
+            self._reason = b""
+            self._raw = []
+            self._length = None
+            self._chunked = False
         self._chunk_body = 0
         try:
             self._parser.feed_data(data)
@@ -418,15 +424,10 @@ class _Connection(asyncio.Protocol):
         self._active = True
         self._head_only = head_only
         self._got_bytes = self._head_done = self._done = self._until_eof = False
-        self._head_bytes = 0
         self._error = None
-        self._chunks.clear()
-        self._buffered = 0
-        self._reason = b""
-        self._raw = []
-        self._length = None
-        self._chunked = False
         self.headers = None
+        # (no body bytes are left: finish() pools a connection again only then; what the
+        # parser fills is reset when the response's first bytes are parsed)
 
     def relay(self, sink: Sink, head_only: bool) -> None:
         """Prepare for a response that goes to `sink` from the callbacks (no waiter)."""
