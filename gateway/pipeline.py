@@ -34,8 +34,8 @@ __all__ = [
 ]
 
 
-_MEMO_ENTRIES = 4  # (method, URI, Host) variants kept per request head (a forwarded URI
-#                   depends on the peer's trust)
+_MEMO_ENTRIES = 8  # what is kept per request head: for each (method, URI, Host), which a
+#                   forwarded URI's trust can change, the located token and its decision
 
 
 @dataclass(slots=True)
@@ -208,7 +208,7 @@ class Authorizer:
                 settled, revoked = self.revocation.check_now(verified.identity)
                 if not settled:
                     return None
-                decision = self._settle(located, verified, revoked)
+                decision = self._settled(facts.memo, located, verified, revoked)
         else:
             decision = located
         self.metrics.decision(facts.door, decision.route.name, decision.reason)
@@ -297,6 +297,23 @@ class Authorizer:
         if not allowed:
             return None
         return Decision(Reason.PREFLIGHT, match.route, path=path, params=match.params)
+
+    def _settled(self, memo: dict[object, object] | None, located: _Located,
+                 verified: Verified, revoked: Reason | None) -> Decision:
+        """_settle(), kept in the facts' memo: the same located token (route, path, params)
+        and the same verification (the token cache's entry) meet the route's rule alike.
+        Not when revoked, nor with signed assertions (each is signed anew)."""
+        if memo is None or revoked is not None or self.assertions is not None:
+            return self._settle(located, verified, revoked)
+        kept = memo.get(id(located))  # (the entry holds the object: its id stays its own)
+        if isinstance(kept, tuple) and kept[0] is located and kept[1] is verified:
+            decision: Decision = kept[2]
+            return decision
+        decision = self._settle(located, verified, revoked)
+        if len(memo) >= _MEMO_ENTRIES:
+            memo.clear()
+        memo[id(located)] = (located, verified, decision)
+        return decision
 
     def _settle(self, located: _Located, verified: Verified, revoked: Reason | None) -> Decision:
         """The decision for a verified token: revoked, refused by the route's rule, or OK

@@ -28,6 +28,7 @@ from gateway.http.fast_proxy import FastProxyDoor
 from gateway.pipeline import RequestFacts, router_for
 from tests.conftest import GatewayFactory, Running
 from tests.proxy_support import Upstream
+from tests.revocation_support import ADMIN_TOKEN, admin_headers
 from tests.test_fast_door_parity import parity_tokens
 from tests.test_fast_proxy_parity import (
     ROUTES,
@@ -232,3 +233,69 @@ async def test_a_located_token_is_kept_per_head_by_all_it_was_worked_out_from(
     assert len(memo) == 2
     authorizer.router = router_for(gw.gateway.settings)  # as a reload does: worked out again
     assert located("/one") is not first
+
+
+class _KeepAlive:
+    """One keep-alive connection sending the same raw head again and again."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 raw: bytes) -> None:
+        self.reader, self.writer, self.raw = reader, writer, raw
+
+    async def ask(self) -> tuple[int, bytes]:
+        """The status and body of one more answer to the same head."""
+        self.writer.write(self.raw)
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        return int(head.split(b" ", 2)[1]), await self.reader.readexactly(length)
+
+
+@pytest.mark.parametrize("door", ["forward_auth", "proxy"])
+async def test_a_known_head_is_refused_once_its_user_is_revoked(
+    clerk: DevIssuer, make_gateway: GatewayFactory, upstream: Upstream, door: str
+) -> None:
+    env = {"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
+    if door == "proxy":
+        env["GATEWAY_UPSTREAM"] = upstream.url
+    gw = await make_gateway(env=env, config={"revocation": {"local_ttl_seconds": 60}})
+    token = clerk.token(sub="user_known", sid="sess_known", lifetime=600)
+    raw = (f"GET /api/x HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\n"
+           "\r\n").encode()
+    front = gw.client.server.runner.server._front  # type: ignore[union-attr]
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.server.port)
+    try:
+        conn = _KeepAlive(reader, writer, raw)
+        assert [(await conn.ask())[0] for _ in range(3)] == [200] * 3
+        hits = front.known.hits
+        added = await gw.admin.post("/admin/revocations",
+                                    json={"kind": "user", "id": "user_known"},
+                                    headers=admin_headers())
+        assert added.status == 201
+        status, body = await conn.ask()
+        assert status == 401 and b'"revoked"' in body
+        assert front.known.hits == hits + 1  # the known head, its decision made anew
+    finally:
+        writer.close()
+
+
+async def test_a_known_heads_decision_is_kept_only_for_the_same_verification(
+    clerk: DevIssuer, make_gateway: GatewayFactory
+) -> None:
+    gw = await make_gateway()
+    token = clerk.token(sub="user_kept")
+    assert (await gw.get("/api/x", token)).status == 200  # verified, cached
+    authorizer = gw.gateway.authorizer
+    headers = CIMultiDictProxy(CIMultiDict({"Authorization": f"Bearer {token}", "Host": "h"}))
+    memo: dict[object, object] = {}
+
+    def decide() -> object:
+        return authorizer.authorize_now(RequestFacts("forward_auth", "GET", "/api/x", "h",
+                                                     headers, memo=memo))
+
+    first = decide()
+    assert first is not None and first.allowed  # type: ignore[attr-defined]
+    assert decide() is first
+    gw.gateway.verifier.cache.clear()  # a new verification: decided anew
+    assert (await gw.get("/api/x", token)).status == 200
+    again = decide()
+    assert again is not first and again.allowed  # type: ignore[attr-defined]
