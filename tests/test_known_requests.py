@@ -299,3 +299,24 @@ async def test_a_known_heads_decision_is_kept_only_for_the_same_verification(
     assert (await gw.get("/api/x", token)).status == 200
     again = decide()
     assert again is not first and again.allowed  # type: ignore[attr-defined]
+
+
+async def test_each_request_of_a_known_head_gets_its_own_id_upstream(
+    proxied: tuple[Running, RawServer, dict[str, str]]
+) -> None:
+    gw, upstream, tokens = proxied
+    raw = (f"GET /admin/ids HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer "
+           f"{tokens['admin']}\r\n\r\n").encode()
+    handler = door_of(gw).handler
+    hits = handler._heads.hits
+    upstream.requests.clear()
+    replies = await on_one_connection(gw.client.server.port or 0, [raw] * 3, False)
+    assert [r.status for r in replies] == [200] * 3
+    assert handler._heads.hits >= hits + 2  # the upstream head: cut once, then its id put in
+    ids = [dict(line.split(b": ", 1) for line in r.split(b"\r\n")[1:] if b": " in line)
+           [b"X-Request-Id"] for r in upstream.requests]
+    assert len(set(ids)) == 3  # a new id for each request
+    assert {r.replace(i, b"<id>") for r, i in zip(upstream.requests, ids, strict=True)} == {
+        upstream.requests[0].replace(ids[0], b"<id>")}  # and nothing else differs
+    for reply, rid in zip(replies, ids, strict=True):
+        assert (b"x-request-id", rid) in reply.headers

@@ -26,7 +26,7 @@ from gateway.config import Settings, load_settings
 from gateway.devissuer import DevIssuer
 from gateway.http.front import HANDOVER_CAUSES, Field, FrontDoor, FrontProtocol, field_text
 from gateway.http.hop import HeaderHygiene
-from gateway.http.lean_head import LeanHead
+from gateway.http.lean_head import LeanHead, usable_id
 from gateway.http.upstream import Key, request_head
 from gateway.metrics import Metrics
 from tests.conftest import GatewayFactory
@@ -377,16 +377,15 @@ async def test_through_the_fast_door_the_upstream_gets_the_bytes_or_the_same_ref
     assert sum(sample.value for sample in handed) == 0
 
 
-def test_a_head_made_of_the_same_is_cut_once_and_each_id_put_in() -> None:
-    builder = LeanHead(HYGIENES[0])
+def test_a_head_cut_around_the_id_gives_the_head_for_every_usable_id() -> None:
+    builder = BUILDERS[0]
     headers, kept = both([(b"Host", b"app.test"), (b"Accept", b"*/*")])
-    fields, identity = tuple(kept), (("X-User-Id", "user_1"),)
-    hits = builder._heads.hits
-    heads = [builder.head(("127.0.0.1", 9), "GET", "/a", fields, headers, "192.0.2.7", "http",
-                          identity, rid, None) for rid in ("first-id-0001", "second-id-002")]
-    assert builder._heads.hits == hits + 1
-    assert heads[1] == heads[0].replace(b"first-id-0001", b"second-id-002")
-    assert b"\r\nX-Request-Id: second-id-002\r\n" in heads[1]
-    tabbed = builder.head(("127.0.0.1", 9), "GET", "/a", fields, headers, "192.0.2.7", "http",
-                          identity, "tab\tid", None)  # (not from the memo: its own way)
-    assert tabbed == heads[0].replace(b"first-id-0001", b"tab\tid")
+    args = (("127.0.0.1", 9), "GET", "/a", tuple(kept), headers, "192.0.2.7", "http",
+            (("X-User-Id", "user_1"),))
+    around = builder.around(*args, None)
+    assert around is not None and around[0].endswith(b"\r\nX-Request-Id: ")
+    for rid in ("first-id-0001", "a7b0ce9c4bcf7205ba29efe9ab25c5a0", "tab\tid"):
+        assert usable_id(rid)
+        assert b"".join((around[0], rid.encode(), around[1])) == builder.head(*args, rid, None)
+    for rid in ("r\u00e9", "rid\r\n", "\udcff"):
+        assert not usable_id(rid)

@@ -35,10 +35,9 @@ from gateway.by_identity import ByIdentity
 from gateway.http.front import Field, encode_fields
 from gateway.http.headers import REQUEST_ID
 from gateway.http.hop import HeaderHygiene, connection_tokens, normalize_name
-from gateway.http.memo import ParseMemo
 from gateway.http.upstream import Key, head_end, request_head
 
-__all__ = ["LeanHead"]
+__all__ = ["LeanHead", "usable_id"]
 
 # The bytes a field may hold here: printable ASCII and tab.
 _FIELD_BYTES = bytes(range(0x20, 0x7F)) + b"\t"
@@ -51,15 +50,14 @@ _SHORT_LIST = 64  # characters of a Connection list worth remembering
 _SHORT_HOST = 255  # characters of a Host whose forwarded lines are worth remembering
 _MAX_BLOCKS = 1024  # identity tuples (or peers and Hosts) whose lines are remembered
 #                     (forgotten all at once)
-_MAX_HEADS = 256  # heads cut around the id, remembered by what made them
 _ID_NAME = f"{REQUEST_ID}: ".encode()
 
 
 class LeanHead:
     """Upstream request heads for the lean pool, from a HeaderHygiene's rules."""
 
-    __slots__ = ("_blocks", "_dropped", "_forwarded", "_heads", "_hygiene", "_identities",
-                 "_listed", "_prefixes", "_usable")
+    __slots__ = ("_blocks", "_dropped", "_forwarded", "_hygiene", "_identities", "_listed",
+                 "_prefixes", "_usable")
 
     def __init__(self, hygiene: HeaderHygiene) -> None:
         self._hygiene = hygiene
@@ -73,33 +71,18 @@ class LeanHead:
         self._forwarded: dict[tuple[str | None, str, str | None], bytes] = {}
         self._blocks: ByIdentity[Sequence[tuple[str, str]], bytes | None] = ByIdentity(
             _MAX_BLOCKS)
-        # Heads cut around the id, by all that made them (a request head the same client
-        # sends again, as the front's memo gives it: the same fields).
-        self._heads: ParseMemo[tuple[object, ...], tuple[bytes, bytes]] = ParseMemo(
-            _MAX_HEADS, 8)
 
-    # head() and plain() take their arguments by position too: keywords cost a per-call
-    # mapping on every proxied request.
+    # head(), plain() and around() take their arguments by position too: keywords cost a
+    # per-call mapping on every proxied request.
     def head(self, key: Key, method: str, target: str, fields: Sequence[Field],
              headers: CIMultiDictProxy[str], client_ip: str | None, scheme: str,
              identity: Sequence[tuple[str, str]], request_id: str, length: int | None) -> bytes:
         """The head request_head(upstream_pairs(...)) builds for a request without a chunked
         body: the same bytes, or its ValueError (`fields`: `headers` as bytes)."""
-        # Everything the head is made of but the id: `headers` is `fields` as text.
-        made_of = (fields, key, method, target, client_ip, scheme, identity, length)
-        try:
-            around = self._heads.get(made_of)
-            hashable = True
-        except TypeError:  # (a list among them: nothing is remembered for it)
-            around, hashable = None, False
-        if around is not None and request_id.isascii() and request_id.isprintable():
-            return b"".join((around[0], request_id.encode(), around[1]))
-        around = self._plain_around(key, method, target, fields, headers, client_ip, scheme,
-                                    identity, length)
-        if around is not None and _usable_id(request_id):
-            if hashable:
-                self._heads.keep(made_of, around)
-            return b"".join((around[0], request_id.encode(), around[1]))
+        head = self.plain(key, method, target, fields, headers, client_ip, scheme, identity,
+                          request_id, length)
+        if head is not None:
+            return head
         pairs, lows = self._hygiene.upstream_pairs(
             headers, client_ip=client_ip, scheme=scheme, identity=identity,
             request_id=request_id)
@@ -110,18 +93,18 @@ class LeanHead:
               identity: Sequence[tuple[str, str]], request_id: str, length: int | None
               ) -> bytes | None:
         """head(), from the bytes; None when that is not provably the reference's head."""
-        around = self._plain_around(key, method, target, fields, headers, client_ip, scheme,
-                                    identity, length)
-        if around is None or not _usable_id(request_id):
+        around = self.around(key, method, target, fields, headers, client_ip, scheme, identity,
+                             length)
+        if around is None or not usable_id(request_id):
             return None
         return b"".join((around[0], request_id.encode(), around[1]))
 
-    def _plain_around(self, key: Key, method: str, target: str, fields: Sequence[Field],
-                      headers: CIMultiDictProxy[str], client_ip: str | None, scheme: str,
-                      identity: Sequence[tuple[str, str]], length: int | None
-                      ) -> tuple[bytes, bytes] | None:
-        """plain()'s head cut where the request id goes (after `X-Request-Id: `); None when
-        the head is not provably the reference's whatever the id."""
+    def around(self, key: Key, method: str, target: str, fields: Sequence[Field],
+               headers: CIMultiDictProxy[str], client_ip: str | None, scheme: str,
+               identity: Sequence[tuple[str, str]], length: int | None
+               ) -> tuple[bytes, bytes] | None:
+        """plain()'s head cut where the request id goes (after `X-Request-Id: `): the same
+        for every id usable_id() accepts; None when it is not provably the reference's."""
         hygiene = self._hygiene
         block = self._blocks.of(identity, self._lines_of, remember=_unchangeable)
         if not self._usable or block is None:
@@ -231,7 +214,7 @@ def _unchangeable(identity: Sequence[tuple[str, str]]) -> bool:
     return type(identity) is tuple and all(type(pair) is tuple for pair in identity)
 
 
-def _usable_id(request_id: str) -> bool:
+def usable_id(request_id: str) -> bool:
     """True for an id the head may hold as it is: printable ASCII and tab (as request_id()
     makes them; the reference's path decides about any other)."""
     try:

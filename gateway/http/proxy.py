@@ -28,7 +28,8 @@ from gateway.http.errors import error_response
 from gateway.http.front import Field
 from gateway.http.headers import DECISION, REQUEST_ID, request_id
 from gateway.http.hop import HeaderHygiene
-from gateway.http.lean_head import LeanHead
+from gateway.http.lean_head import LeanHead, usable_id
+from gateway.http.memo import ParseMemo
 from gateway.http.observe import RequestObserver
 from gateway.http.strict_client import StrictConnector
 from gateway.http.upstream import (
@@ -43,6 +44,7 @@ from gateway.http.websocket import OpenSockets, SocketHandle, relay
 from gateway.metrics import Metrics
 from gateway.pipeline import Authorizer, Decision, RequestFacts
 from gateway.reasons import Reason
+from gateway.routing import Route
 
 __all__ = ["SMALL_BODY", "BodyStalled", "BodyTooLarge", "ClientStalled", "LeanPlan",
            "ProxyHandler", "classify_failure"]
@@ -51,6 +53,7 @@ log = logging.getLogger("gateway.proxy")
 
 # Bodies up to this size with a Content-Length are read whole and sent with the headers.
 SMALL_BODY = 64 * 1024
+_KEPT_HEADS = 256  # upstream heads kept cut around the request id (lean_request)
 _NO_BODY_STATUSES = frozenset({204, 304})
 _SKIP_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
 # The access line's status when the client went away before an answer (nginx's convention).
@@ -246,6 +249,8 @@ class ProxyHandler:
         self._addresses = ClientAddresses(proxy.trusted_proxies)
         self._hygiene = HeaderHygiene(settings, self._addresses)
         self._lean_head = LeanHead(self._hygiene)
+        self._heads: ParseMemo[tuple[object, ...], tuple[Route, Key, bytes, bytes]] = (
+            ParseMemo(_KEPT_HEADS, 9))
         self._client_requests = ClientSlots(proxy.max_requests_per_client)
         self._client_sockets = ClientSlots(proxy.websocket_max_per_client)
         self._session: aiohttp.ClientSession | None = None
@@ -499,15 +504,35 @@ class ProxyHandler:
         """lean_plan() with the upstream head built at once from the header fields the fast
         door's front parsed (`length`: the body's, None without one): the pool's key and the
         head;
-        a Reason to refuse it (a CR or LF where the head has none); None for aiohttp's client."""
+        a Reason to refuse it (a CR or LF where the head has none); None for aiohttp's client.
+        A head provably the reference's is kept cut around the request id, by all else it is
+        made of (a client sending the same head again: the front's memo gives the same
+        fields), so the next such request only has its id put in."""
         if self._pool is None:
             return None
+        route = decision.route
+        # (`headers` are `fields` as text; the route is held by the entry, so its id is its)
+        made_of = (fields, id(route), decision.path, raw_path, method, client_ip, scheme,
+                   decision.headers, length)
+        try:
+            kept = self._heads.get(made_of)
+            hashable = True
+        except TypeError:  # (a list among them: nothing is kept for it)
+            kept, hashable = None, False
+        if kept is not None and kept[0] is route and rid.isascii() and rid.isprintable():
+            return kept[1], b"".join((kept[2], rid.encode(), kept[3]))
         lean = self._lean_target(decision, raw_path)
         if lean is None:
             return None
         key, target = lean
         if not target:
             return Reason.AMBIGUOUS_PATH
+        around = self._lean_head.around(key, method, target, fields, headers, client_ip,
+                                        scheme, decision.headers, length)
+        if around is not None and usable_id(rid):
+            if hashable:
+                self._heads.keep(made_of, (route, key, *around))
+            return key, b"".join((around[0], rid.encode(), around[1]))
         try:
             head = self._lean_head.head(key, method, target, fields, headers, client_ip, scheme,
                                         decision.headers, rid, length)
