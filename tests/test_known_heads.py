@@ -155,13 +155,22 @@ async def test_each_request_gets_its_own_id_from_a_known_head(
     assert answers[3].replace(b"0003", b"0002") == answers[2]
 
 
-async def test_bytes_after_the_body_are_parsed_and_the_connection_is_not_reused(
-    clerk: DevIssuer, make_gateway: GatewayFactory, scripted: Scripted
-) -> None:
+async def remembered(clerk: DevIssuer, make_gateway: GatewayFactory,
+                     scripted: Scripted) -> tuple[str, Running, int, list[bytes]]:
+    """A proxy whose pool has just remembered the upstream's head (the first request opens
+    the connection, the second is parsed on the pooled one): its token, port, two answers."""
     token = clerk.token()
     gw = await proxy(make_gateway, scripted)
     port = gw.client.server.port or 0
-    await exchange(port, [get(token)] * 2)  # the second is remembered
+    answers = await exchange(port, [get(token)] * 2)
+    assert pool_of(gw).known.hits == 0
+    return token, gw, port, answers
+
+
+async def test_bytes_after_the_body_are_parsed_and_the_connection_is_not_reused(
+    clerk: DevIssuer, make_gateway: GatewayFactory, scripted: Scripted
+) -> None:
+    token, gw, port, _ = await remembered(clerk, make_gateway, scripted)
     pool = pool_of(gw)
     scripted.writes = [HEAD + BODY + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]
     answers = await exchange(port, [get(token)])
@@ -173,10 +182,7 @@ async def test_bytes_after_the_body_are_parsed_and_the_connection_is_not_reused(
 async def test_a_body_in_a_later_read_is_parsed(
     clerk: DevIssuer, make_gateway: GatewayFactory, scripted: Scripted
 ) -> None:
-    token = clerk.token()
-    gw = await proxy(make_gateway, scripted)
-    port = gw.client.server.port or 0
-    before = await exchange(port, [get(token)] * 2)
+    token, gw, port, before = await remembered(clerk, make_gateway, scripted)
     scripted.writes = [HEAD, BODY]
     answers = await exchange(port, [get(token)] * 2)
     assert pool_of(gw).known.hits == 0
@@ -186,10 +192,7 @@ async def test_a_body_in_a_later_read_is_parsed(
 async def test_a_head_request_is_never_answered_from_the_memo(
     clerk: DevIssuer, make_gateway: GatewayFactory, scripted: Scripted
 ) -> None:
-    token = clerk.token()
-    gw = await proxy(make_gateway, scripted)
-    port = gw.client.server.port or 0
-    await exchange(port, [get(token)] * 2)
+    token, gw, port, _ = await remembered(clerk, make_gateway, scripted)
     scripted.writes = [HEAD]  # an upstream answers HEAD with the head alone
     answers = await exchange(port, [get(token, "HEAD")] * 2)
     assert pool_of(gw).known.hits == 0
@@ -200,10 +203,7 @@ async def test_a_head_request_is_never_answered_from_the_memo(
 async def test_a_head_that_differs_by_a_byte_is_parsed(
     clerk: DevIssuer, make_gateway: GatewayFactory, scripted: Scripted
 ) -> None:
-    token = clerk.token()
-    gw = await proxy(make_gateway, scripted)
-    port = gw.client.server.port or 0
-    await exchange(port, [get(token)] * 2)
+    token, gw, port, _ = await remembered(clerk, make_gateway, scripted)
     scripted.writes = [HEAD.replace(b"Fine", b"Fina") + BODY]
     answers = await exchange(port, [get(token)])
     assert pool_of(gw).known.hits == 0
