@@ -32,12 +32,13 @@ __all__ = ["main"]
 
 
 def measure(mode: str, requests: int, connections: int, loop_kind: str,
-            direct: bool = False) -> dict[str, Any]:
-    """Open the harness, then run `requests` requests inside one functools.reduce call."""
+            direct: bool = False, varied: bool = False) -> dict[str, Any]:
+    """Open the harness, then run `requests` requests inside one functools.reduce call
+    (`varied`: a new path, and upstream answer, for every request)."""
     loop = loop_factory(loop_kind)()
     asyncio.set_event_loop(loop)
     try:
-        harness = Harness(mode, connections)
+        harness = Harness(mode, connections, varied)
         loop.run_until_complete(harness.open(direct))
         answered: list[int] = []
         started = time.process_time()
@@ -65,9 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop", default="uvloop", choices=("uvloop", "asyncio"))
     parser.add_argument("--direct", action="store_true",
                         help="the clients talk to the upstream itself: the harness's own cost")
+    parser.add_argument("--varied", action="store_true",
+                        help="a new path (and upstream answer) for every request: no head "
+                             "ever comes twice")
     args = parser.parse_args(argv)
     print(json.dumps(measure(args.mode, args.requests, args.connections, args.loop,
-                             args.direct)))
+                             args.direct, args.varied)))
     return 0
 
 

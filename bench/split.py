@@ -27,6 +27,7 @@ import json
 import pstats
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, cast
 
 from gateway.app import Gateway
@@ -96,7 +97,12 @@ def split(profile: cProfile.Profile) -> dict[str, float]:
 
 
 class _Upstream(asyncio.Protocol):
-    """A minimal keep-alive upstream: one fixed answer per request head."""
+    """A minimal keep-alive upstream: one fixed answer per request head (`varied`: a head
+    and a body of each request's own, as bench/run.py's static upstream under /api/varied/)."""
+
+    def __init__(self, varied: bool = False) -> None:
+        self.varied = varied
+        self.answered = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: Any = transport
@@ -106,15 +112,22 @@ class _Upstream(asyncio.Protocol):
         self.buffer += data
         while b"\r\n\r\n" in self.buffer:
             _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-            self.transport.write(_RESPONSE)
+            if not self.varied:
+                self.transport.write(_RESPONSE)
+                continue
+            self.answered += 1
+            body = b'{"n":%d}' % self.answered
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"X-N: %d\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (self.answered, len(body), body))
 
 
 class _Client(asyncio.Protocol):
     """A keep-alive client: the next request as soon as an answer is whole."""
 
-    def __init__(self, request: bytes, counter: list[int], done: asyncio.Future[None],
-                 limit: list[int]) -> None:
-        self.request = request
+    def __init__(self, request: Callable[[], bytes], counter: list[int],
+                 done: asyncio.Future[None], limit: list[int]) -> None:
+        self.request = request  # the next request's bytes
         self.counter = counter
         self.done = done
         self.limit = limit
@@ -124,7 +137,7 @@ class _Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: Any = cast(Any, transport)
-        self.transport.write(self.request)
+        self.transport.write(self.request())
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -148,16 +161,18 @@ class _Client(asyncio.Protocol):
                 if not self.done.done():
                     self.done.set_result(None)
                 return
-            self.transport.write(self.request)
+            self.transport.write(self.request())
 
 
 class Harness:
     """The gateway's listener as `serve` builds it, a minimal upstream (proxy mode) and
     keep-alive clients, in this process; warmed up, no request in flight between phases."""
 
-    def __init__(self, mode: str, connections: int) -> None:
+    def __init__(self, mode: str, connections: int, varied: bool = False) -> None:
         self.mode = mode
         self.connections = connections
+        self.varied = varied  # a new path (and upstream answer) for every request
+        self._sent = 0
         self._closers: list[Any] = []
         self._clients: list[tuple[Any, _Client]] = []
         self._counter = [0]
@@ -174,7 +189,7 @@ class Harness:
         env = {"CLERK_JWT_KEY": key.public_pem(), "CLERK_ISSUER": ISSUER,
                "GATEWAY_LOG_LEVEL": "WARNING"}
         if self.mode == "proxy" or direct:
-            upstream = await loop.create_server(_Upstream, "127.0.0.1", 0)
+            upstream = await loop.create_server(lambda: _Upstream(self.varied), "127.0.0.1", 0)
             self._closers.append(upstream.close)
             upstream_port = upstream.sockets[0].getsockname()[1]
             env["GATEWAY_UPSTREAM"] = f"http://127.0.0.1:{upstream_port}"
@@ -188,11 +203,13 @@ class Harness:
             port = server.sockets[0].getsockname()[1]
         self._request = (f"GET /api/hello HTTP/1.1\r\nHost: bench\r\n"
                          f"Authorization: Bearer {token}\r\n\r\n").encode()
+        self._varied = (b" HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer " + token.encode()
+                        + b"\r\n\r\n")  # after `GET /api/varied/<n>`
         self._limit[0] = warmup
         done: asyncio.Future[None] = loop.create_future()
         for _ in range(self.connections):
             self._clients.append(await loop.create_connection(
-                lambda: _Client(self._request, self._counter, done, self._limit),
+                lambda: _Client(self._next_request, self._counter, done, self._limit),
                 "127.0.0.1", port))
         await done
         await self.settle()
@@ -209,9 +226,16 @@ class Harness:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for _, client in self._clients:
             client.done, client.idle = done, False
-            client.transport.write(self._request)
+            client.transport.write(self._next_request())
         await done
         return self._counter[0]  # (the last requests in flight are answered after this)
+
+    def _next_request(self) -> bytes:
+        """The same request again, or (varied) one with a path of its own."""
+        if not self.varied:
+            return self._request
+        self._sent += 1
+        return b"GET /api/varied/%d%s" % (self._sent, self._varied)
 
     @property
     def refused(self) -> int:

@@ -100,7 +100,7 @@ class _Located:
     path: str
     params: Mapping[str, str]
     token: str
-    key: bytes | None  # (None: too long to be verified)
+    key: bytes | None  # (None: not worked out, or too long to be verified)
 
 
 class RevocationCheck(Protocol):
@@ -195,7 +195,9 @@ class Authorizer:
         and a revocation status already known locally. Anything else (a token not seen yet,
         a revocation status to fetch) returns None, uncounted, for `authorize` to decide.
         """
-        located = self._locate(facts)
+        # (a head not seen before, the usual case but for repeated requests: one call less)
+        located = (self._locate_anew(facts, False) if facts.memo is None
+                   else self._locate(facts))
         if isinstance(located, _Located):
             verified = self.verifier.verified_now(located.token, located.route.rule.accepts,
                                                   located.key)
@@ -208,7 +210,9 @@ class Authorizer:
                 settled, revoked = self.revocation.check_now(verified.identity)
                 if not settled:
                     return None
-                decision = self._settled(facts.memo, located, verified, revoked)
+                memo = facts.memo
+                decision = (self._settle(located, verified, revoked) if memo is None
+                            else self._settled(memo, located, verified, revoked))
         else:
             decision = located
         self.metrics.decision(facts.door, decision.route.name, decision.reason)
@@ -244,20 +248,20 @@ class Authorizer:
         is the memo's own; the router and extractor change with a reload)."""
         memo = facts.memo
         if memo is None or facts.query is not None:
-            return self._locate_anew(facts)
+            return self._locate_anew(facts, False)
         made_of = (self.router, self.extractor, self.cors, facts.method, facts.uri, facts.host)
         located = memo.get(made_of)
         if isinstance(located, _Located):
             return located
-        found = self._locate_anew(facts)
+        found = self._locate_anew(facts, True)
         if isinstance(found, _Located):
             if len(memo) >= _MEMO_ENTRIES:
                 memo.clear()
             memo[made_of] = found
         return found
 
-    def _locate_anew(self, facts: RequestFacts) -> Decision | _Located:
-        """_locate() itself."""
+    def _locate_anew(self, facts: RequestFacts, kept: bool) -> Decision | _Located:
+        """_locate() itself (`kept`: the located token is kept, its cache key with it)."""
         router = self.router  # read once: a reload may swap it while this request waits
         try:
             path, match = router.locate(facts.method, facts.uri, facts.host)
@@ -283,7 +287,8 @@ class Authorizer:
         if token is None:
             reason = Reason.ANONYMOUS if access == "optional" else Reason.MISSING_TOKEN
             return Decision(reason, route, path=path, params=match.params)
-        return _Located(route, path, match.params, token, self.verifier.cache_key(token))
+        return _Located(route, path, match.params, token,
+                        self.verifier.cache_key(token) if kept else None)
 
     def _preflight(self, cors: CorsPolicy, router: Router, facts: RequestFacts, path: str,
                    ) -> Decision | None:
@@ -298,12 +303,12 @@ class Authorizer:
             return None
         return Decision(Reason.PREFLIGHT, match.route, path=path, params=match.params)
 
-    def _settled(self, memo: dict[object, object] | None, located: _Located,
+    def _settled(self, memo: dict[object, object], located: _Located,
                  verified: Verified, revoked: Reason | None) -> Decision:
         """_settle(), kept in the facts' memo: the same located token (route, path, params)
         and the same verification (the token cache's entry) meet the route's rule alike.
         Not when revoked, nor with signed assertions (each is signed anew)."""
-        if memo is None or revoked is not None or self.assertions is not None:
+        if revoked is not None or self.assertions is not None:
             return self._settle(located, verified, revoked)
         kept = memo.get(id(located))  # (the entry holds the object: its id stays its own)
         if isinstance(kept, tuple) and kept[0] is located and kept[1] is verified:

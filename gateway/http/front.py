@@ -144,7 +144,8 @@ def refusal_answer(reason: Reason, rid: str, realm: str, retry_after: int | None
 
 
 class KnownRequest:
-    """What a keep-alive request head without a body gave when it was parsed."""
+    """What a keep-alive request head without a body gave when it was parsed (its fields a
+    tuple: what is worked out from them may be kept by them, as the proxy's upstream head)."""
 
     __slots__ = ("fields", "headers", "memo", "method", "target", "version")
 
@@ -370,19 +371,19 @@ class FrontProtocol(asyncio.Protocol):
             self._hand_over(pending, "malformed")  # aiohttp refuses HTTP/1.1 without Host
             return
         self._raw = pending  # for a door that hands the request over after all
-        self._fields = tuple(self._parsed)
+        self._fields = self._parsed  # (a list: a known head's are a tuple, see KnownRequest)
         self._pending = b""
         self._begun = 0
         self._headed = False
         method = parser.get_method().decode("ascii")
         target = self._target.decode("ascii")
         self._memo = None
-        if (pending is data and self._keep_alive and self._length is None
-                and not door.known.resting
+        if (not door.known.resting and pending is data and self._keep_alive
+                and self._length is None
                 and data.find(b"\r\n\r\n") + 4 == len(data)):  # one whole head, no more
-            known = KnownRequest(method, target, headers, self._fields, version)
+            known = KnownRequest(method, target, headers, tuple(self._parsed), version)
             door.known.keep(data, known)
-            self._memo = known.memo
+            self._fields, self._memo = known.fields, known.memo
         self._request(method, target, headers, version, self._keep_alive)
 
     def eof_received(self) -> bool:

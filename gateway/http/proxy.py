@@ -514,11 +514,12 @@ class ProxyHandler:
         # (`headers` are `fields` as text; the route is held by the entry, so its id is its)
         made_of = (fields, id(route), decision.path, raw_path, method, client_ip, scheme,
                    decision.headers, length)
-        try:
-            kept = self._heads.get(made_of)
-            hashable = True
-        except TypeError:  # (a list among them: nothing is kept for it)
-            kept, hashable = None, False
+        kept, keeps = None, type(fields) is tuple  # (a known head's: see KnownRequest)
+        if keeps:
+            try:
+                kept = self._heads.get(made_of)
+            except TypeError:  # (a list among the identity headers: nothing kept for it)
+                keeps = False
         if kept is not None and kept[0] is route and rid.isascii() and rid.isprintable():
             return kept[1], b"".join((kept[2], rid.encode(), kept[3]))
         lean = self._lean_target(decision, raw_path)
@@ -530,7 +531,7 @@ class ProxyHandler:
         around = self._lean_head.around(key, method, target, fields, headers, client_ip,
                                         scheme, decision.headers, length)
         if around is not None and usable_id(rid):
-            if hashable:
+            if keeps:
                 self._heads.keep(made_of, (route, key, *around))
             return key, b"".join((around[0], rid.encode(), around[1]))
         try:

@@ -140,17 +140,17 @@ class KnownHead:
 class KnownHeads:
     """The pool's memo of response heads llhttp read whole (gateway/http/memo.py)."""
 
-    __slots__ = ("_memo", "hits")
+    __slots__ = ("hits", "memo")
 
     def __init__(self) -> None:
-        self._memo: ParseMemo[bytes, KnownHead] = ParseMemo(_KNOWN_HEADS, _KNOWN_HEAD_BYTES)
+        self.memo: ParseMemo[bytes, KnownHead] = ParseMemo(_KNOWN_HEADS, _KNOWN_HEAD_BYTES)
         self.hits = 0  # responses given whole from the memo (tests and the bench read it)
 
     def whole(self, data: bytes) -> tuple[KnownHead, int] | None:
         """The known head `data` starts with and where its body starts, when `data` is that
         head and exactly its body; else None."""
         end = data.find(b"\r\n\r\n") + 4
-        known = self._memo.get(data[:end]) if end > 3 else None
+        known = self.memo.get(data[:end]) if end > 3 else None
         if known is None or len(data) - end != known.length:
             return None
         self.hits += 1
@@ -158,7 +158,7 @@ class KnownHeads:
 
     def remember(self, head: bytes, known: KnownHead) -> None:
         """Keep a head llhttp read whole."""
-        self._memo.keep(head, known)
+        self.memo.keep(head, known)
 
 
 class Sink(Protocol):
@@ -263,7 +263,8 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
             if self._done and not self._chunked and self._reusable:
                 self._check_ends_here(data, first, headed)
-                if first and sink is not None and self._reusable:
+                if (first and sink is not None and self._reusable
+                        and not self._known.memo.resting):
                     self._remember(data)
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamProtocolError("the upstream switched protocols"))
