@@ -307,13 +307,17 @@ class Authorizer:
                  verified: Verified, revoked: Reason | None) -> Decision:
         """_settle(), kept in the facts' memo: the same located token (route, path, params)
         and the same verification (the token cache's entry) meet the route's rule alike.
-        Not when revoked, nor with signed assertions (each is signed anew)."""
-        if revoked is not None or self.assertions is not None:
+        Not when revoked; with signed assertions, only while the signer still hands out the
+        same assertion (it reuses one while fresh) for the identity and route."""
+        if revoked is not None:
             return self._settle(located, verified, revoked)
         kept = memo.get(id(located))  # (the entry holds the object: its id stays its own)
         if isinstance(kept, tuple) and kept[0] is located and kept[1] is verified:
             decision: Decision = kept[2]
-            return decision
+            assertions = self.assertions
+            if assertions is None or not decision.allowed or assertions.headers(
+                    verified.identity, verified.headers, located.route.name) is decision.headers:
+                return decision
         decision = self._settle(located, verified, revoked)
         if len(memo) >= _MEMO_ENTRIES:
             memo.clear()

@@ -320,3 +320,29 @@ async def test_each_request_of_a_known_head_gets_its_own_id_upstream(
         upstream.requests[0].replace(ids[0], b"<id>")}  # and nothing else differs
     for reply, rid in zip(replies, ids, strict=True):
         assert (b"x-request-id", rid) in reply.headers
+
+
+async def test_with_assertions_a_kept_decision_follows_the_signers_assertion(
+    clerk: DevIssuer, make_gateway: GatewayFactory
+) -> None:
+    gw = await make_gateway(config={"assertion": {
+        "enabled": True, "issuer": "https://gateway.test", "audience": "https://api.test"}})
+    token = clerk.token(sub="user_asserted")
+    assert (await gw.get("/api/x", token)).status == 200  # verified, cached
+    authorizer = gw.gateway.authorizer
+    signer = authorizer.assertions
+    assert signer is not None
+    headers = CIMultiDictProxy(CIMultiDict({"Authorization": f"Bearer {token}", "Host": "h"}))
+    memo: dict[object, object] = {}
+
+    def decide() -> Any:
+        return authorizer.authorize_now(RequestFacts("forward_auth", "GET", "/api/x", "h",
+                                                     headers, memo=memo))
+
+    first = decide()
+    assert first.allowed and decide() is first  # the signer reuses its assertion: kept
+    signer._cache.clear()  # the signer makes a new assertion: the decision carries it
+    again = decide()
+    assert again is not first and again.allowed
+    assert again.headers is not first.headers and again.headers[:-1] == first.headers[:-1]
+    assert decide() is again
