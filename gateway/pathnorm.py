@@ -46,6 +46,8 @@ _DECODED_ALLOWED = bytes(b for b in range(256) if b == 0x2F or b not in _REFUSED
 _NORMAL_ESCAPE = tuple(chr(b) if b in _UNRESERVED_BYTES else f"%{b:02X}" for b in range(256))
 # Raw characters a path may hold: printable ASCII but space, backslash, `;` and `#`.
 _RAW_ALLOWED = bytes(b for b in range(0x21, 0x7F) if b not in b"\\;#")
+# 0xFF for `%`, 0 for every other byte (marks the escapes, _upper_escapes).
+_PERCENT_MARKS = bytes(0xFF if b == 0x25 else 0 for b in range(256))
 # What the text of non-ASCII escapes may not fold to (NFKC).
 _FOLDED_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f%\\;?#]")
 
@@ -93,13 +95,26 @@ def _decode_escapes(path: str, max_escapes: int) -> tuple[str, bool]:
     if unreserved == escapes:  # every escape decodes: the full decoding is the normal form
         return full.decode("ascii"), False
     non_ascii = not full.isascii()
-    if unreserved == 0 and _count(raw, b"abcdef") == _count(full, b"abcdef"):
-        return path, non_ascii  # every escape stays, already upper-case
+    if unreserved == 0:  # every escape stays: its two hex digits upper-cased, nothing else
+        if _count(raw, b"abcdef") == _count(full, b"abcdef"):
+            return path, non_ascii  # already upper-case
+        return _upper_escapes(raw).decode("ascii"), non_ascii
     parts = path.split("%")
     escaped = bytes.fromhex("".join([part[:2] for part in parts[1:]]))
     normal = _NORMAL_ESCAPE
     return parts[0] + "".join([normal[byte] + part[2:]
                                for byte, part in zip(escaped, parts[1:], strict=True)]), non_ascii
+
+
+def _upper_escapes(raw: bytes) -> bytes:
+    """The path with the two characters after each `%` upper-cased (escapes well formed).
+
+    At C speed: the path as one big-endian integer takes the upper-cased path's bytes under a
+    mask of the two bytes after each `%` (the `%` marks shifted one and two bytes on)."""
+    marks = int.from_bytes(raw.translate(_PERCENT_MARKS), "big")
+    after = (marks >> 8) | (marks >> 16)
+    text, upper = int.from_bytes(raw, "big"), int.from_bytes(raw.upper(), "big")
+    return ((upper & after) | (text & ~after)).to_bytes(len(raw), "big")
 
 
 def _percent_decode(path: str) -> bytes:
