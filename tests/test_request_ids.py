@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 
-from gateway.http.headers import new_request_id
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.http.headers import new_request_id, request_id
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -32,3 +34,12 @@ def test_a_forked_child_never_hands_out_its_parents_next_ids() -> None:
     assert len(child) == len(parent) == 8 * 32
     assert {child[i:i + 32] for i in range(0, 256, 32)}.isdisjoint(
         {parent[i:i + 32] for i in range(0, 256, 32)})
+
+
+def test_a_client_id_is_kept_only_when_the_whole_value_is_well_formed() -> None:
+    def given(value: str) -> str:
+        return request_id(CIMultiDictProxy(CIMultiDict({"X-Request-Id": value})))
+
+    assert given("client-id.0001:a") == "client-id.0001:a"
+    for bad in ("client-id-0001\n", "client-id-0001\r", "short", "x" * 129, "id with space"):
+        assert _HEX32.fullmatch(given(bad)), bad  # replaced, whatever follows a good prefix

@@ -16,13 +16,13 @@ DECISION = web.RequestKey("decision", Decision)
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
 REQUEST_ID = "X-Request-Id"
-_WELL_FORMED = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+_WELL_FORMED = re.compile(r"[A-Za-z0-9._:-]{8,128}")  # the whole value (fullmatch)
 
 
 def request_id(headers: CIMultiDictProxy[str]) -> str:
     """The client's X-Request-Id when well-formed, else a new random one."""
     given = headers.get(REQUEST_ID)
-    if given is not None and _WELL_FORMED.match(given):
+    if given is not None and _WELL_FORMED.fullmatch(given):
         return given
     return new_request_id()
 
