@@ -32,32 +32,10 @@ class _Batch:
         self.total = 0.0
 
 
-class _Tally:
-    """A counter child's increments, counted in C until they are added at a flush.
-
-    `add_one` is an `itertools.count`'s `__next__`: callers on the hot path keep it and call
-    it, with no Python frame. Each flush reads the count once (which moves it one on).
-    """
-
-    __slots__ = ("_added", "_counts", "add_one", "child")
-
-    def __init__(self, child: Counter) -> None:
-        self.child = child
-        self._counts = itertools.count()
-        self.add_one: Callable[[], int] = self._counts.__next__
-        self._added = 0  # where the count stood after the last flush's read
-
-    def flush(self) -> None:
-        """Add the increments since the last flush to the Prometheus child."""
-        now = next(self._counts)
-        if now > self._added:
-            self.child.inc(now - self._added)
-        self._added = now + 1
-
-
 class _Calls:
-    """Calls of `add_one` (an `itertools.count`'s `__next__`: no Python frame), taken in
-    batches by `take()` (which moves the count itself one on, as _Tally's flush does)."""
+    """Calls of `add_one` (an `itertools.count`'s `__next__`: callers on the hot path keep it
+    and call it, with no Python frame), taken in batches by `take()` (which moves the count
+    itself one on)."""
 
     __slots__ = ("_counts", "_taken", "add_one")
 
@@ -72,6 +50,23 @@ class _Calls:
         calls = now - self._taken
         self._taken = now + 1
         return calls
+
+
+class _Tally:
+    """A counter child's increments, counted in C (_Calls) until they are added at a flush."""
+
+    __slots__ = ("_calls", "add_one", "child")
+
+    def __init__(self, child: Counter) -> None:
+        self.child = child
+        self._calls = _Calls()
+        self.add_one: Callable[[], int] = self._calls.add_one
+
+    def flush(self) -> None:
+        """Add the increments since the last flush to the Prometheus child."""
+        calls = self._calls.take()
+        if calls:
+            self.child.inc(calls)
 
 
 class _FlushFirst(Collector):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -278,27 +278,30 @@ async def test_a_known_head_is_refused_once_its_user_is_revoked(
         writer.close()
 
 
+async def deciding(gw: Running, token: str) -> Callable[[], Any]:
+    """The token verified (cached) by one request; then a function deciding `GET /api/x`
+    with it now, each time with the same facts' memo, as a known head's requests are."""
+    assert (await gw.get("/api/x", token)).status == 200
+    authorizer = gw.gateway.authorizer
+    headers = CIMultiDictProxy(CIMultiDict({"Authorization": f"Bearer {token}", "Host": "h"}))
+    memo: dict[object, object] = {}
+    return lambda: authorizer.authorize_now(RequestFacts("forward_auth", "GET", "/api/x", "h",
+                                                         headers, memo=memo))
+
+
 async def test_a_known_heads_decision_is_kept_only_for_the_same_verification(
     clerk: DevIssuer, make_gateway: GatewayFactory
 ) -> None:
     gw = await make_gateway()
     token = clerk.token(sub="user_kept")
-    assert (await gw.get("/api/x", token)).status == 200  # verified, cached
-    authorizer = gw.gateway.authorizer
-    headers = CIMultiDictProxy(CIMultiDict({"Authorization": f"Bearer {token}", "Host": "h"}))
-    memo: dict[object, object] = {}
-
-    def decide() -> object:
-        return authorizer.authorize_now(RequestFacts("forward_auth", "GET", "/api/x", "h",
-                                                     headers, memo=memo))
-
+    decide = await deciding(gw, token)
     first = decide()
-    assert first is not None and first.allowed  # type: ignore[attr-defined]
+    assert first is not None and first.allowed
     assert decide() is first
     gw.gateway.verifier.cache.clear()  # a new verification: decided anew
     assert (await gw.get("/api/x", token)).status == 200
     again = decide()
-    assert again is not first and again.allowed  # type: ignore[attr-defined]
+    assert again is not first and again.allowed
 
 
 async def test_each_request_of_a_known_head_gets_its_own_id_upstream(
@@ -328,17 +331,9 @@ async def test_with_assertions_a_kept_decision_follows_the_signers_assertion(
     gw = await make_gateway(config={"assertion": {
         "enabled": True, "issuer": "https://gateway.test", "audience": "https://api.test"}})
     token = clerk.token(sub="user_asserted")
-    assert (await gw.get("/api/x", token)).status == 200  # verified, cached
-    authorizer = gw.gateway.authorizer
-    signer = authorizer.assertions
+    signer = gw.gateway.authorizer.assertions
     assert signer is not None
-    headers = CIMultiDictProxy(CIMultiDict({"Authorization": f"Bearer {token}", "Host": "h"}))
-    memo: dict[object, object] = {}
-
-    def decide() -> Any:
-        return authorizer.authorize_now(RequestFacts("forward_auth", "GET", "/api/x", "h",
-                                                     headers, memo=memo))
-
+    decide = await deciding(gw, token)
     first = decide()
     assert first.allowed and decide() is first  # the signer reuses its assertion: kept
     signer._cache.clear()  # the signer makes a new assertion: the decision carries it

@@ -217,6 +217,8 @@ def _unchangeable(identity: Sequence[tuple[str, str]]) -> bool:
 def usable_id(request_id: str) -> bool:
     """True for an id the head may hold as it is: printable ASCII and tab (as request_id()
     makes them; the reference's path decides about any other)."""
+    if request_id.isascii() and request_id.isprintable():
+        return True  # (the usual id, told without encoding it)
     try:
         data = request_id.encode()
     except UnicodeEncodeError:

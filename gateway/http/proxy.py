@@ -511,17 +511,17 @@ class ProxyHandler:
         if self._pool is None:
             return None
         route = decision.route
-        # (`headers` are `fields` as text; the route is held by the entry, so its id is its)
-        made_of = (fields, id(route), decision.path, raw_path, method, client_ip, scheme,
-                   decision.headers, length)
-        kept, keeps = None, type(fields) is tuple  # (a known head's: see KnownRequest)
-        if keeps:
+        made_of: tuple[object, ...] = ()  # (nothing is kept but for a known head's fields)
+        if type(fields) is tuple:  # (see KnownRequest)
+            # (`headers` are `fields` as text; the route is held by the entry: its id is its)
+            made_of = (fields, id(route), decision.path, raw_path, method, client_ip, scheme,
+                       decision.headers, length)
             try:
                 kept = self._heads.get(made_of)
             except TypeError:  # (a list among the identity headers: nothing kept for it)
-                keeps = False
-        if kept is not None and kept[0] is route and rid.isascii() and rid.isprintable():
-            return kept[1], b"".join((kept[2], rid.encode(), kept[3]))
+                kept, made_of = None, ()
+            if kept is not None and kept[0] is route and usable_id(rid):
+                return kept[1], b"".join((kept[2], rid.encode(), kept[3]))
         lean = self._lean_target(decision, raw_path)
         if lean is None:
             return None
@@ -531,7 +531,7 @@ class ProxyHandler:
         around = self._lean_head.around(key, method, target, fields, headers, client_ip,
                                         scheme, decision.headers, length)
         if around is not None and usable_id(rid):
-            if keeps:
+            if made_of:
                 self._heads.keep(made_of, (route, key, *around))
             return key, b"".join((around[0], rid.encode(), around[1]))
         try:

@@ -290,15 +290,15 @@ class _Connection(asyncio.Protocol):
 
     def _remember(self, data: bytes) -> None:
         """Keep the head of a response llhttp just read whole from `data` alone (a final,
-        keep-alive one, ending where its Content-Length says) in the pool's memo."""
+        keep-alive one, ending where its Content-Length says) in the pool's memo. (Called
+        still reusable after _check_ends_here(): no error, and the head then the body's
+        bytes are all of `data`.)"""
         length = whole_number(self._length) if self._length is not None else None
-        end = len(data) - (length or 0)
         if (length is None or not self._parsed_whole or self._head_only
-                or self.status in _NO_BODY_STATUSES or self._error is not None
-                or self._chunk_body != length or data.find(b"\r\n\r\n") + 4 != end):
+                or self.status in _NO_BODY_STATUSES or self._chunk_body != length):
             return
-        self._known.remember(data[:end], KnownHead(self.status, self._reason,
-                                                    tuple(self._raw), length))
+        self._known.remember(data[:len(data) - length], KnownHead(
+            self.status, self._reason, tuple(self._raw), length))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
